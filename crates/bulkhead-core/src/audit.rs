@@ -1,0 +1,333 @@
+//! The shape of an audit event and the hash chain that links a tenant's events.
+//!
+//! Each tenant has its own chain: event `n` stores `hash = SHA-256(hash(n-1) ‖ canonical(n))`,
+//! with [`GENESIS_HASH`] before the first. Editing, deleting, reordering or inserting an event
+//! breaks a link that [`verify_chain`] finds. The store appends events in the same database
+//! transaction as the change they describe.
+
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::{RequestId, TenantId};
+
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Success,
+    Failure,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failure => "failure",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "success" => Some(Outcome::Success),
+            "failure" => Some(Outcome::Failure),
+            _ => None,
+        }
+    }
+}
+
+/// Who caused a change and under which request: stamped on every audit event.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub actor: String,
+    pub request_id: Option<RequestId>,
+}
+
+impl Origin {
+    /// The platform operator, authenticated by the admin token over HTTP.
+    pub fn admin(request_id: RequestId) -> Self {
+        Self {
+            actor: "admin".to_owned(),
+            request_id: Some(request_id),
+        }
+    }
+
+    /// The platform operator at the command line, working on the data directory or database.
+    pub fn cli() -> Self {
+        Self {
+            actor: "cli".to_owned(),
+            request_id: None,
+        }
+    }
+}
+
+/// What a change contributes to the log; the store adds tenant, sequence, time and hashes.
+/// `details` must never hold a secret.
+#[derive(Debug, Clone)]
+pub struct AuditDraft {
+    pub action: &'static str,
+    pub resource: String,
+    pub outcome: Outcome,
+    pub details: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditEvent {
+    pub tenant_id: TenantId,
+    pub seq: i64,
+    /// Unix milliseconds.
+    pub occurred_at: i64,
+    pub actor: String,
+    pub action: String,
+    pub resource: String,
+    pub outcome: Outcome,
+    pub request_id: Option<String>,
+    pub details: Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl AuditEvent {
+    /// The bytes that are hashed: the event without its hashes, as JSON with a fixed field
+    /// order and object keys sorted at every depth, so the hash does not depend on how a map
+    /// happened to be built or on serde_json's feature flags.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let fields: [(&str, Value); 9] = [
+            ("tenant_id", Value::from(self.tenant_id.as_str())),
+            ("seq", Value::from(self.seq)),
+            ("occurred_at", Value::from(self.occurred_at)),
+            ("actor", Value::from(self.actor.as_str())),
+            ("action", Value::from(self.action.as_str())),
+            ("resource", Value::from(self.resource.as_str())),
+            ("outcome", Value::from(self.outcome.as_str())),
+            (
+                "request_id",
+                self.request_id.as_deref().map_or(Value::Null, Value::from),
+            ),
+            ("details", self.details.clone()),
+        ];
+        let mut out = Vec::with_capacity(256);
+        out.push(b'{');
+        for (i, (key, value)) in fields.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_canonical(&Value::from(*key), &mut out);
+            out.push(b':');
+            write_canonical(value, &mut out);
+        }
+        out.push(b'}');
+        out
+    }
+
+    pub fn compute_hash(&self) -> String {
+        chain_hash(&self.prev_hash, &self.canonical_bytes())
+    }
+}
+
+pub fn chain_hash(prev_hash: &str, canonical: &[u8]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(prev_hash.as_bytes());
+    hasher.update(canonical);
+    hex::encode(hasher.finalize())
+}
+
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (i, (key, value)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(&Value::from(key.as_str()), out);
+                out.push(b':');
+                write_canonical(value, out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        // Scalars have one serde_json rendering; writing into a Vec cannot fail.
+        scalar => out.extend_from_slice(scalar.to_string().as_bytes()),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("event {seq} follows {expected_seq}: an event is missing, inserted or reordered")]
+    Sequence { seq: i64, expected_seq: i64 },
+    #[error("event {seq} does not link to the previous event's hash")]
+    BrokenLink { seq: i64 },
+    #[error("event {seq} does not match its hash: it was edited")]
+    Tampered { seq: i64 },
+    #[error("event {seq} belongs to tenant {found}, not {expected}")]
+    ForeignEvent {
+        seq: i64,
+        expected: String,
+        found: String,
+    },
+}
+
+/// The result of a successful verification: how many events, and the head hash to compare
+/// with a copy kept elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChainHead {
+    pub events: u64,
+    pub last_seq: i64,
+    pub head_hash: String,
+}
+
+/// Checks that `events`, ordered by sequence and starting at 1, form one unbroken chain for
+/// `tenant`.
+pub fn verify_chain<'a>(
+    tenant: &TenantId,
+    events: impl IntoIterator<Item = &'a AuditEvent>,
+) -> Result<ChainHead, ChainError> {
+    let mut head = ChainHead {
+        events: 0,
+        last_seq: 0,
+        head_hash: GENESIS_HASH.to_owned(),
+    };
+    for event in events {
+        if &event.tenant_id != tenant {
+            return Err(ChainError::ForeignEvent {
+                seq: event.seq,
+                expected: tenant.to_string(),
+                found: event.tenant_id.to_string(),
+            });
+        }
+        if event.seq != head.last_seq + 1 {
+            return Err(ChainError::Sequence {
+                seq: event.seq,
+                expected_seq: head.last_seq + 1,
+            });
+        }
+        if event.prev_hash != head.head_hash {
+            return Err(ChainError::BrokenLink { seq: event.seq });
+        }
+        if event.compute_hash() != event.hash {
+            return Err(ChainError::Tampered { seq: event.seq });
+        }
+        head.events += 1;
+        head.last_seq = event.seq;
+        head.head_hash.clone_from(&event.hash);
+    }
+    Ok(head)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn chain(n: i64) -> Vec<AuditEvent> {
+        let tenant = TenantId::try_from("acme").unwrap();
+        let mut prev = GENESIS_HASH.to_owned();
+        (1..=n)
+            .map(|seq| {
+                let mut event = AuditEvent {
+                    tenant_id: tenant.clone(),
+                    seq,
+                    occurred_at: 1_700_000_000_000 + seq,
+                    actor: "admin".into(),
+                    action: "tenant.updated".into(),
+                    resource: "tenant/acme".into(),
+                    outcome: Outcome::Success,
+                    request_id: Some(format!("req-{seq}")),
+                    details: json!({"b": seq, "a": [1, {"z": 1, "y": 2}]}),
+                    prev_hash: prev.clone(),
+                    hash: String::new(),
+                };
+                event.hash = event.compute_hash();
+                prev.clone_from(&event.hash);
+                event
+            })
+            .collect()
+    }
+
+    fn acme() -> TenantId {
+        TenantId::try_from("acme").unwrap()
+    }
+
+    #[test]
+    fn an_intact_chain_verifies_and_reports_its_head() {
+        let events = chain(5);
+        let head = verify_chain(&acme(), &events).unwrap();
+        assert_eq!(head.events, 5);
+        assert_eq!(head.last_seq, 5);
+        assert_eq!(head.head_hash, events[4].hash);
+    }
+
+    #[test]
+    fn canonical_form_sorts_keys_at_every_depth() {
+        let event = &chain(1)[0];
+        let text = String::from_utf8(event.canonical_bytes()).unwrap();
+        assert!(
+            text.contains(r#""details":{"a":[1,{"y":2,"z":1}],"b":1}"#),
+            "{text}"
+        );
+        assert!(
+            text.starts_with(r#"{"tenant_id":"acme","seq":1,"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn edits_deletions_reorders_and_insertions_are_detected() {
+        let mut edited = chain(4);
+        edited[1].details = json!({"b": 99});
+        assert_eq!(
+            verify_chain(&acme(), &edited),
+            Err(ChainError::Tampered { seq: 2 })
+        );
+
+        let mut deleted = chain(4);
+        deleted.remove(2);
+        assert_eq!(
+            verify_chain(&acme(), &deleted),
+            Err(ChainError::Sequence {
+                seq: 4,
+                expected_seq: 3
+            })
+        );
+
+        let mut reordered = chain(4);
+        reordered.swap(1, 2);
+        assert!(verify_chain(&acme(), &reordered).is_err());
+
+        // An inserted event that renumbers the rest and recomputes its own hash still breaks
+        // the link of the event after it.
+        let mut inserted = chain(4);
+        let mut forged = inserted[1].clone();
+        forged.action = "tenant.deleted".into();
+        forged.hash = forged.compute_hash();
+        inserted.insert(2, forged);
+        for (i, event) in inserted.iter_mut().enumerate().skip(2) {
+            event.seq = i64::try_from(i).unwrap() + 1;
+        }
+        assert!(verify_chain(&acme(), &inserted).is_err());
+    }
+
+    #[test]
+    fn another_tenants_event_is_rejected() {
+        let events = chain(2);
+        let other = TenantId::try_from("globex").unwrap();
+        assert!(matches!(
+            verify_chain(&other, &events),
+            Err(ChainError::ForeignEvent { .. })
+        ));
+    }
+}

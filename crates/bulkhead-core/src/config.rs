@@ -1,0 +1,152 @@
+//! The configuration model: what `bulkhead.toml`, `BULKHEAD_*` variables and flags describe.
+//! Loading and merging happen in the binary; this module only defines and validates.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::RegionName;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP server binds.
+    pub listen: SocketAddr,
+    /// Where the embedded database and local key material live.
+    pub data_dir: PathBuf,
+    /// `sqlite://path` or `postgres://...`; empty means SQLite in `data_dir`.
+    pub database: Option<String>,
+    /// The platform admin token. When unset, one is generated at first start, printed once
+    /// and stored hashed.
+    pub admin_token: Option<SecretString>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Regions this deployment serves; a tenant's home region must be one of them.
+    pub regions: Vec<RegionName>,
+    pub auth: AuthConfig,
+    pub log: LogConfig,
+    pub postgres: PostgresConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./bulkhead-data"),
+            database: None,
+            admin_token: None,
+            max_body_bytes: 1024 * 1024,
+            regions: vec![default_region()],
+            auth: AuthConfig::default(),
+            log: LogConfig::default(),
+            postgres: PostgresConfig::default(),
+        }
+    }
+}
+
+pub fn default_region() -> RegionName {
+    // PANIC SAFETY: "local" satisfies the naming rule; covered by a unit test below.
+    #[allow(clippy::expect_used)]
+    RegionName::try_from("local").expect("\"local\" is a valid region name")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    pub leeway_seconds: u64,
+    /// The platform's own JWT issuer, whose tokens name their tenant by claim.
+    pub platform_issuer: Option<PlatformIssuerConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            leeway_seconds: 30,
+            platform_issuer: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformIssuerConfig {
+    pub issuer: String,
+    pub audience: String,
+    /// Allowed algorithms, such as `["RS256", "EdDSA"]`. `HS256` needs `hs256_secret`.
+    pub algorithms: Vec<String>,
+    /// Path to a JWKS file with the issuer's public keys.
+    pub jwks_path: Option<PathBuf>,
+    /// Shared secret for HS256 tokens; prefer asymmetric keys.
+    pub hs256_secret: Option<SecretString>,
+    #[serde(default = "default_tenant_claim")]
+    pub tenant_claim: String,
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+    #[serde(default = "default_true")]
+    pub require_nbf: bool,
+}
+
+pub fn default_tenant_claim() -> String {
+    "tenant_id".to_owned()
+}
+
+pub fn default_roles_claim() -> String {
+    "roles".to_owned()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `bulkhead_server=debug,info`.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            filter: "info".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    pub max_connections: u32,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_region_is_valid() {
+        assert_eq!(default_region().as_str(), "local");
+        assert_eq!(Config::default().regions, vec![default_region()]);
+    }
+}

@@ -1,0 +1,104 @@
+use std::collections::BTreeSet;
+use std::fmt;
+
+use crate::{ApiKeyId, Isolation, RegionName, RequestId, Role, Tenant, TenantId};
+
+/// Who is acting inside a tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A caller holding one of the tenant's API keys.
+    ApiKey(ApiKeyId),
+    /// A person or service named by a verified JWT's `sub`, from the issuer that signed it.
+    User { issuer: String, subject: String },
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Principal::ApiKey(id) => write!(f, "key:{id}"),
+            Principal::User { issuer, subject } => write!(f, "user:{subject}@{issuer}"),
+        }
+    }
+}
+
+/// The one tenant a request acts for, and who is acting.
+///
+/// There is deliberately no public constructor, no `Default`, no `Clone`-from-parts and no
+/// serde: the only way to get one is [`crate::auth`], from a credential it has verified
+/// against a tenant that exists and is active. Everything below the HTTP layer takes
+/// `&TenantContext` and reads the tenant from it, never from a path, a body or a header.
+#[derive(Debug, Clone)]
+pub struct TenantContext {
+    tenant_id: TenantId,
+    tenant_name: String,
+    region: RegionName,
+    isolation: Isolation,
+    principal: Principal,
+    roles: BTreeSet<Role>,
+    request_id: RequestId,
+}
+
+impl TenantContext {
+    pub(crate) fn new(
+        tenant: &Tenant,
+        principal: Principal,
+        roles: BTreeSet<Role>,
+        request_id: RequestId,
+    ) -> Self {
+        Self {
+            tenant_id: tenant.id.clone(),
+            tenant_name: tenant.name.clone(),
+            region: tenant.region.clone(),
+            isolation: tenant.isolation,
+            principal,
+            roles,
+            request_id,
+        }
+    }
+
+    /// Builds a context without a credential, for tests only.
+    #[cfg(feature = "test-support")]
+    pub fn for_tests(tenant: &Tenant, roles: &[Role]) -> Self {
+        Self::new(
+            tenant,
+            Principal::User {
+                issuer: "test".to_owned(),
+                subject: "test".to_owned(),
+            },
+            roles.iter().copied().collect(),
+            RequestId::generate(),
+        )
+    }
+
+    pub fn tenant_id(&self) -> &TenantId {
+        &self.tenant_id
+    }
+
+    pub fn tenant_name(&self) -> &str {
+        &self.tenant_name
+    }
+
+    pub fn region(&self) -> &RegionName {
+        &self.region
+    }
+
+    pub fn isolation(&self) -> Isolation {
+        self.isolation
+    }
+
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    pub fn roles(&self) -> &BTreeSet<Role> {
+        &self.roles
+    }
+
+    pub fn has_any_role(&self, wanted: &[Role]) -> bool {
+        wanted.iter().any(|role| self.roles.contains(role))
+    }
+
+    pub fn request_id(&self) -> &RequestId {
+        &self.request_id
+    }
+}

@@ -1,0 +1,22 @@
+//! The vocabulary every other Bulkhead crate speaks: tenant ids, the tenant-bound request
+//! context, roles, the configuration model, the audit event shape and authentication.
+//!
+//! **Architecture Invariant:** this crate performs no I/O. It does not know about HTTP, SQL or
+//! the file system; it computes and validates.
+//!
+//! **Architecture Invariant:** a [`TenantContext`] is only created by [`auth`] from a verified
+//! credential (or, behind the `test-support` feature, by tests).
+
+pub mod audit;
+pub mod auth;
+pub mod config;
+mod context;
+mod ids;
+mod roles;
+mod tenant;
+pub mod timestamp;
+
+pub use context::{Principal, TenantContext};
+pub use ids::{ApiKeyId, IdError, IssuerId, RegionName, RequestId, TenantId};
+pub use roles::{Role, RoleError};
+pub use tenant::{Isolation, Tenant, TenantStatus};

@@ -1,0 +1,144 @@
+//! The two databases behind one set of queries.
+//!
+//! Both backends take the same SQL (`$1`-style parameters, `ON CONFLICT`, `RETURNING`) and the
+//! same column types (text, 64-bit integers), so each query is written once and the macros
+//! below run it on whichever transaction is open.
+
+use bulkhead_core::TenantId;
+use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
+
+use crate::StoreError;
+
+#[derive(Clone)]
+pub(crate) enum Backend {
+    Sqlite {
+        writer: SqlitePool,
+        reader: SqlitePool,
+    },
+    Postgres(PgPool),
+}
+
+pub(crate) enum Tx {
+    Sqlite(Transaction<'static, Sqlite>),
+    Postgres(Transaction<'static, Postgres>),
+}
+
+/// Whether a transaction will write; SQLite sends writes to its single writer connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    Read,
+    Write,
+}
+
+/// Whom a PostgreSQL transaction acts as. Both are non-owner roles without BYPASSRLS; the
+/// migration gives each its row-level security policy.
+pub(crate) enum Scope<'a> {
+    ControlPlane,
+    Tenant(&'a TenantId),
+}
+
+impl Backend {
+    pub(crate) async fn begin(&self, access: Access, scope: Scope<'_>) -> Result<Tx, StoreError> {
+        match self {
+            Backend::Sqlite { writer, reader } => {
+                let pool = match access {
+                    Access::Write => writer,
+                    Access::Read => reader,
+                };
+                Ok(Tx::Sqlite(pool.begin().await?))
+            }
+            Backend::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                // Both settings are transaction-local (`true`), so they vanish at commit or
+                // rollback and a pooled connection never carries a tenant into the next use.
+                match scope {
+                    Scope::ControlPlane => {
+                        sqlx::query("SELECT set_config('role', 'bulkhead_control', true)")
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    Scope::Tenant(tenant) => {
+                        sqlx::query(
+                            "SELECT set_config('role', 'bulkhead_tenant', true), \
+                                    set_config('bulkhead.tenant_id', $1, true)",
+                        )
+                        .bind(tenant.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                Ok(Tx::Postgres(tx))
+            }
+        }
+    }
+
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Backend::Sqlite { reader, .. } => {
+                sqlx::query("SELECT 1").execute(reader).await?;
+            }
+            Backend::Postgres(pool) => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn close(&self) {
+        match self {
+            Backend::Sqlite { writer, reader } => {
+                reader.close().await;
+                writer.close().await;
+            }
+            Backend::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+impl Tx {
+    pub(crate) async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Tx::Sqlite(tx) => tx.commit().await?,
+            Tx::Postgres(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
+}
+
+/// Runs a statement; evaluates to the number of rows it touched.
+macro_rules! execute {
+    ($tx:expr, $sql:expr $(, $arg:expr)* $(,)?) => {
+        match $tx {
+            $crate::backend::Tx::Sqlite(tx) => sqlx::query($sql)$(.bind($arg))*
+                .execute(&mut **tx).await.map(|r| r.rows_affected()),
+            $crate::backend::Tx::Postgres(tx) => sqlx::query($sql)$(.bind($arg))*
+                .execute(&mut **tx).await.map(|r| r.rows_affected()),
+        }
+    };
+}
+
+/// Runs a query into `Option<$row>`, `$row` being a `sqlx::FromRow` type.
+macro_rules! fetch_optional {
+    ($tx:expr, $row:ty, $sql:expr $(, $arg:expr)* $(,)?) => {
+        match $tx {
+            $crate::backend::Tx::Sqlite(tx) => sqlx::query_as::<_, $row>($sql)$(.bind($arg))*
+                .fetch_optional(&mut **tx).await,
+            $crate::backend::Tx::Postgres(tx) => sqlx::query_as::<_, $row>($sql)$(.bind($arg))*
+                .fetch_optional(&mut **tx).await,
+        }
+    };
+}
+
+/// Runs a query into `Vec<$row>`.
+macro_rules! fetch_all {
+    ($tx:expr, $row:ty, $sql:expr $(, $arg:expr)* $(,)?) => {
+        match $tx {
+            $crate::backend::Tx::Sqlite(tx) => sqlx::query_as::<_, $row>($sql)$(.bind($arg))*
+                .fetch_all(&mut **tx).await,
+            $crate::backend::Tx::Postgres(tx) => sqlx::query_as::<_, $row>($sql)$(.bind($arg))*
+                .fetch_all(&mut **tx).await,
+        }
+    };
+}
+
+pub(crate) use {execute, fetch_all, fetch_optional};

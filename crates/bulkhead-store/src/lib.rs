@@ -1,0 +1,149 @@
+//! Persistence for Bulkhead: migrations, tenant-scoped and admin handles, the audit chain.
+//!
+//! **Architecture Invariant:** this is the only crate that depends on the SQL driver.
+//!
+//! **Architecture Invariant:** tenant data is reached through [`TenantStore`], obtained from a
+//! [`TenantContext`]; none of its methods takes a tenant id. Control-plane operations use
+//! [`AdminStore`], a different type. On PostgreSQL the two run as different non-owner roles
+//! and row-level security filters a second time.
+//!
+//! **Architecture Invariant:** every state change appends its audit event inside the same
+//! transaction, so a change that fails leaves no event and an event never describes a change
+//! that did not happen.
+
+mod admin;
+mod audit;
+mod backend;
+mod records;
+mod tenant;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use bulkhead_core::TenantContext;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+pub use admin::AdminStore;
+pub use records::{
+    ApiKeyInfo, DeletionReceipt, IssuerRecord, NewIssuer, NewTenant, Page, TenantPatch,
+};
+pub use tenant::TenantStore;
+
+use crate::backend::Backend;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    #[error("unsupported database url (expected sqlite:// or postgres://): {0}")]
+    UnsupportedUrl(String),
+    #[error("{0} already exists")]
+    Conflict(&'static str),
+}
+
+/// Which database holds the data; reported by `/readyz` and the CLI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Sqlite,
+    Postgres,
+}
+
+/// A handle on the database. Cheap to clone; hands out [`AdminStore`] and [`TenantStore`].
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub max_connections: u32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+        }
+    }
+}
+
+impl Store {
+    /// Opens `url` (`sqlite://path` or `postgres://...`) and applies pending migrations.
+    pub async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let connect = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(options.max_connections)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(connect)
+                .await?;
+            sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+            return Ok(Self {
+                backend: Backend::Postgres(pool),
+            });
+        }
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            return Self::open_sqlite(Path::new(path), options).await;
+        }
+        Err(StoreError::UnsupportedUrl(url.to_owned()))
+    }
+
+    /// Opens (creating if needed) a SQLite database file in WAL mode.
+    ///
+    /// Writes go through a single connection, so SQLite never has to upgrade a reader's lock
+    /// mid-transaction (which fails at once instead of waiting); reads use a pool of their own.
+    pub async fn open_sqlite(path: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
+        let connect = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(connect.clone())
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .connect_with(connect.read_only(true))
+            .await?;
+        Ok(Self {
+            backend: Backend::Sqlite { writer, reader },
+        })
+    }
+
+    pub fn kind(&self) -> BackendKind {
+        match self.backend {
+            Backend::Sqlite { .. } => BackendKind::Sqlite,
+            Backend::Postgres(_) => BackendKind::Postgres,
+        }
+    }
+
+    /// The control-plane handle: sees every tenant. Only admin-authenticated code and the
+    /// authentication layer (which must find a credential before it knows the tenant) use it.
+    pub fn admin(&self) -> AdminStore<'_> {
+        AdminStore::new(&self.backend)
+    }
+
+    /// The handle for one tenant, taken from an authenticated context.
+    pub fn tenant<'a>(&'a self, ctx: &'a TenantContext) -> TenantStore<'a> {
+        TenantStore::new(&self.backend, ctx)
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.backend.ping().await
+    }
+
+    pub async fn close(&self) {
+        self.backend.close().await;
+    }
+}

@@ -1,0 +1,90 @@
+//! Fresh databases for each test: a SQLite file in a temporary directory, or a new PostgreSQL
+//! database on the machine's server, dropped when the test ends.
+
+use std::str::FromStr;
+
+use bulkhead_store::{Store, StoreOptions};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection};
+
+/// The server the PostgreSQL half of the suite runs against; the role must be able to create
+/// databases and roles (the default, a local superuser with trust auth, can).
+pub fn postgres_admin_url() -> String {
+    std::env::var("BULKHEAD_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+pub enum TestDb {
+    Sqlite {
+        _dir: tempfile::TempDir,
+        path: std::path::PathBuf,
+    },
+    Postgres {
+        name: String,
+        url: String,
+    },
+}
+
+impl TestDb {
+    pub async fn sqlite() -> (Store, TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bulkhead.db");
+        let store = Store::open_sqlite(&path, &StoreOptions::default())
+            .await
+            .unwrap();
+        (store, TestDb::Sqlite { _dir: dir, path })
+    }
+
+    pub async fn postgres() -> (Store, TestDb) {
+        let name = format!("bh_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = PgConnectOptions::from_str(&postgres_admin_url()).unwrap();
+        let mut conn = admin.connect().await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        let url = admin.database(&name).to_url_lossy().to_string();
+        let store = Store::open(&url, &StoreOptions { max_connections: 4 })
+            .await
+            .unwrap();
+        (store, TestDb::Postgres { name, url })
+    }
+
+    /// Runs raw SQL on the same database, behind the store's back, as an attacker with
+    /// database access (or a careless migration) would.
+    pub async fn raw(&self, sql: &str) {
+        match self {
+            TestDb::Sqlite { path, .. } => {
+                let mut conn =
+                    sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+                        .await
+                        .unwrap();
+                sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+                conn.close().await.unwrap();
+            }
+            TestDb::Postgres { url, .. } => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+                conn.close().await.unwrap();
+            }
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, TestDb::Postgres { .. })
+    }
+
+    pub async fn finish(self, store: Store) {
+        store.close().await;
+        if let TestDb::Postgres { name, .. } = self {
+            let admin = PgConnectOptions::from_str(&postgres_admin_url()).unwrap();
+            let mut conn = admin.connect().await.unwrap();
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            conn.close().await.unwrap();
+        }
+    }
+}
