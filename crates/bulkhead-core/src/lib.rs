@@ -19,4 +19,4 @@ pub mod timestamp;
 pub use context::{Principal, TenantContext};
 pub use ids::{ApiKeyId, IdError, IssuerId, RegionName, RequestId, TenantId};
 pub use roles::{Role, RoleError};
-pub use tenant::{Isolation, Tenant, TenantStatus};
+pub use tenant::{Isolation, Tenant, TenantStatus, validate_display_name};

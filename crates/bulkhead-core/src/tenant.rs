@@ -90,3 +90,16 @@ pub struct Tenant {
     /// Unix milliseconds.
     pub updated_at: i64,
 }
+
+/// Checks a human-readable name (of a tenant, a key): trimmed, 1 to 200 characters, no
+/// control characters. Returns the trimmed name.
+pub fn validate_display_name(name: &str) -> Result<String, &'static str> {
+    let trimmed = name.trim();
+    if trimmed.is_empty() || trimmed.chars().count() > 200 {
+        return Err("must be 1 to 200 characters");
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err("must not contain control characters");
+    }
+    Ok(trimmed.to_owned())
+}

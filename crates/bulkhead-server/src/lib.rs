@@ -1,1 +1,102 @@
+//! Bulkhead's HTTP API: the control plane (`/admin/v1`), the tenant plane (`/v1`), operations
+//! endpoints and the OpenAPI document, all answering errors as problem+json.
+//!
+//! **Architecture Invariant:** handlers never see a tenant id they could choose: tenant-plane
+//! handlers take [`authn::Authenticated`] and reach data through `store.tenant(&ctx)`.
 
+pub mod authn;
+pub mod error;
+pub mod extract;
+mod openapi;
+mod routes;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use bulkhead_core::RegionName;
+use bulkhead_core::auth::IssuerBinding;
+use bulkhead_store::Store;
+use tower_http::catch_panic::CatchPanicLayer;
+
+pub use crate::openapi::openapi_document;
+
+/// Everything a handler may use. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<StateInner>,
+}
+
+struct StateInner {
+    store: Store,
+    admin_token_hash: String,
+    platform_issuer: Option<IssuerBinding>,
+    leeway_seconds: u64,
+    regions: Vec<RegionName>,
+    max_body_bytes: usize,
+}
+
+/// What the server needs besides the store, already validated by the caller.
+pub struct ServerSettings {
+    /// SHA-256 (hex) of the admin token.
+    pub admin_token_hash: String,
+    pub platform_issuer: Option<IssuerBinding>,
+    pub leeway_seconds: u64,
+    pub regions: Vec<RegionName>,
+    pub max_body_bytes: usize,
+}
+
+impl AppState {
+    pub fn new(store: Store, settings: ServerSettings) -> Self {
+        Self {
+            inner: Arc::new(StateInner {
+                store,
+                admin_token_hash: settings.admin_token_hash,
+                platform_issuer: settings.platform_issuer,
+                leeway_seconds: settings.leeway_seconds,
+                regions: settings.regions,
+                max_body_bytes: settings.max_body_bytes,
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub(crate) fn admin_token_hash(&self) -> &str {
+        &self.inner.admin_token_hash
+    }
+
+    pub(crate) fn platform_issuer(&self) -> Option<&IssuerBinding> {
+        self.inner.platform_issuer.as_ref()
+    }
+
+    pub(crate) fn leeway_seconds(&self) -> u64 {
+        self.inner.leeway_seconds
+    }
+
+    pub(crate) fn regions(&self) -> &[RegionName] {
+        &self.inner.regions
+    }
+
+    pub(crate) fn max_body_bytes(&self) -> usize {
+        self.inner.max_body_bytes
+    }
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    let (router, _) = routes::router().split_for_parts();
+    router
+        .fallback(routes::ops::not_found)
+        .method_not_allowed_fallback(routes::ops::method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.max_body_bytes()))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            authn::request_context,
+        ))
+        .layer(CatchPanicLayer::custom(routes::ops::panic_response))
+        .with_state(state)
+}

@@ -2,7 +2,7 @@
 //! none takes a tenant id, so no caller can ask it for another tenant's rows.
 
 use bulkhead_core::audit::AuditEvent;
-use bulkhead_core::{Tenant, TenantContext};
+use bulkhead_core::{ApiKeyId, Tenant, TenantContext};
 
 use crate::StoreError;
 use crate::audit;
@@ -49,6 +49,22 @@ impl<'a> TenantStore<'a> {
         let rows = fetch_all!(&mut tx, ApiKeyRow, &sql, self.ctx.tenant_id().as_str())?;
         tx.commit().await?;
         convert_all(rows)
+    }
+
+    /// One of the tenant's API keys; another tenant's key is `None`, like a missing one.
+    pub async fn api_key(&self, id: &ApiKeyId) -> Result<Option<ApiKeyInfo>, StoreError> {
+        let mut tx = self.begin(Access::Read).await?;
+        let sql =
+            format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE tenant_id = $1 AND key_id = $2");
+        let row = fetch_optional!(
+            &mut tx,
+            ApiKeyRow,
+            &sql,
+            self.ctx.tenant_id().as_str(),
+            id.as_str()
+        )?;
+        tx.commit().await?;
+        row.map(ApiKeyInfo::try_from).transpose()
     }
 
     /// The tenant's audit events after `after`, oldest first.

@@ -1,1 +1,86 @@
-fn main() {}
+//! The `bulkhead` binary: `serve`, `demo`, and offline administration of tenants and keys on
+//! the data directory or database. The only crate that uses `anyhow`.
+
+mod cli_admin;
+mod demo;
+mod serve;
+mod settings;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "bulkhead",
+    version,
+    about = "Multi-tenant runtime for AI agents"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where configuration and data come from; shared by every subcommand.
+#[derive(clap::Args, Clone)]
+pub struct GlobalArgs {
+    /// Configuration file (default: ./bulkhead.toml if it exists).
+    #[arg(long, global = true, env = "BULKHEAD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory for the embedded database (default ./bulkhead-data).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Database URL: sqlite://PATH or postgres://... (default: SQLite in the data directory).
+    #[arg(long, global = true)]
+    database: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server.
+    Serve(serve::ServeArgs),
+    /// Provision two tenants and show that each key sees only its own tenant.
+    Demo(demo::DemoArgs),
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenant(cli_admin::TenantCommand),
+    /// Manage tenant API keys.
+    #[command(subcommand)]
+    Key(cli_admin::KeyCommand),
+    /// Manage the platform admin token.
+    #[command(subcommand)]
+    AdminToken(cli_admin::AdminTokenCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(&cli.global, args).await,
+            Command::Demo(args) => demo::run(&cli.global, args).await,
+            Command::Tenant(command) => cli_admin::tenant(&cli.global, command).await,
+            Command::Key(command) => cli_admin::key(&cli.global, command).await,
+            Command::AdminToken(command) => cli_admin::admin_token(&cli.global, command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

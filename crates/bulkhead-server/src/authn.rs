@@ -1,0 +1,276 @@
+//! Authentication at the HTTP edge: turns the `Authorization` header into a
+//! [`TenantContext`] (tenant plane) or an admin session (control plane).
+//!
+//! **Architecture Invariant:** the tenant comes from the credential only. No header, path
+//! segment or body field selects it; `X-Tenant-ID` and the like are ignored.
+
+use axum::extract::{FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use bulkhead_core::auth::{
+    self, AuthError, Credential, IssuerBinding, JwkSet, authenticate_api_key, authenticate_jwt,
+    parse_algorithm, peek_issuer, secret_matches, verify_jwt,
+};
+use bulkhead_core::{RequestId, Role, TenantContext};
+use bulkhead_store::IssuerRecord;
+use secrecy::SecretString;
+use tracing::Instrument;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::BodyLimit;
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Gives every request an id (the caller's `x-request-id` if sane) and a span that the
+/// authentication extractors fill with `tenant.id`, and echoes the id in the response.
+pub async fn request_context(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let request_id = RequestId::from_header_or_generate(
+        req.headers()
+            .get(REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok()),
+    );
+    req.extensions_mut().insert(request_id.clone());
+    req.extensions_mut()
+        .insert(BodyLimit(state.max_body_bytes()));
+    let span = tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        request_id = %request_id,
+        tenant.id = tracing::field::Empty,
+        principal = tracing::field::Empty,
+        status = tracing::field::Empty,
+    );
+    let mut response = next.run(req).instrument(span.clone()).await;
+    span.record("status", response.status().as_u16());
+    span.in_scope(|| tracing::info!("request finished"));
+    if let Ok(value) = HeaderValue::from_str(request_id.as_str()) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+fn request_id(parts: &Parts) -> RequestId {
+    parts
+        .extensions
+        .get::<RequestId>()
+        .cloned()
+        .unwrap_or_else(RequestId::generate)
+}
+
+fn authorization(parts: &Parts) -> Result<Option<&str>, ApiError> {
+    match parts.headers.get(header::AUTHORIZATION) {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .map(Some)
+            .map_err(|_| ApiError::Unauthenticated),
+    }
+}
+
+/// An authenticated tenant-plane request.
+pub struct Authenticated(pub TenantContext);
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = authorization(parts)?;
+        match authenticate(state, header, request_id(parts)).await {
+            Ok(ctx) => {
+                let span = tracing::Span::current();
+                span.record("tenant.id", ctx.tenant_id().as_str());
+                span.record("principal", ctx.principal().to_string());
+                Ok(Authenticated(ctx))
+            }
+            Err(Refusal::Auth(reason)) => {
+                tracing::info!(reason = %reason, "credential refused");
+                Err(ApiError::Unauthenticated)
+            }
+            Err(Refusal::Api(error)) => Err(error),
+        }
+    }
+}
+
+enum Refusal {
+    Auth(AuthError),
+    Api(ApiError),
+}
+
+impl From<AuthError> for Refusal {
+    fn from(error: AuthError) -> Self {
+        Refusal::Auth(error)
+    }
+}
+
+impl From<bulkhead_store::StoreError> for Refusal {
+    fn from(error: bulkhead_store::StoreError) -> Self {
+        Refusal::Api(error.into())
+    }
+}
+
+async fn authenticate(
+    state: &AppState,
+    header: Option<&str>,
+    request_id: RequestId,
+) -> Result<TenantContext, Refusal> {
+    let admin = state.store().admin();
+    match auth::parse_authorization(header)? {
+        Credential::ApiKey(presented) => {
+            let found = admin.api_key_for_auth(presented.id()).await?;
+            let (stored, tenant) = found.unzip();
+            Ok(authenticate_api_key(
+                &presented,
+                stored.as_ref(),
+                tenant.as_ref(),
+                request_id,
+            )?)
+        }
+        Credential::Jwt(token) => {
+            let iss = peek_issuer(&token)?;
+            let mut candidates: Vec<IssuerBinding> = state
+                .platform_issuer()
+                .filter(|p| p.issuer == iss)
+                .cloned()
+                .into_iter()
+                .collect();
+            for record in admin.issuers_for_auth(&iss).await? {
+                match binding_from_record(&record).await {
+                    Ok(binding) => candidates.push(binding),
+                    Err(problem) => tracing::warn!(
+                        tenant.id = %record.tenant_id,
+                        issuer = %record.id,
+                        problem = %problem,
+                        "skipping an unusable issuer binding"
+                    ),
+                }
+            }
+            let verified = verify_jwt(&token, &candidates, state.leeway_seconds())?;
+            let tenant = admin.get_tenant(verified.tenant_id()).await?;
+            Ok(authenticate_jwt(verified, tenant.as_ref(), request_id)?)
+        }
+    }
+}
+
+/// Builds the verifier's view of a stored issuer binding, reading its JWKS file if it has one.
+pub async fn binding_from_record(record: &IssuerRecord) -> Result<IssuerBinding, String> {
+    let jwks_text = match (&record.jwks, &record.jwks_path) {
+        (Some(inline), _) => inline.clone(),
+        (None, Some(path)) => tokio::fs::read_to_string(path)
+            .await
+            .map_err(|e| format!("cannot read JWKS file {path}: {e}"))?,
+        (None, None) => return Err("no keys".into()),
+    };
+    let jwks = parse_jwks(&jwks_text)?;
+    let algorithms = record
+        .algorithms
+        .iter()
+        .map(|name| parse_algorithm(name).ok_or_else(|| format!("unknown algorithm {name}")))
+        .collect::<Result<_, _>>()?;
+    Ok(IssuerBinding {
+        tenant: Some(record.tenant_id.clone()),
+        issuer: record.issuer.clone(),
+        audience: record.audience.clone(),
+        algorithms,
+        jwks,
+        hs256_secret: None,
+        tenant_claim: record.tenant_claim.clone(),
+        roles_claim: record.roles_claim.clone(),
+        require_nbf: record.require_nbf,
+    })
+}
+
+pub fn parse_jwks(text: &str) -> Result<JwkSet, String> {
+    let jwks: JwkSet =
+        serde_json::from_str(text).map_err(|e| format!("not a JWKS document: {e}"))?;
+    if jwks.keys.is_empty() {
+        return Err("the JWKS has no keys".into());
+    }
+    Ok(jwks)
+}
+
+/// A control-plane request carrying the admin token.
+pub struct Admin {
+    pub request_id: RequestId,
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = authorization(parts)?.ok_or(ApiError::Unauthenticated)?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .ok_or(ApiError::Unauthenticated)?;
+        if !secret_matches(token, state.admin_token_hash()) {
+            tracing::info!("admin token refused");
+            return Err(ApiError::Unauthenticated);
+        }
+        tracing::Span::current().record("principal", "admin");
+        Ok(Admin {
+            request_id: request_id(parts),
+        })
+    }
+}
+
+/// Refuses with 403 unless the context holds one of `roles`.
+pub fn require_role(ctx: &TenantContext, roles: &'static [Role]) -> Result<(), ApiError> {
+    if ctx.has_any_role(roles) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(roles))
+    }
+}
+
+/// The platform issuer from configuration, with its keys loaded.
+pub struct PlatformIssuer {
+    pub issuer: String,
+    pub audience: String,
+    pub algorithms: Vec<String>,
+    pub jwks: Option<JwkSet>,
+    pub hs256_secret: Option<SecretString>,
+    pub tenant_claim: String,
+    pub roles_claim: String,
+    pub require_nbf: bool,
+}
+
+impl PlatformIssuer {
+    pub fn into_binding(self) -> Result<IssuerBinding, String> {
+        let algorithms: Vec<_> = self
+            .algorithms
+            .iter()
+            .map(|name| parse_algorithm(name).ok_or_else(|| format!("unknown algorithm {name:?}")))
+            .collect::<Result<_, _>>()?;
+        if algorithms.is_empty() {
+            return Err("the platform issuer allows no algorithm".into());
+        }
+        let wants_hs = algorithms.contains(&auth::Algorithm::HS256);
+        if wants_hs && self.hs256_secret.is_none() {
+            return Err("HS256 is allowed but no hs256_secret is set".into());
+        }
+        let wants_keys = algorithms.iter().any(|a| *a != auth::Algorithm::HS256);
+        if wants_keys && self.jwks.is_none() {
+            return Err("an asymmetric algorithm is allowed but no jwks_path is set".into());
+        }
+        Ok(IssuerBinding {
+            tenant: None,
+            issuer: self.issuer,
+            audience: self.audience,
+            algorithms,
+            jwks: self.jwks.unwrap_or(JwkSet { keys: Vec::new() }),
+            hs256_secret: self.hs256_secret,
+            tenant_claim: self.tenant_claim,
+            roles_claim: self.roles_claim,
+            require_nbf: self.require_nbf,
+        })
+    }
+}

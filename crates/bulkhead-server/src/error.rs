@@ -1,0 +1,175 @@
+//! One error type for every handler, rendered as RFC 9457 `application/problem+json` with a
+//! stable `code`. Internal causes go to the log, never into the body.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bulkhead_core::Role;
+use bulkhead_store::StoreError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("a valid credential is required")]
+    Unauthenticated,
+    #[error("this needs one of the roles {0:?}")]
+    Forbidden(&'static [Role]),
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("the request body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    #[error("the request body is not valid JSON: {0}")]
+    MalformedBody(String),
+    #[error("{detail}")]
+    InvalidField { field: String, detail: String },
+    #[error("unknown field {field:?}")]
+    UnknownField { field: String },
+    #[error("missing field {field:?}")]
+    MissingField { field: String },
+    #[error("invalid query parameter: {0}")]
+    InvalidQuery(String),
+    #[error("the database is not reachable")]
+    NotReady,
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, detail: impl Into<String>) -> Self {
+        ApiError::InvalidField {
+            field: field.into(),
+            detail: detail.into(),
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::MalformedBody(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidField { .. }
+            | ApiError::UnknownField { .. }
+            | ApiError::MissingField { .. }
+            | ApiError::InvalidQuery(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable, machine-readable code. Clients match on this, so never change one.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthenticated => "unauthenticated",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::MalformedBody(_) => "malformed_body",
+            ApiError::InvalidField { .. } => "invalid_field",
+            ApiError::UnknownField { .. } => "unknown_field",
+            ApiError::MissingField { .. } => "missing_field",
+            ApiError::InvalidQuery(_) => "invalid_query",
+            ApiError::NotReady => "not_ready",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            ApiError::Unauthenticated => "Unauthenticated",
+            ApiError::Forbidden(_) => "Forbidden",
+            ApiError::NotFound => "Not found",
+            ApiError::MethodNotAllowed => "Method not allowed",
+            ApiError::Conflict(_) => "Conflict",
+            ApiError::PayloadTooLarge { .. } => "Payload too large",
+            ApiError::UnsupportedMediaType => "Unsupported media type",
+            ApiError::MalformedBody(_) => "Malformed body",
+            ApiError::InvalidField { .. }
+            | ApiError::UnknownField { .. }
+            | ApiError::MissingField { .. }
+            | ApiError::InvalidQuery(_) => "Invalid input",
+            ApiError::NotReady => "Not ready",
+            ApiError::Internal(_) => "Internal error",
+        }
+    }
+
+    fn field(&self) -> Option<&str> {
+        match self {
+            ApiError::InvalidField { field, .. }
+            | ApiError::UnknownField { field }
+            | ApiError::MissingField { field } => Some(field),
+            _ => None,
+        }
+    }
+}
+
+/// The problem document (RFC 9457) every error answers with.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// `urn:bulkhead:problem:<code>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+    /// Stable machine-readable error code.
+    pub code: &'static str,
+    /// The request field at fault, for input errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let detail = match &self {
+            // Never show an internal cause: it may name tables, paths or worse.
+            ApiError::Internal(cause) => {
+                tracing::error!(error = %cause, source = ?cause.source(), "request failed");
+                "Something went wrong".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let problem = Problem {
+            kind: format!("urn:bulkhead:problem:{}", self.code()),
+            title: self.title(),
+            status: status.as_u16(),
+            detail,
+            code: self.code(),
+            field: self.field().map(str::to_owned),
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_else(|_| b"{}".to_vec());
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Conflict(what) => ApiError::Conflict(format!("{what} already exists")),
+            other => ApiError::Internal(Box::new(other)),
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! Every route, registered through `utoipa_axum::routes!` so a handler cannot be served
+//! without appearing in the OpenAPI document.
+
+pub(crate) mod admin_issuers;
+pub(crate) mod admin_keys;
+pub(crate) mod admin_tenants;
+pub(crate) mod dto;
+pub(crate) mod ops;
+pub(crate) mod tenant;
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::AppState;
+
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(crate::openapi::base())
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::openapi_json))
+        .routes(routes!(
+            admin_tenants::create_tenant,
+            admin_tenants::list_tenants
+        ))
+        .routes(routes!(
+            admin_tenants::get_tenant,
+            admin_tenants::patch_tenant,
+            admin_tenants::delete_tenant
+        ))
+        .routes(routes!(
+            admin_keys::create_api_key,
+            admin_keys::list_api_keys
+        ))
+        .routes(routes!(admin_keys::revoke_api_key))
+        .routes(routes!(
+            admin_issuers::create_issuer,
+            admin_issuers::list_issuers
+        ))
+        .routes(routes!(admin_issuers::delete_issuer))
+        .routes(routes!(tenant::whoami))
+        .routes(routes!(tenant::list_own_api_keys))
+        .routes(routes!(tenant::get_own_api_key))
+}

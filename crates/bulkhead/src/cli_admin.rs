@@ -1,0 +1,425 @@
+//! Offline administration: works on the data directory or database directly, for operators
+//! at a shell. Every change is audited like its HTTP twin, with actor `cli`.
+
+use std::io::Write;
+
+use anyhow::{Context, anyhow, bail};
+use bulkhead_core::audit::Origin;
+use bulkhead_core::auth::{generate_admin_token, generate_api_key, hash_secret};
+use bulkhead_core::timestamp::to_rfc3339;
+use bulkhead_core::{
+    ApiKeyId, Isolation, RegionName, Role, Tenant, TenantId, TenantStatus, validate_display_name,
+};
+use bulkhead_store::{ApiKeyInfo, NewTenant, Store, TenantPatch};
+use comfy_table::Table;
+use comfy_table::presets::UTF8_BORDERS_ONLY;
+use secrecy::ExposeSecret;
+use serde_json::json;
+
+use crate::serve::ADMIN_TOKEN_SETTING;
+use crate::{GlobalArgs, settings};
+
+#[derive(clap::Args)]
+pub struct Output {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant.
+    Create {
+        id: String,
+        #[arg(long)]
+        name: String,
+        /// Home region (default: the first configured region).
+        #[arg(long)]
+        region: Option<String>,
+        #[arg(long, default_value = "shared")]
+        isolation: Isolation,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// List tenants.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Start after this tenant id.
+        #[arg(long)]
+        after: Option<String>,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Show one tenant.
+    Show {
+        id: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Suspend a tenant: every credential of it stops working at once.
+    Suspend {
+        id: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Reactivate a suspended tenant.
+    Reactivate {
+        id: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Delete a tenant with its keys and issuers; its audit trail records the deletion.
+    Delete {
+        id: String,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum KeyCommand {
+    /// Create an API key; the key is printed once.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        name: String,
+        /// owner, admin, approver, developer, viewer or agent.
+        #[arg(long)]
+        role: Role,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// List a tenant's API keys (metadata only).
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Revoke an API key; it stops working on the next request.
+    Revoke {
+        #[arg(long)]
+        tenant: String,
+        key_id: String,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum AdminTokenCommand {
+    /// Replace the admin token with a new one, printed once. Running servers pick it up on
+    /// restart. Ignored while BULKHEAD_ADMIN_TOKEN is set, which always wins.
+    Rotate,
+}
+
+fn tenant_id(id: &str) -> anyhow::Result<TenantId> {
+    TenantId::try_from(id).map_err(|e| anyhow!("invalid tenant id {id:?}: {e}"))
+}
+
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn print_table(header: &[&str], rows: Vec<Vec<String>>) -> anyhow::Result<()> {
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_BORDERS_ONLY)
+        .set_header(header.to_vec());
+    for row in rows {
+        table.add_row(row);
+    }
+    writeln!(std::io::stdout().lock(), "{table}")?;
+    Ok(())
+}
+
+fn tenant_json(t: &Tenant) -> serde_json::Value {
+    json!({
+        "id": t.id,
+        "name": t.name,
+        "region": t.region,
+        "isolation": t.isolation,
+        "status": t.status,
+        "created_at": to_rfc3339(t.created_at),
+        "updated_at": to_rfc3339(t.updated_at),
+    })
+}
+
+fn tenant_row(t: &Tenant) -> Vec<String> {
+    vec![
+        t.id.to_string(),
+        t.name.clone(),
+        t.region.to_string(),
+        t.isolation.to_string(),
+        t.status.to_string(),
+        to_rfc3339(t.created_at),
+    ]
+}
+
+const TENANT_HEADER: &[&str] = &["ID", "NAME", "REGION", "ISOLATION", "STATUS", "CREATED"];
+
+fn show_tenants(tenants: &[Tenant], output: &Output) -> anyhow::Result<()> {
+    if output.json {
+        print_json(&serde_json::Value::Array(
+            tenants.iter().map(tenant_json).collect(),
+        ))
+    } else {
+        print_table(TENANT_HEADER, tenants.iter().map(tenant_row).collect())
+    }
+}
+
+fn show_tenant(tenant: &Tenant, output: &Output) -> anyhow::Result<()> {
+    if output.json {
+        print_json(&tenant_json(tenant))
+    } else {
+        print_table(TENANT_HEADER, vec![tenant_row(tenant)])
+    }
+}
+
+async fn open(global: &GlobalArgs) -> anyhow::Result<(bulkhead_core::config::Config, Store)> {
+    let config = settings::load(global)?;
+    let store = settings::open_store(&config).await?;
+    Ok((config, store))
+}
+
+pub async fn tenant(global: &GlobalArgs, command: TenantCommand) -> anyhow::Result<()> {
+    let (config, store) = open(global).await?;
+    let admin = store.admin();
+    let result = match command {
+        TenantCommand::Create {
+            id,
+            name,
+            region,
+            isolation,
+            output,
+        } => {
+            let region = match region {
+                None => config
+                    .regions
+                    .first()
+                    .cloned()
+                    .context("no region is configured")?,
+                Some(r) => {
+                    let region = RegionName::try_from(r.as_str())
+                        .map_err(|e| anyhow!("invalid region {r:?}: {e}"))?;
+                    if !config.regions.contains(&region) {
+                        bail!("unknown region {region}; configured: {:?}", config.regions);
+                    }
+                    region
+                }
+            };
+            let new = NewTenant {
+                id: tenant_id(&id)?,
+                name: validate_display_name(&name).map_err(|e| anyhow!("invalid name: {e}"))?,
+                region,
+                isolation,
+            };
+            let tenant = admin
+                .create_tenant(new, &Origin::cli())
+                .await
+                .with_context(|| format!("cannot create tenant {id}"))?;
+            show_tenant(&tenant, &output)
+        }
+        TenantCommand::List {
+            limit,
+            after,
+            output,
+        } => {
+            let after = after.as_deref().map(tenant_id).transpose()?;
+            let page = admin
+                .list_tenants(after.as_ref(), limit.clamp(1, 10_000))
+                .await?;
+            show_tenants(&page.items, &output)?;
+            if let (Some(next), false) = (&page.next_after, output.json) {
+                writeln!(std::io::stdout().lock(), "more: --after {next}")?;
+            }
+            Ok(())
+        }
+        TenantCommand::Show { id, output } => {
+            let tenant = admin
+                .get_tenant(&tenant_id(&id)?)
+                .await?
+                .with_context(|| format!("no tenant {id}"))?;
+            show_tenant(&tenant, &output)
+        }
+        TenantCommand::Suspend { id, output } => {
+            set_status(&store, &id, TenantStatus::Suspended, &output).await
+        }
+        TenantCommand::Reactivate { id, output } => {
+            set_status(&store, &id, TenantStatus::Active, &output).await
+        }
+        TenantCommand::Delete { id, output } => {
+            let receipt = admin
+                .delete_tenant(&tenant_id(&id)?, &Origin::cli())
+                .await?
+                .with_context(|| format!("no tenant {id}"))?;
+            let value = json!({
+                "tenant_id": receipt.tenant_id,
+                "deleted_at": to_rfc3339(receipt.deleted_at),
+                "api_keys_deleted": receipt.api_keys_deleted,
+                "issuers_deleted": receipt.issuers_deleted,
+                "audit_seq": receipt.audit_seq,
+            });
+            if output.json {
+                print_json(&value)
+            } else {
+                writeln!(
+                    std::io::stdout().lock(),
+                    "deleted tenant {} ({} API keys, {} issuers); audit event #{}",
+                    receipt.tenant_id,
+                    receipt.api_keys_deleted,
+                    receipt.issuers_deleted,
+                    receipt.audit_seq
+                )?;
+                Ok(())
+            }
+        }
+    };
+    store.close().await;
+    result
+}
+
+async fn set_status(
+    store: &Store,
+    id: &str,
+    status: TenantStatus,
+    output: &Output,
+) -> anyhow::Result<()> {
+    let patch = TenantPatch {
+        status: Some(status),
+        ..TenantPatch::default()
+    };
+    let tenant = store
+        .admin()
+        .update_tenant(&tenant_id(id)?, patch, &Origin::cli())
+        .await?
+        .with_context(|| format!("no tenant {id}"))?;
+    show_tenant(&tenant, output)
+}
+
+fn key_json(k: &ApiKeyInfo) -> serde_json::Value {
+    json!({
+        "id": k.id,
+        "tenant_id": k.tenant_id,
+        "name": k.name,
+        "role": k.role,
+        "prefix": k.display_prefix,
+        "created_at": to_rfc3339(k.created_at),
+        "revoked_at": k.revoked_at.map(to_rfc3339),
+    })
+}
+
+const KEY_HEADER: &[&str] = &["ID", "NAME", "ROLE", "PREFIX", "CREATED", "REVOKED"];
+
+fn key_row(k: &ApiKeyInfo) -> Vec<String> {
+    vec![
+        k.id.to_string(),
+        k.name.clone(),
+        k.role.to_string(),
+        k.display_prefix.clone(),
+        to_rfc3339(k.created_at),
+        k.revoked_at.map(to_rfc3339).unwrap_or_default(),
+    ]
+}
+
+pub async fn key(global: &GlobalArgs, command: KeyCommand) -> anyhow::Result<()> {
+    let (_config, store) = open(global).await?;
+    let admin = store.admin();
+    let result = match command {
+        KeyCommand::Create {
+            tenant,
+            name,
+            role,
+            output,
+        } => {
+            let name = validate_display_name(&name).map_err(|e| anyhow!("invalid name: {e}"))?;
+            let generated = generate_api_key();
+            let info = admin
+                .create_api_key(
+                    &tenant_id(&tenant)?,
+                    &name,
+                    role,
+                    &generated,
+                    &Origin::cli(),
+                )
+                .await?
+                .with_context(|| format!("no tenant {tenant}"))?;
+            if output.json {
+                let mut value = key_json(&info);
+                value["key"] = json!(generated.key.expose_secret());
+                print_json(&value)
+            } else {
+                print_table(KEY_HEADER, vec![key_row(&info)])?;
+                let mut out = std::io::stdout().lock();
+                writeln!(
+                    out,
+                    "key (shown only now): {}",
+                    generated.key.expose_secret()
+                )?;
+                Ok(())
+            }
+        }
+        KeyCommand::List { tenant, output } => {
+            let keys = admin
+                .list_api_keys(&tenant_id(&tenant)?)
+                .await?
+                .with_context(|| format!("no tenant {tenant}"))?;
+            if output.json {
+                print_json(&serde_json::Value::Array(
+                    keys.iter().map(key_json).collect(),
+                ))
+            } else {
+                print_table(KEY_HEADER, keys.iter().map(key_row).collect())
+            }
+        }
+        KeyCommand::Revoke {
+            tenant,
+            key_id,
+            output,
+        } => {
+            let key_id =
+                ApiKeyId::try_from(key_id.as_str()).map_err(|e| anyhow!("invalid key id: {e}"))?;
+            let info = admin
+                .revoke_api_key(&tenant_id(&tenant)?, &key_id, &Origin::cli())
+                .await?
+                .with_context(|| format!("tenant {tenant} has no key {key_id}"))?;
+            if output.json {
+                print_json(&key_json(&info))
+            } else {
+                print_table(KEY_HEADER, vec![key_row(&info)])
+            }
+        }
+    };
+    store.close().await;
+    result
+}
+
+pub async fn admin_token(global: &GlobalArgs, command: AdminTokenCommand) -> anyhow::Result<()> {
+    let (config, store) = open(global).await?;
+    match command {
+        AdminTokenCommand::Rotate => {
+            if config.admin_token.is_some() {
+                bail!(
+                    "BULKHEAD_ADMIN_TOKEN (or admin_token in the config) is set and always wins; change it there"
+                );
+            }
+            let token = generate_admin_token();
+            store
+                .admin()
+                .set_setting(ADMIN_TOKEN_SETTING, &hash_secret(token.expose_secret()))
+                .await?;
+            writeln!(
+                std::io::stdout().lock(),
+                "new admin token (shown only now): {}",
+                token.expose_secret()
+            )?;
+        }
+    }
+    store.close().await;
+    Ok(())
+}

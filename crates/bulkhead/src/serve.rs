@@ -1,0 +1,164 @@
+use std::io::Write;
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use bulkhead_core::auth::{generate_admin_token, hash_secret};
+use bulkhead_core::config::Config;
+use bulkhead_server::authn::{PlatformIssuer, parse_jwks};
+use bulkhead_server::{AppState, ServerSettings};
+use bulkhead_store::Store;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::net::TcpListener;
+
+use crate::{GlobalArgs, settings};
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on (default 127.0.0.1:8080; port 0 picks a free one).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = settings::load(global)?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    settings::init_logging(&config);
+    let store = settings::open_store(&config).await?;
+    let (admin_token_hash, generated) = admin_token_hash(&config, &store).await?;
+    if let Some(token) = generated {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "Generated the platform admin token. It is shown only this once:"
+        )?;
+        writeln!(out, "\n    {}\n", token.expose_secret())?;
+        writeln!(
+            out,
+            "Keep it safe; set BULKHEAD_ADMIN_TOKEN to choose your own, or run `bulkhead admin-token rotate`."
+        )?;
+    }
+    let state = AppState::new(
+        store.clone(),
+        server_settings(&config, admin_token_hash).await?,
+    );
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "bulkhead listening on http://{address}")?;
+        out.flush()?;
+    }
+    tracing::info!(%address, database = ?store.kind(), "serving");
+    axum::serve(listener, bulkhead_server::app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("server failed")?;
+    tracing::info!("shut down; closing the database");
+    store.close().await;
+    Ok(())
+}
+
+pub const ADMIN_TOKEN_SETTING: &str = "admin_token_sha256";
+
+/// The admin token's hash. A configured token wins and its hash is stored; otherwise the
+/// stored hash is used; on first start a token is generated, stored hashed, and returned so
+/// the caller can print it once.
+pub async fn admin_token_hash(
+    config: &Config,
+    store: &Store,
+) -> anyhow::Result<(String, Option<SecretString>)> {
+    let admin = store.admin();
+    if let Some(token) = &config.admin_token {
+        if token.expose_secret().len() < 16 {
+            anyhow::bail!("the admin token must be at least 16 characters long");
+        }
+        let hash = hash_secret(token.expose_secret());
+        admin.set_setting(ADMIN_TOKEN_SETTING, &hash).await?;
+        return Ok((hash, None));
+    }
+    if let Some(hash) = admin.setting(ADMIN_TOKEN_SETTING).await? {
+        return Ok((hash, None));
+    }
+    let token = generate_admin_token();
+    let hash = hash_secret(token.expose_secret());
+    let stored = admin.setting_or_insert(ADMIN_TOKEN_SETTING, &hash).await?;
+    // Another replica may have won the race to generate it; then it printed the token.
+    let generated = (stored == hash).then_some(token);
+    Ok((stored, generated))
+}
+
+pub async fn server_settings(
+    config: &Config,
+    admin_token_hash: String,
+) -> anyhow::Result<ServerSettings> {
+    let platform_issuer = match &config.auth.platform_issuer {
+        None => None,
+        Some(issuer) => {
+            let jwks =
+                match &issuer.jwks_path {
+                    None => None,
+                    Some(path) => {
+                        let text = tokio::fs::read_to_string(path).await.with_context(|| {
+                            format!("cannot read platform JWKS {}", path.display())
+                        })?;
+                        Some(parse_jwks(&text).map_err(|e| {
+                            anyhow::anyhow!("platform JWKS {}: {e}", path.display())
+                        })?)
+                    }
+                };
+            let binding = PlatformIssuer {
+                issuer: issuer.issuer.clone(),
+                audience: issuer.audience.clone(),
+                algorithms: issuer.algorithms.clone(),
+                jwks,
+                hs256_secret: issuer.hs256_secret.clone(),
+                tenant_claim: issuer.tenant_claim.clone(),
+                roles_claim: issuer.roles_claim.clone(),
+                require_nbf: issuer.require_nbf,
+            }
+            .into_binding()
+            .map_err(|e| anyhow::anyhow!("auth.platform_issuer: {e}"))?;
+            Some(binding)
+        }
+    };
+    Ok(ServerSettings {
+        admin_token_hash,
+        platform_issuer,
+        leeway_seconds: config.auth.leeway_seconds,
+        regions: config.regions.clone(),
+        max_body_bytes: config.max_body_bytes,
+    })
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM; the server then stops accepting and finishes
+/// in-flight requests.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("received SIGINT, draining"),
+        () = terminate => tracing::info!("received SIGTERM, draining"),
+    }
+}

@@ -1,0 +1,143 @@
+//! Loads configuration: defaults, then `bulkhead.toml`, then `BULKHEAD_*` variables, then flags.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use bulkhead_core::config::{Config, LogFormat};
+use bulkhead_store::{Store, StoreOptions};
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+
+use crate::GlobalArgs;
+
+/// Top-level keys an environment variable may set (`BULKHEAD_<KEY>`, nested with `__`, as in
+/// `BULKHEAD_AUTH__LEEWAY_SECONDS`). Other `BULKHEAD_*` variables (such as
+/// `BULKHEAD_CONFIG`) are not configuration keys and are left alone.
+const ENV_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "database",
+    "admin_token",
+    "max_body_bytes",
+    "regions",
+    "auth",
+    "log",
+    "postgres",
+];
+
+pub fn load(global: &GlobalArgs) -> anyhow::Result<Config> {
+    let mut figment = Figment::new();
+    match &global.config {
+        Some(path) => {
+            if !path.exists() {
+                bail!("configuration file {} does not exist", path.display());
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        None => {
+            let default = Path::new("bulkhead.toml");
+            if default.exists() {
+                figment = figment.merge(Toml::file_exact(default));
+            }
+        }
+    }
+    figment = figment.merge(
+        Env::prefixed("BULKHEAD_")
+            .filter(|key| {
+                let top = key.as_str().split("__").next().unwrap_or_default();
+                ENV_KEYS.iter().any(|k| top.eq_ignore_ascii_case(k))
+            })
+            .split("__"),
+    );
+    let mut config: Config = figment.extract().context("invalid configuration")?;
+    if let Some(dir) = &global.data_dir {
+        config.data_dir.clone_from(dir);
+    }
+    if let Some(url) = &global.database {
+        config.database = Some(url.clone());
+    }
+    if config.regions.is_empty() {
+        bail!("configuration lists no regions; add at least one to `regions`");
+    }
+    Ok(config)
+}
+
+pub fn database_url(config: &Config) -> anyhow::Result<String> {
+    match &config.database {
+        Some(url) if !url.trim().is_empty() => Ok(url.clone()),
+        _ => {
+            std::fs::create_dir_all(&config.data_dir).with_context(|| {
+                format!("cannot create data directory {}", config.data_dir.display())
+            })?;
+            restrict_to_owner(&config.data_dir)?;
+            Ok(format!(
+                "sqlite://{}",
+                config.data_dir.join("bulkhead.db").display()
+            ))
+        }
+    }
+}
+
+#[cfg(unix)]
+fn restrict_to_owner(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict permissions of {}", dir.display()))
+}
+
+#[cfg(not(unix))]
+fn restrict_to_owner(_dir: &Path) -> anyhow::Result<()> {
+    Ok(())
+}
+
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let url = database_url(config)?;
+    let options = StoreOptions {
+        max_connections: config.postgres.max_connections,
+    };
+    Store::open(&url, &options)
+        .await
+        .with_context(|| format!("cannot open database {}", redact_url(&url)))
+}
+
+/// Hides a password in a database URL before it is printed.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+pub fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("sqlite://./x.db"), "sqlite://./x.db");
+    }
+}
