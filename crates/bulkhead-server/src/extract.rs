@@ -58,7 +58,14 @@ fn body_rejection(rejection: &BytesRejection, limit: usize) -> ApiError {
     }
 }
 
+/// Parses a request body that must be a JSON object. serde would otherwise accept an array
+/// for a struct, filling fields by position, which no client means.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => return Err(ApiError::MalformedBody("the body is empty".into())),
+        Some(b'{') => {}
+        Some(_) => return Err(ApiError::invalid(".", "the body must be a JSON object")),
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().to_string();
@@ -77,8 +84,6 @@ fn input_error(path: &str, error: &serde_json::Error) -> ApiError {
     match error.classify() {
         Category::Syntax | Category::Eof | Category::Io => ApiError::MalformedBody(message),
         Category::Data => {
-            // serde reports unknown and missing fields against the parent object; name the
-            // field itself, joined to its parent's path.
             let quoted = message.split('`').nth(1).map(str::to_owned);
             let join = |name: String| {
                 if path == "." || path.is_empty() {
@@ -87,9 +92,16 @@ fn input_error(path: &str, error: &serde_json::Error) -> ApiError {
                     format!("{path}.{name}")
                 }
             };
+            // serde_path_to_error already ends the path with an unknown field's name, while a
+            // missing field is reported at its parent object.
             if message.starts_with("unknown field") {
                 if let Some(name) = quoted {
-                    return ApiError::UnknownField { field: join(name) };
+                    let field = if path == "." || path.is_empty() {
+                        name
+                    } else {
+                        path.to_owned()
+                    };
+                    return ApiError::UnknownField { field };
                 }
             }
             if message.starts_with("missing field") {
@@ -190,6 +202,11 @@ mod tests {
         );
         assert_eq!(field_of(r#"{"id":"a""#).0, "malformed_body");
         assert_eq!(field_of(r#"{"id":"a"} trailing"#).0, "malformed_body");
+        assert_eq!(
+            field_of(r#"["a", null]"#),
+            ("invalid_field", Some(".".into()))
+        );
+        assert_eq!(field_of("  ").0, "malformed_body");
     }
 }
 

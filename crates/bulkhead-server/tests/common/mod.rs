@@ -1,0 +1,219 @@
+//! A real server on 127.0.0.1:0 over a fresh database, and a client to talk to it.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use bulkhead_core::RegionName;
+use bulkhead_core::auth::{IssuerBinding, JwkSet, hash_secret, parse_algorithm};
+use bulkhead_server::{AppState, ServerSettings};
+use bulkhead_store::{Store, StoreOptions};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const PLATFORM_ISS: &str = "https://platform.test";
+pub const AUDIENCE: &str = "bulkhead";
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+pub fn fixture_text(name: &str) -> String {
+    std::fs::read_to_string(fixture(name)).unwrap()
+}
+
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct TestServer {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub store: Store,
+    _dir: tempfile::TempDir,
+    pg_database: Option<String>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn postgres_admin_url() -> String {
+    std::env::var("BULKHEAD_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// Creates an empty PostgreSQL database through the store's own URL handling: opening a store
+/// on the server's maintenance database and issuing CREATE DATABASE is not something the store
+/// offers, so the tests use the `psql` client the machine has.
+fn psql(sql: &str) {
+    let status = std::process::Command::new("psql")
+        .arg(postgres_admin_url())
+        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+        .status()
+        .unwrap();
+    assert!(status.success(), "psql failed: {sql}");
+}
+
+fn platform_issuer() -> IssuerBinding {
+    IssuerBinding {
+        tenant: None,
+        issuer: PLATFORM_ISS.into(),
+        audience: AUDIENCE.into(),
+        algorithms: ["RS256", "EdDSA", "ES256"]
+            .iter()
+            .map(|a| parse_algorithm(a).unwrap())
+            .collect(),
+        jwks: serde_json::from_str::<JwkSet>(&fixture_text("jwks_a.json")).unwrap(),
+        hs256_secret: None,
+        tenant_claim: "tenant_id".into(),
+        roles_claim: "roles".into(),
+        require_nbf: true,
+    }
+}
+
+impl TestServer {
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, 64 * 1024).await
+    }
+
+    pub async fn start_with(backend: Backend, max_body_bytes: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, pg_database) = match backend {
+            Backend::Sqlite => {
+                let store =
+                    Store::open_sqlite(&dir.path().join("bulkhead.db"), &StoreOptions::default())
+                        .await
+                        .unwrap();
+                (store, None)
+            }
+            Backend::Postgres => {
+                let name = format!("bh_http_{}", uuid::Uuid::new_v4().simple());
+                psql(&format!("CREATE DATABASE {name}"));
+                let mut url = reqwest::Url::from_str(&postgres_admin_url()).unwrap();
+                url.set_path(&name);
+                let store = Store::open(url.as_str(), &StoreOptions { max_connections: 4 })
+                    .await
+                    .unwrap();
+                (store, Some(name))
+            }
+        };
+        let settings = ServerSettings {
+            admin_token_hash: hash_secret(ADMIN_TOKEN),
+            platform_issuer: Some(platform_issuer()),
+            leeway_seconds: 30,
+            regions: vec![
+                RegionName::try_from("eu-west").unwrap(),
+                RegionName::try_from("us-east").unwrap(),
+            ],
+            max_body_bytes,
+        };
+        let app = bulkhead_server::app(AppState::new(store.clone(), settings));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        TestServer {
+            base,
+            client: reqwest::Client::new(),
+            store,
+            _dir: dir,
+            pg_database,
+            task,
+        }
+    }
+
+    pub async fn finish(self) {
+        self.task.abort();
+        self.store.close().await;
+        if let Some(name) = self.pg_database {
+            psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        }
+    }
+
+    pub fn request(
+        &self,
+        method: Method,
+        path: &str,
+        bearer: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let request = self.client.request(method, format!("{}{path}", self.base));
+        match bearer {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let text = response.text().await.unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if !status.is_success() {
+            assert_eq!(
+                content_type, "application/problem+json",
+                "{status}: {value}"
+            );
+            assert!(value["code"].is_string(), "{value}");
+            assert_eq!(value["status"], status.as_u16(), "{value}");
+        }
+        (status, value)
+    }
+
+    pub async fn admin(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.request(method, path, Some(ADMIN_TOKEN));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        self.send(request).await
+    }
+
+    pub async fn tenant_get(&self, path: &str, bearer: &str) -> (StatusCode, Value) {
+        self.send(self.request(Method::GET, path, Some(bearer)))
+            .await
+    }
+
+    pub async fn create_tenant(&self, id: &str) {
+        let (status, body) = self
+            .admin(
+                Method::POST,
+                "/admin/v1/tenants",
+                Some(json!({"id": id, "name": format!("{id} org"), "region": "eu-west"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+
+    /// Creates a key and returns `(key, key_id)`.
+    pub async fn create_key(&self, tenant: &str, role: &str) -> (String, String) {
+        let (status, body) = self
+            .admin(
+                Method::POST,
+                &format!("/admin/v1/tenants/{tenant}/api-keys"),
+                Some(json!({"name": "k", "role": role})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        (
+            body["key"].as_str().unwrap().to_owned(),
+            body["id"].as_str().unwrap().to_owned(),
+        )
+    }
+}
