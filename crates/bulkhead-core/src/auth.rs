@@ -346,13 +346,13 @@ fn verify_with_binding(
     let claimed_tenant = claims.get(&binding.tenant_claim);
     let tenant_id = match &binding.tenant {
         Some(bound) => {
-            if let Some(claimed) = claimed_tenant {
-                if claimed.as_str() != Some(bound.as_str()) {
-                    return Err(AuthError::TenantClaimMismatch {
-                        claimed: claimed.to_string(),
-                        bound: bound.clone(),
-                    });
-                }
+            if let Some(claimed) = claimed_tenant
+                && claimed.as_str() != Some(bound.as_str())
+            {
+                return Err(AuthError::TenantClaimMismatch {
+                    claimed: claimed.to_string(),
+                    bound: bound.clone(),
+                });
             }
             bound.clone()
         }
@@ -414,12 +414,12 @@ fn decoding_key(
             }
         },
     };
-    if let Some(key_alg) = jwk.common.key_algorithm {
-        if key_alg.to_string() != algorithm_name(header.alg) {
-            return Err(AuthError::InvalidJwt(
-                "key is not for this algorithm".into(),
-            ));
-        }
+    if let Some(key_alg) = jwk.common.key_algorithm
+        && key_alg.to_string() != algorithm_name(header.alg)
+    {
+        return Err(AuthError::InvalidJwt(
+            "key is not for this algorithm".into(),
+        ));
     }
     DecodingKey::from_jwk(jwk).map_err(|e| AuthError::InvalidJwt(e.to_string()))
 }

@@ -84,43 +84,33 @@ fn input_error(path: &str, error: &serde_json::Error) -> ApiError {
     match error.classify() {
         Category::Syntax | Category::Eof | Category::Io => ApiError::MalformedBody(message),
         Category::Data => {
+            let at_root = path == "." || path.is_empty();
             let quoted = message.split('`').nth(1).map(str::to_owned);
-            let join = |name: String| {
-                if path == "." || path.is_empty() {
-                    name
-                } else {
-                    format!("{path}.{name}")
-                }
-            };
             // serde_path_to_error already ends the path with an unknown field's name, while a
             // missing field is reported at its parent object.
-            if message.starts_with("unknown field") {
-                if let Some(name) = quoted {
-                    let field = if path == "." || path.is_empty() {
+            match quoted {
+                Some(name) if message.starts_with("unknown field") => ApiError::UnknownField {
+                    field: if at_root { name } else { path.to_owned() },
+                },
+                Some(name) if message.starts_with("missing field") => ApiError::MissingField {
+                    field: if at_root {
                         name
                     } else {
-                        path.to_owned()
-                    };
-                    return ApiError::UnknownField { field };
-                }
-            }
-            if message.starts_with("missing field") {
-                if let Some(name) = quoted {
-                    return ApiError::MissingField { field: join(name) };
-                }
-            }
-            let detail = message
-                .split(" at line ")
-                .next()
-                .unwrap_or(&message)
-                .to_owned();
-            ApiError::InvalidField {
-                field: if path.is_empty() {
-                    ".".into()
-                } else {
-                    path.to_owned()
+                        format!("{path}.{name}")
+                    },
                 },
-                detail,
+                _ => ApiError::InvalidField {
+                    field: if path.is_empty() {
+                        ".".into()
+                    } else {
+                        path.to_owned()
+                    },
+                    detail: message
+                        .split(" at line ")
+                        .next()
+                        .unwrap_or(&message)
+                        .to_owned(),
+                },
             }
         }
     }
@@ -140,6 +130,24 @@ where
         axum::extract::Query::<T>::try_from_uri(&parts.uri)
             .map(|q| ApiQuery(q.0))
             .map_err(|e| ApiError::InvalidQuery(e.body_text()))
+    }
+}
+
+/// Path parameters. A path that does not parse names nothing that could exist, so it is a 404.
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|_| ApiError::NotFound)
     }
 }
 
@@ -207,23 +215,5 @@ mod tests {
             ("invalid_field", Some(".".into()))
         );
         assert_eq!(field_of("  ").0, "malformed_body");
-    }
-}
-
-/// Path parameters. A path that does not parse names nothing that could exist, so it is a 404.
-pub struct ApiPath<T>(pub T);
-
-impl<S, T> FromRequestParts<S> for ApiPath<T>
-where
-    S: Send + Sync,
-    T: DeserializeOwned + Send,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        axum::extract::Path::<T>::from_request_parts(parts, state)
-            .await
-            .map(|p| ApiPath(p.0))
-            .map_err(|_| ApiError::NotFound)
     }
 }

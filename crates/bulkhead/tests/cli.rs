@@ -1,0 +1,396 @@
+//! The binary as an operator uses it: offline administration, `serve` with its configuration
+//! layers, first-start admin token, and graceful shutdown on SIGTERM.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The binary run in `dir`, with no configuration inherited from the caller's environment.
+fn bare(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bulkhead"));
+    command
+        .current_dir(dir)
+        .env_remove("BULKHEAD_ADMIN_TOKEN")
+        .env_remove("BULKHEAD_DATABASE")
+        .env_remove("BULKHEAD_DATA_DIR")
+        .env_remove("BULKHEAD_CONFIG")
+        .env("RUST_LOG", "warn");
+    command
+}
+
+fn bulkhead(data_dir: &Path) -> Command {
+    let mut command = bare(data_dir);
+    command.arg("--data-dir").arg(data_dir);
+    command
+}
+
+fn run(command: &mut Command) -> Output {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{:?} failed: {}{}",
+        command,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn json(command: &mut Command) -> Value {
+    serde_json::from_slice(&run(command).stdout).unwrap()
+}
+
+#[test]
+fn tenants_and_keys_are_managed_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let created =
+        json(bulkhead(d).args(["tenant", "create", "acme", "--name", "Acme Corp", "--json"]));
+    assert_eq!(created["id"], "acme");
+    assert_eq!(created["status"], "active");
+    run(bulkhead(d).args([
+        "tenant",
+        "create",
+        "globex",
+        "--name",
+        "Globex",
+        "--isolation",
+        "dedicated",
+    ]));
+
+    let table = String::from_utf8(run(bulkhead(d).args(["tenant", "list"])).stdout).unwrap();
+    assert!(
+        table.contains("ID") && table.contains("acme") && table.contains("dedicated"),
+        "{table}"
+    );
+    let listed = json(bulkhead(d).args(["tenant", "list", "--json"]));
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+
+    let key = json(bulkhead(d).args([
+        "key",
+        "create",
+        "--tenant",
+        "acme",
+        "--name",
+        "ci",
+        "--role",
+        "developer",
+        "--json",
+    ]));
+    assert!(key["key"].as_str().unwrap().starts_with("bhk_"));
+    let keys = json(bulkhead(d).args(["key", "list", "--tenant", "acme", "--json"]));
+    assert_eq!(keys[0]["id"], key["id"]);
+    assert!(
+        keys[0].get("key").is_none(),
+        "the key is shown only at creation"
+    );
+    let revoked = json(bulkhead(d).args([
+        "key",
+        "revoke",
+        "--tenant",
+        "acme",
+        key["id"].as_str().unwrap(),
+        "--json",
+    ]));
+    assert!(revoked["revoked_at"].is_string());
+
+    let suspended = json(bulkhead(d).args(["tenant", "suspend", "globex", "--json"]));
+    assert_eq!(suspended["status"], "suspended");
+    let shown = json(bulkhead(d).args(["tenant", "show", "globex", "--json"]));
+    assert_eq!(shown["status"], "suspended");
+    let receipt = json(bulkhead(d).args(["tenant", "delete", "globex", "--json"]));
+    assert_eq!(receipt["tenant_id"], "globex");
+
+    // Mistakes are clear errors with a non-zero exit, never panics.
+    for args in [
+        vec!["tenant", "create", "Bad_Id", "--name", "x"],
+        vec!["tenant", "create", "acme", "--name", "again"],
+        vec![
+            "tenant", "create", "zeta", "--name", "x", "--region", "mars",
+        ],
+        vec!["tenant", "show", "nobody"],
+        vec![
+            "key", "create", "--tenant", "nobody", "--name", "k", "--role", "owner",
+        ],
+        vec![
+            "key", "create", "--tenant", "acme", "--name", "k", "--role", "emperor",
+        ],
+    ] {
+        let output = bulkhead(d).args(&args).output().unwrap();
+        assert!(!output.status.success(), "{args:?} succeeded");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(stderr.contains("error"), "{args:?}: {stderr}");
+    }
+}
+
+struct Server {
+    child: Child,
+    address: String,
+    first_lines: Vec<String>,
+}
+
+/// Starts `bulkhead serve` on port 0 and reads its stdout until it says where it listens.
+fn serve(command: &mut Command) -> Server {
+    let mut child = command
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut first_lines = Vec::new();
+    let address = loop {
+        let line = lines
+            .next()
+            .expect("serve exited before listening")
+            .unwrap();
+        if let Some(address) = line.strip_prefix("bulkhead listening on http://") {
+            break address.to_owned();
+        }
+        first_lines.push(line);
+    };
+    Server {
+        child,
+        address,
+        first_lines,
+    }
+}
+
+/// A bare HTTP/1.1 GET: the binary's tests need no HTTP client crate.
+fn get(address: &str, path: &str, bearer: Option<&str>) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    let auth = bearer
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: {address}\r\n{auth}connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (status, body)
+}
+
+fn terminate(mut server: Server) -> std::process::ExitStatus {
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn serve_generates_the_admin_token_once_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = serve(&mut bulkhead(d));
+    let printed = server.first_lines.join("\n");
+    let token = server
+        .first_lines
+        .iter()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with("bha_"))
+        .unwrap_or_else(|| panic!("no token printed: {printed}"))
+        .to_owned();
+    assert_eq!(get(&server.address, "/healthz", None).0, 200);
+    assert_eq!(get(&server.address, "/readyz", None).0, 200);
+    let (status, body) = get(&server.address, "/admin/v1/tenants", Some(&token));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        get(&server.address, "/admin/v1/tenants", Some("bha_wrong")).0,
+        401
+    );
+    assert!(terminate(server).success(), "SIGTERM is a clean exit");
+
+    // Stored hashed, never in clear, and not printed again on the next start.
+    let db = std::fs::read(d.join("bulkhead.db")).unwrap();
+    let wal = std::fs::read(d.join("bulkhead.db-wal")).unwrap_or_default();
+    let needle = token.as_bytes();
+    for bytes in [&db, &wal] {
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "the token is stored in clear"
+        );
+    }
+    let again = serve(&mut bulkhead(d));
+    assert!(
+        again.first_lines.iter().all(|l| !l.contains("bha_")),
+        "{:?}",
+        again.first_lines
+    );
+    assert_eq!(
+        get(&again.address, "/admin/v1/tenants", Some(&token)).0,
+        200
+    );
+    assert!(terminate(again).success());
+}
+
+#[test]
+fn configuration_layers_apply_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = d.join("custom.toml");
+    std::fs::write(
+        &config,
+        "admin_token = \"from-the-config-file-0123\"\nregions = [\"eu-west\", \"us-east\"]\nmax_body_bytes = 2048\n",
+    )
+    .unwrap();
+
+    // The file sets the token and regions.
+    let server = serve(bulkhead(d).arg("--config").arg(&config));
+    assert_eq!(
+        get(
+            &server.address,
+            "/admin/v1/tenants",
+            Some("from-the-config-file-0123")
+        )
+        .0,
+        200
+    );
+    assert!(terminate(server).success());
+
+    // The environment overrides the file.
+    let server = serve(
+        bulkhead(d)
+            .arg("--config")
+            .arg(&config)
+            .env("BULKHEAD_ADMIN_TOKEN", "from-the-environment-0123"),
+    );
+    assert_eq!(
+        get(
+            &server.address,
+            "/admin/v1/tenants",
+            Some("from-the-environment-0123")
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        get(
+            &server.address,
+            "/admin/v1/tenants",
+            Some("from-the-config-file-0123")
+        )
+        .0,
+        401
+    );
+    assert!(terminate(server).success());
+
+    // The file names a data directory; the environment overrides it; a flag overrides both.
+    let file_dir = d.join("from-file");
+    let env_dir = d.join("from-env");
+    let flag_dir = d.join("from-flag");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nregions = [\"eu-west\", \"us-east\"]\n",
+            file_dir.display().to_string()
+        ),
+    )
+    .unwrap();
+    let create = |command: &mut Command, id: &str| {
+        run(command
+            .arg("--config")
+            .arg(&config)
+            .args(["tenant", "create", id, "--name", "A", "--region", "us-east"]));
+    };
+    create(&mut bare(d), "one");
+    create(bare(d).env("BULKHEAD_DATA_DIR", &env_dir), "two");
+    create(
+        bare(d)
+            .env("BULKHEAD_DATA_DIR", &env_dir)
+            .arg("--data-dir")
+            .arg(&flag_dir),
+        "three",
+    );
+    for (dir, id) in [(&file_dir, "one"), (&env_dir, "two"), (&flag_dir, "three")] {
+        let listed = json(
+            bare(d)
+                .arg("--config")
+                .arg(&config)
+                .arg("--data-dir")
+                .arg(dir)
+                .args(["tenant", "list", "--json"]),
+        );
+        let ids: Vec<_> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(ids, [id], "{}", dir.display());
+    }
+
+    // Bad configuration is a clear error.
+    std::fs::write(&config, "listen = \"not an address\"\n").unwrap();
+    let output = bulkhead(d)
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("invalid configuration"));
+    std::fs::write(&config, "typo_setting = 1\n").unwrap();
+    let output = bulkhead(d)
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("typo_setting"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = bulkhead(d)
+        .arg("--config")
+        .arg(d.join("missing.toml"))
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&output.stderr).contains("does not exist"));
+}
+
+#[test]
+fn the_demo_shows_isolation_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run(Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .arg("demo")
+        .current_dir(dir.path())
+        .env_remove("BULKHEAD_DATABASE"));
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("acme's key -> tenant acme"), "{text}");
+    assert!(text.contains("globex's key -> tenant globex"), "{text}");
+    assert!(text.contains("still tenant acme"), "{text}");
+    assert!(text.contains("verified"), "{text}");
+    assert!(text.contains("Demo complete"), "{text}");
+}
