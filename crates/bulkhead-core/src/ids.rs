@@ -192,10 +192,12 @@ impl fmt::Debug for RequestId {
     }
 }
 
+/// Lowercase letters and digits from `thread_rng`: a ChaCha CSPRNG seeded and periodically
+/// reseeded from the OS, so keys stay unguessable without a system call per character.
 pub(crate) fn random_alphanumeric(len: usize) -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let mut rng = rand::rngs::OsRng;
+    let mut rng = rand::thread_rng();
     (0..len)
         .map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]))
         .collect()

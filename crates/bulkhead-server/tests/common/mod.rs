@@ -18,7 +18,7 @@ pub const AUDIENCE: &str = "bulkhead";
 
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
+        .join("../../testdata/jwt")
         .join(name)
 }
 
