@@ -84,6 +84,28 @@ impl Backend {
         Ok(())
     }
 
+    pub(crate) async fn size_bytes(&self) -> Result<i64, StoreError> {
+        let size: i64 = match self {
+            Backend::Sqlite { writer, .. } => {
+                // Checkpoint first so the WAL's pages count where they will live.
+                sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .execute(writer)
+                    .await?;
+                sqlx::query_scalar(
+                    "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+                )
+                .fetch_one(writer)
+                .await?
+            }
+            Backend::Postgres(pool) => {
+                sqlx::query_scalar("SELECT pg_database_size(current_database())")
+                    .fetch_one(pool)
+                    .await?
+            }
+        };
+        Ok(size)
+    }
+
     pub(crate) async fn close(&self) {
         match self {
             Backend::Sqlite { writer, reader } => {

@@ -143,6 +143,11 @@ impl Store {
         self.backend.ping().await
     }
 
+    /// Bytes the database occupies: SQLite's pages, or PostgreSQL's `pg_database_size`.
+    pub async fn size_bytes(&self) -> Result<i64, StoreError> {
+        self.backend.size_bytes().await
+    }
+
     pub async fn close(&self) {
         self.backend.close().await;
     }

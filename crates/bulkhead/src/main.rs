@@ -1,6 +1,7 @@
 //! The `bulkhead` binary: `serve`, `demo`, and offline administration of tenants and keys on
 //! the data directory or database. The only crate that uses `anyhow`.
 
+mod bench;
 mod cli_admin;
 mod demo;
 mod serve;
@@ -53,6 +54,9 @@ enum Command {
     /// Manage the platform admin token.
     #[command(subcommand)]
     AdminToken(cli_admin::AdminTokenCommand),
+    /// Measure end-to-end costs against the real store.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
             Command::Tenant(command) => cli_admin::tenant(&cli.global, command).await,
             Command::Key(command) => cli_admin::key(&cli.global, command).await,
             Command::AdminToken(command) => cli_admin::admin_token(&cli.global, command).await,
+            Command::Bench(command) => bench::run(&cli.global, command).await,
         }
     });
     match result {
