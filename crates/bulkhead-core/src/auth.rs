@@ -232,6 +232,14 @@ pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
     }
 }
 
+/// Parses an issuer's algorithm allowlist, naming the first unsupported entry.
+pub fn parse_algorithms(names: &[String]) -> Result<Vec<Algorithm>, String> {
+    names
+        .iter()
+        .map(|name| parse_algorithm(name).ok_or_else(|| format!("unsupported algorithm {name:?}")))
+        .collect()
+}
+
 pub fn algorithm_name(alg: Algorithm) -> &'static str {
     match alg {
         Algorithm::HS256 => "HS256",

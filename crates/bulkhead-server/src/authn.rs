@@ -11,7 +11,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use bulkhead_core::auth::{
     self, AuthError, Credential, IssuerBinding, JwkSet, authenticate_api_key, authenticate_jwt,
-    parse_algorithm, peek_issuer, secret_matches, verify_jwt,
+    parse_algorithms, peek_issuer, secret_matches, verify_jwt,
 };
 use bulkhead_core::{RequestId, Role, TenantContext};
 use bulkhead_store::IssuerRecord;
@@ -169,11 +169,7 @@ pub async fn binding_from_record(record: &IssuerRecord) -> Result<IssuerBinding,
         (None, None) => return Err("no keys".into()),
     };
     let jwks = parse_jwks(&jwks_text)?;
-    let algorithms = record
-        .algorithms
-        .iter()
-        .map(|name| parse_algorithm(name).ok_or_else(|| format!("unknown algorithm {name}")))
-        .collect::<Result<_, _>>()?;
+    let algorithms = parse_algorithms(&record.algorithms)?;
     Ok(IssuerBinding {
         tenant: Some(record.tenant_id.clone()),
         issuer: record.issuer.clone(),
@@ -245,11 +241,7 @@ pub struct PlatformIssuer {
 
 impl PlatformIssuer {
     pub fn into_binding(self) -> Result<IssuerBinding, String> {
-        let algorithms: Vec<_> = self
-            .algorithms
-            .iter()
-            .map(|name| parse_algorithm(name).ok_or_else(|| format!("unknown algorithm {name:?}")))
-            .collect::<Result<_, _>>()?;
+        let algorithms = parse_algorithms(&self.algorithms)?;
         if algorithms.is_empty() {
             return Err("the platform issuer allows no algorithm".into());
         }

@@ -399,7 +399,12 @@ fn the_demo_shows_isolation_and_exits_cleanly() {
 fn the_example_configuration_is_valid() {
     let dir = tempfile::tempdir().unwrap();
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bulkhead.example.toml");
-    let listed = json(bulkhead(dir.path()).arg("--config").arg(&example).args(["tenant", "list", "--json"]));
+    let listed = json(
+        bulkhead(dir.path())
+            .arg("--config")
+            .arg(&example)
+            .args(["tenant", "list", "--json"]),
+    );
     assert_eq!(listed, Value::Array(vec![]));
     // Its commented-out platform issuer block is valid too once filled in.
     let text = std::fs::read_to_string(&example).unwrap();
@@ -407,11 +412,24 @@ fn the_example_configuration_is_valid() {
     let enabled = text
         .lines()
         .map(|line| match line.strip_prefix("# ") {
-            Some(rest) if rest.starts_with("[auth.platform_issuer]")
-                || ["issuer", "audience", "algorithms", "tenant_claim", "roles_claim", "require_nbf"]
+            Some(rest)
+                if rest.starts_with("[auth.platform_issuer]")
+                    || [
+                        "issuer",
+                        "audience",
+                        "algorithms",
+                        "tenant_claim",
+                        "roles_claim",
+                        "require_nbf",
+                    ]
                     .iter()
-                    .any(|k| rest.starts_with(&format!("{k} "))) => rest.to_owned(),
-            Some(rest) if rest.starts_with("jwks_path") => format!("jwks_path = {:?}", jwks.display().to_string()),
+                    .any(|k| rest.starts_with(&format!("{k} "))) =>
+            {
+                rest.to_owned()
+            }
+            Some(rest) if rest.starts_with("jwks_path") => {
+                format!("jwks_path = {:?}", jwks.display().to_string())
+            }
             _ => line.to_owned(),
         })
         .collect::<Vec<_>>()
@@ -419,7 +437,12 @@ fn the_example_configuration_is_valid() {
     assert!(enabled.contains("\n[auth.platform_issuer]"), "{enabled}");
     let config = dir.path().join("enabled.toml");
     std::fs::write(&config, enabled).unwrap();
-    let server = serve(bulkhead(dir.path()).arg("--config").arg(&config).env("BULKHEAD_ADMIN_TOKEN", "an-admin-token-for-tests"));
+    let server = serve(
+        bulkhead(dir.path())
+            .arg("--config")
+            .arg(&config)
+            .env("BULKHEAD_ADMIN_TOKEN", "an-admin-token-for-tests"),
+    );
     assert_eq!(get(&server.address, "/healthz", None).0, 200);
     assert!(terminate(server).success());
 }

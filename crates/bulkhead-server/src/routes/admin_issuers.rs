@@ -3,7 +3,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use bulkhead_core::IssuerId;
 use bulkhead_core::audit::Origin;
-use bulkhead_core::auth::{Algorithm, parse_algorithm};
+use bulkhead_core::auth::{Algorithm, parse_algorithms};
 use bulkhead_core::config::{default_roles_claim, default_tenant_claim};
 use bulkhead_core::timestamp::to_rfc3339;
 use bulkhead_store::{IssuerRecord, NewIssuer};
@@ -101,22 +101,13 @@ async fn validate(body: CreateIssuerRequest) -> Result<NewIssuer, ApiError> {
             "name at least one algorithm",
         ));
     }
-    for name in &body.algorithms {
-        match parse_algorithm(name) {
-            None => {
-                return Err(ApiError::invalid(
-                    "algorithms",
-                    format!("unsupported algorithm {name:?}"),
-                ));
-            }
-            Some(Algorithm::HS256) => {
-                return Err(ApiError::invalid(
-                    "algorithms",
-                    "HS256 is not accepted for tenant issuers; use an asymmetric algorithm",
-                ));
-            }
-            Some(_) => {}
-        }
+    let algorithms =
+        parse_algorithms(&body.algorithms).map_err(|e| ApiError::invalid("algorithms", e))?;
+    if algorithms.contains(&Algorithm::HS256) {
+        return Err(ApiError::invalid(
+            "algorithms",
+            "HS256 is not accepted for tenant issuers; use an asymmetric algorithm",
+        ));
     }
     let jwks_text = match (&body.jwks, &body.jwks_path) {
         (Some(_), Some(_)) | (None, None) => {
