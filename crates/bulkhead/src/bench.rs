@@ -70,7 +70,7 @@ pub async fn run(global: &GlobalArgs, command: BenchCommand) -> anyhow::Result<(
                     )
                     .await
                     .with_context(|| format!("tenant {i}"))?;
-                if i > 0 && i % 10_000 == 0 {
+                if i > 0 && i.is_multiple_of(10_000) {
                     eprintln!("  {i} tenants, {:.1}s", started.elapsed().as_secs_f64());
                 }
             }
