@@ -41,11 +41,14 @@ impl Backend {
     pub(crate) async fn begin(&self, access: Access, scope: Scope<'_>) -> Result<Tx, StoreError> {
         match self {
             Backend::Sqlite { writer, reader } => {
-                let pool = match access {
-                    Access::Write => writer,
-                    Access::Read => reader,
+                // A deferred transaction that reads and then writes fails at once (it does
+                // not wait) if another process wrote in between; BEGIN IMMEDIATE takes the
+                // write lock up front and waits for it under busy_timeout instead.
+                let tx = match access {
+                    Access::Write => writer.begin_with("BEGIN IMMEDIATE").await?,
+                    Access::Read => reader.begin().await?,
                 };
-                Ok(Tx::Sqlite(pool.begin().await?))
+                Ok(Tx::Sqlite(tx))
             }
             Backend::Postgres(pool) => {
                 let mut tx = pool.begin().await?;

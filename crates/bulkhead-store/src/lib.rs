@@ -96,8 +96,9 @@ impl Store {
 
     /// Opens (creating if needed) a SQLite database file in WAL mode.
     ///
-    /// Writes go through a single connection, so SQLite never has to upgrade a reader's lock
-    /// mid-transaction (which fails at once instead of waiting); reads use a pool of their own.
+    /// Writes go through a single connection and begin with `BEGIN IMMEDIATE`, so they queue
+    /// for the write lock (also against the CLI or another process) instead of failing when
+    /// a read lock cannot be upgraded; reads use a pool of their own.
     pub async fn open_sqlite(path: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
         let connect = SqliteConnectOptions::new()
             .filename(path)

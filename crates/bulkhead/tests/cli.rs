@@ -446,3 +446,52 @@ fn the_example_configuration_is_valid() {
     assert_eq!(get(&server.address, "/healthz", None).0, 200);
     assert!(terminate(server).success());
 }
+
+#[test]
+fn the_cli_and_a_running_server_write_the_same_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = serve(bulkhead(d).env("BULKHEAD_ADMIN_TOKEN", "an-admin-token-for-tests"));
+    run(bulkhead(d).args(["tenant", "create", "shared", "--name", "X"]));
+    // Several processes write at once, some reading before they write (suspend and reactivate
+    // read the tenant first); SQLite's write lock is taken up front and waited for.
+    let writers: Vec<_> = (0..12)
+        .map(|i| {
+            let args: Vec<String> = match i % 3 {
+                0 => vec![
+                    "tenant".into(),
+                    "create".into(),
+                    format!("cli-{}", i / 3),
+                    "--name".into(),
+                    "X".into(),
+                ],
+                1 => vec!["tenant".into(), "suspend".into(), "shared".into()],
+                _ => vec!["tenant".into(), "reactivate".into(), "shared".into()],
+            };
+            bulkhead(d)
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for writer in writers {
+        let output = writer.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let (status, body) = get(
+        &server.address,
+        "/admin/v1/tenants",
+        Some("an-admin-token-for-tests"),
+    );
+    assert_eq!(status, 200);
+    for i in 0..4 {
+        assert!(body.contains(&format!("cli-{i}")), "{body}");
+    }
+    assert!(terminate(server).success());
+}
