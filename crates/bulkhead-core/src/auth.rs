@@ -450,6 +450,18 @@ pub fn authenticate_jwt(
     ))
 }
 
+/// The context for the platform operator acting on one tenant from the command line. The
+/// credential is local access to the data directory or database, which the CLI already proved
+/// by opening it. The tenant must exist; it may be suspended (an operator may still manage it).
+pub fn operator_context(tenant: &Tenant) -> TenantContext {
+    TenantContext::new(
+        tenant,
+        Principal::Operator,
+        BTreeSet::from([Role::Owner]),
+        RequestId::generate(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

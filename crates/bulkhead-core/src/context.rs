@@ -10,6 +10,9 @@ pub enum Principal {
     ApiKey(ApiKeyId),
     /// A person or service named by a verified JWT's `sub`, from the issuer that signed it.
     User { issuer: String, subject: String },
+    /// The platform operator at the command line, acting on one tenant's behalf. Their
+    /// credential is access to the data directory or database itself.
+    Operator,
 }
 
 impl fmt::Display for Principal {
@@ -17,6 +20,7 @@ impl fmt::Display for Principal {
         match self {
             Principal::ApiKey(id) => write!(f, "key:{id}"),
             Principal::User { issuer, subject } => write!(f, "user:{subject}@{issuer}"),
+            Principal::Operator => f.write_str("operator"),
         }
     }
 }

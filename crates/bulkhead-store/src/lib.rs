@@ -14,8 +14,11 @@
 mod admin;
 mod audit;
 mod backend;
+mod credentials;
 mod records;
 mod tenant;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -26,6 +29,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 pub use admin::AdminStore;
+pub use credentials::{CredentialRecord, CredentialWrite, DataKeyRecord};
 pub use records::{
     ApiKeyInfo, DeletionReceipt, IssuerRecord, NewIssuer, NewTenant, Page, TenantPatch,
 };

@@ -25,7 +25,7 @@ impl<'a> TenantStore<'a> {
         self.ctx
     }
 
-    async fn begin(&self, access: Access) -> Result<Tx, StoreError> {
+    pub(crate) async fn begin(&self, access: Access) -> Result<Tx, StoreError> {
         self.backend
             .begin(access, Scope::Tenant(self.ctx.tenant_id()))
             .await

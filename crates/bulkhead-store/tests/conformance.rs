@@ -3,13 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
-
 use bulkhead_core::audit::{Origin, verify_chain};
 use bulkhead_core::auth::generate_api_key;
 use bulkhead_core::{Isolation, RegionName, Role, Tenant, TenantContext, TenantId, TenantStatus};
+use bulkhead_store::testing::TestDb;
 use bulkhead_store::{NewIssuer, NewTenant, Store, StoreError, TenantPatch};
-use support::TestDb;
 
 macro_rules! conformance_suite {
     ($($test:ident),* $(,)?) => {
@@ -17,7 +15,7 @@ macro_rules! conformance_suite {
             $(
                 #[tokio::test]
                 async fn $test() {
-                    let (store, db) = crate::support::TestDb::sqlite().await;
+                    let (store, db) = bulkhead_store::testing::TestDb::sqlite().await;
                     crate::$test(&store, &db).await;
                     db.finish(store).await;
                 }
@@ -27,7 +25,7 @@ macro_rules! conformance_suite {
             $(
                 #[tokio::test]
                 async fn $test() {
-                    let (store, db) = crate::support::TestDb::postgres().await;
+                    let (store, db) = bulkhead_store::testing::TestDb::postgres().await;
                     crate::$test(&store, &db).await;
                     db.finish(store).await;
                 }

@@ -3,12 +3,12 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use bulkhead_core::RegionName;
 use bulkhead_core::auth::{IssuerBinding, JwkSet, hash_secret, parse_algorithm};
 use bulkhead_server::{AppState, ServerSettings};
-use bulkhead_store::{Store, StoreOptions};
+use bulkhead_store::Store;
+use bulkhead_store::testing::TestDb;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -35,26 +35,8 @@ pub struct TestServer {
     pub base: String,
     pub client: reqwest::Client,
     pub store: Store,
-    _dir: tempfile::TempDir,
-    pg_database: Option<String>,
+    pub db: TestDb,
     task: tokio::task::JoinHandle<()>,
-}
-
-fn postgres_admin_url() -> String {
-    std::env::var("BULKHEAD_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-/// Creates an empty PostgreSQL database through the store's own URL handling: opening a store
-/// on the server's maintenance database and issuing CREATE DATABASE is not something the store
-/// offers, so the tests use the `psql` client the machine has.
-fn psql(sql: &str) {
-    let status = std::process::Command::new("psql")
-        .arg(postgres_admin_url())
-        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
-        .status()
-        .unwrap();
-    assert!(status.success(), "psql failed: {sql}");
 }
 
 fn platform_issuer() -> IssuerBinding {
@@ -80,25 +62,9 @@ impl TestServer {
     }
 
     pub async fn start_with(backend: Backend, max_body_bytes: usize) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, pg_database) = match backend {
-            Backend::Sqlite => {
-                let store =
-                    Store::open_sqlite(&dir.path().join("bulkhead.db"), &StoreOptions::default())
-                        .await
-                        .unwrap();
-                (store, None)
-            }
-            Backend::Postgres => {
-                let name = format!("bh_http_{}", uuid::Uuid::new_v4().simple());
-                psql(&format!("CREATE DATABASE {name}"));
-                let mut url = reqwest::Url::from_str(&postgres_admin_url()).unwrap();
-                url.set_path(&name);
-                let store = Store::open(url.as_str(), &StoreOptions { max_connections: 4 })
-                    .await
-                    .unwrap();
-                (store, Some(name))
-            }
+        let (store, db) = match backend {
+            Backend::Sqlite => TestDb::sqlite().await,
+            Backend::Postgres => TestDb::postgres().await,
         };
         let settings = ServerSettings {
             admin_token_hash: hash_secret(ADMIN_TOKEN),
@@ -120,18 +86,14 @@ impl TestServer {
             base,
             client: reqwest::Client::new(),
             store,
-            _dir: dir,
-            pg_database,
+            db,
             task,
         }
     }
 
     pub async fn finish(self) {
         self.task.abort();
-        self.store.close().await;
-        if let Some(name) = self.pg_database {
-            psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-        }
+        self.db.finish(self.store).await;
     }
 
     pub fn request(

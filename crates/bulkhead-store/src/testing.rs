@@ -1,9 +1,13 @@
-//! Fresh databases for each test: a SQLite file in a temporary directory, or a new PostgreSQL
-//! database on the machine's server, dropped when the test ends.
+//! Fresh databases for tests (behind the `test-support` feature): a SQLite file in a temporary
+//! directory, or a new PostgreSQL database on the machine's server, dropped when the test ends.
+//! Tests of every crate use these, so no other crate needs the SQL driver to set up or
+//! inspect a database.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::str::FromStr;
 
-use bulkhead_store::{Store, StoreOptions};
+use crate::{Store, StoreOptions};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection};
 
@@ -67,6 +71,36 @@ impl TestDb {
                 let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
                 sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
                 conn.close().await.unwrap();
+            }
+        }
+    }
+
+    /// Every byte the database holds on disk, as a backup would: the SQLite file and its WAL,
+    /// or a `pg_dump` of the PostgreSQL database.
+    pub async fn dump(&self) -> Vec<u8> {
+        match self {
+            TestDb::Sqlite { path, .. } => {
+                let mut bytes = std::fs::read(path).unwrap();
+                for suffix in ["-wal", "-shm"] {
+                    let mut side = path.clone().into_os_string();
+                    side.push(suffix);
+                    bytes.extend(std::fs::read(side).unwrap_or_default());
+                }
+                bytes
+            }
+            TestDb::Postgres { url, .. } => {
+                let output = std::process::Command::new("pg_dump")
+                    .arg("--data-only")
+                    // sqlx's URL carries its own query parameters, which libpq refuses.
+                    .arg(url.split('?').next().unwrap_or(url))
+                    .output()
+                    .unwrap();
+                assert!(
+                    output.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                output.stdout
             }
         }
     }

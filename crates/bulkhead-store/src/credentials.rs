@@ -1,0 +1,277 @@
+//! Storage for the credential vault: each tenant's wrapped data key and its sealed secrets.
+//! This module stores bytes; encryption and decryption live in bulkhead-vault.
+
+use bulkhead_core::ConnectorName;
+use bulkhead_core::audit::{AuditDraft, Origin, Outcome};
+use bulkhead_core::timestamp::now_millis;
+use serde_json::{Value, json};
+
+use crate::backend::{Access, execute, fetch_all, fetch_optional};
+use crate::{StoreError, TenantStore, audit};
+
+/// A tenant's data key, wrapped by a key-encryption key.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DataKeyRecord {
+    /// Which key-encryption key wrapped it.
+    pub kek_id: String,
+    /// Bumped each time the data key is replaced; sealed secrets name the version they use.
+    pub dek_version: i64,
+    pub wrapped_dek: Vec<u8>,
+}
+
+/// A sealed credential and its non-secret metadata.
+#[derive(Debug, Clone)]
+pub struct CredentialRecord {
+    pub connector: ConnectorName,
+    pub version: i64,
+    pub dek_version: i64,
+    /// Nonce and ciphertext; opaque to the store.
+    pub sealed: Vec<u8>,
+    pub fields: Value,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct CredentialRow {
+    connector: String,
+    version: i64,
+    dek_version: i64,
+    sealed: Vec<u8>,
+    fields: String,
+    created_at: i64,
+    updated_at: i64,
+}
+
+const CREDENTIAL_COLUMNS: &str =
+    "connector, version, dek_version, sealed, fields, created_at, updated_at";
+
+impl TryFrom<CredentialRow> for CredentialRecord {
+    type Error = StoreError;
+    fn try_from(row: CredentialRow) -> Result<Self, StoreError> {
+        Ok(CredentialRecord {
+            connector: ConnectorName::try_from(row.connector)
+                .map_err(|e| StoreError::Corrupt(format!("connector: {e}")))?,
+            version: row.version,
+            dek_version: row.dek_version,
+            sealed: row.sealed,
+            fields: serde_json::from_str(&row.fields)
+                .map_err(|e| StoreError::Corrupt(format!("fields: {e}")))?,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+/// What a credential write is: a first version, or a replacement of a known version.
+#[derive(Debug, Clone, Copy)]
+pub enum CredentialWrite {
+    Create,
+    Replace { current_version: i64 },
+}
+
+impl TenantStore<'_> {
+    fn origin(&self) -> Origin {
+        Origin {
+            actor: self.context().principal().to_string(),
+            request_id: Some(self.context().request_id().clone()),
+        }
+    }
+
+    /// The tenant's wrapped data key, if it has one yet.
+    pub async fn data_key(&self) -> Result<Option<DataKeyRecord>, StoreError> {
+        let mut tx = self.begin(Access::Read).await?;
+        let key = fetch_optional!(
+            &mut tx,
+            DataKeyRecord,
+            "SELECT kek_id, dek_version, wrapped_dek FROM tenant_keys WHERE tenant_id = $1",
+            self.context().tenant_id().as_str(),
+        )?;
+        tx.commit().await?;
+        Ok(key)
+    }
+
+    /// Stores the tenant's first data key unless another request stored one first; returns
+    /// whichever is stored, so concurrent first writes agree on one key.
+    pub async fn create_data_key(
+        &self,
+        kek_id: &str,
+        wrapped_dek: &[u8],
+    ) -> Result<DataKeyRecord, StoreError> {
+        let tenant = self.context().tenant_id();
+        let mut tx = self.begin(Access::Write).await?;
+        let now = now_millis();
+        let inserted = execute!(
+            &mut tx,
+            "INSERT INTO tenant_keys (tenant_id, kek_id, dek_version, wrapped_dek, created_at, updated_at) \
+             VALUES ($1, $2, 1, $3, $4, $4) ON CONFLICT (tenant_id) DO NOTHING",
+            tenant.as_str(),
+            kek_id,
+            wrapped_dek,
+            now,
+        )?;
+        if inserted > 0 {
+            audit::append(
+                &mut tx,
+                tenant,
+                &self.origin(),
+                AuditDraft {
+                    action: "data_key.created",
+                    resource: format!("tenant/{tenant}/data_key"),
+                    outcome: Outcome::Success,
+                    details: json!({"kek_id": kek_id, "dek_version": 1}),
+                },
+            )
+            .await?;
+        }
+        let key = fetch_optional!(
+            &mut tx,
+            DataKeyRecord,
+            "SELECT kek_id, dek_version, wrapped_dek FROM tenant_keys WHERE tenant_id = $1",
+            tenant.as_str(),
+        )?
+        .ok_or_else(|| StoreError::Corrupt("data key vanished".into()))?;
+        tx.commit().await?;
+        Ok(key)
+    }
+
+    pub async fn credential(
+        &self,
+        connector: &ConnectorName,
+    ) -> Result<Option<CredentialRecord>, StoreError> {
+        let mut tx = self.begin(Access::Read).await?;
+        let sql = format!(
+            "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE tenant_id = $1 AND connector = $2"
+        );
+        let row = fetch_optional!(
+            &mut tx,
+            CredentialRow,
+            &sql,
+            self.context().tenant_id().as_str(),
+            connector.as_str(),
+        )?;
+        tx.commit().await?;
+        row.map(CredentialRecord::try_from).transpose()
+    }
+
+    pub async fn credentials(&self) -> Result<Vec<CredentialRecord>, StoreError> {
+        let mut tx = self.begin(Access::Read).await?;
+        let sql = format!(
+            "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE tenant_id = $1 ORDER BY connector"
+        );
+        let rows = fetch_all!(
+            &mut tx,
+            CredentialRow,
+            &sql,
+            self.context().tenant_id().as_str()
+        )?;
+        tx.commit().await?;
+        rows.into_iter().map(CredentialRecord::try_from).collect()
+    }
+
+    /// Writes a sealed credential as `new_version`, only if the stored version is still what
+    /// the caller sealed against (`write`); `None` if another writer got there first, so the
+    /// caller reseals (the version is part of the ciphertext's associated data) and retries.
+    pub async fn put_credential(
+        &self,
+        connector: &ConnectorName,
+        write: CredentialWrite,
+        new_version: i64,
+        dek_version: i64,
+        sealed: &[u8],
+        fields: &Value,
+    ) -> Result<Option<CredentialRecord>, StoreError> {
+        let tenant = self.context().tenant_id();
+        let mut tx = self.begin(Access::Write).await?;
+        let now = now_millis();
+        let fields_text = fields.to_string();
+        let written = match write {
+            CredentialWrite::Create => execute!(
+                &mut tx,
+                "INSERT INTO credentials (tenant_id, connector, version, dek_version, sealed, fields, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (tenant_id, connector) DO NOTHING",
+                tenant.as_str(),
+                connector.as_str(),
+                new_version,
+                dek_version,
+                sealed,
+                fields_text.as_str(),
+                now,
+            )?,
+            CredentialWrite::Replace { current_version } => execute!(
+                &mut tx,
+                "UPDATE credentials SET version = $3, dek_version = $4, sealed = $5, fields = $6, updated_at = $7 \
+                 WHERE tenant_id = $1 AND connector = $2 AND version = $8",
+                tenant.as_str(),
+                connector.as_str(),
+                new_version,
+                dek_version,
+                sealed,
+                fields_text.as_str(),
+                now,
+                current_version,
+            )?,
+        };
+        if written == 0 {
+            return Ok(None);
+        }
+        let field_names: Vec<&String> = fields
+            .as_object()
+            .map(|m| m.keys().collect())
+            .unwrap_or_default();
+        audit::append(
+            &mut tx,
+            tenant,
+            &self.origin(),
+            AuditDraft {
+                action: "credential.written",
+                resource: format!("credential/{connector}"),
+                outcome: Outcome::Success,
+                details: json!({"version": new_version, "fields": field_names}),
+            },
+        )
+        .await?;
+        let sql = format!(
+            "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE tenant_id = $1 AND connector = $2"
+        );
+        let row = fetch_optional!(
+            &mut tx,
+            CredentialRow,
+            &sql,
+            tenant.as_str(),
+            connector.as_str()
+        )?
+        .ok_or_else(|| StoreError::Corrupt("credential vanished".into()))?;
+        tx.commit().await?;
+        CredentialRecord::try_from(row).map(Some)
+    }
+
+    /// Deletes a credential; `false` if the tenant has none under that name.
+    pub async fn delete_credential(&self, connector: &ConnectorName) -> Result<bool, StoreError> {
+        let tenant = self.context().tenant_id();
+        let mut tx = self.begin(Access::Write).await?;
+        let deleted = execute!(
+            &mut tx,
+            "DELETE FROM credentials WHERE tenant_id = $1 AND connector = $2",
+            tenant.as_str(),
+            connector.as_str(),
+        )?;
+        if deleted == 0 {
+            return Ok(false);
+        }
+        audit::append(
+            &mut tx,
+            tenant,
+            &self.origin(),
+            AuditDraft {
+                action: "credential.deleted",
+                resource: format!("credential/{connector}"),
+                outcome: Outcome::Success,
+                details: json!({}),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}

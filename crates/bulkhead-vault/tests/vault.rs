@@ -1,0 +1,386 @@
+//! The vault on real databases: sealed secrets open only for their own tenant, connector and
+//! version, and no secret is ever stored in plain text. Each test runs on SQLite and PostgreSQL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use bulkhead_core::audit::Origin;
+use bulkhead_core::{ConnectorName, Isolation, RegionName, Role, Tenant, TenantContext, TenantId};
+use bulkhead_store::testing::TestDb;
+use bulkhead_store::{NewTenant, Store};
+use bulkhead_vault::{LocalKeyProvider, Vault, VaultError};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+
+macro_rules! on_both_backends {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    let (store, db) = bulkhead_store::testing::TestDb::sqlite().await;
+                    crate::$test(&store, &db).await;
+                    db.finish(store).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    let (store, db) = bulkhead_store::testing::TestDb::postgres().await;
+                    crate::$test(&store, &db).await;
+                    db.finish(store).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    secrets_round_trip_per_tenant_and_version,
+    a_ciphertext_moved_to_another_row_does_not_open,
+    a_wrapped_data_key_moved_to_another_tenant_does_not_unwrap,
+    a_canary_secret_is_nowhere_in_plain_text,
+    another_key_encryption_key_cannot_open_the_data,
+);
+
+const CANARY: &str = "canary-7f3a9c1e-5b2d-4e8f-a6c0-d9b8e7f6a5b4";
+
+async fn tenant(store: &Store, id: &str) -> Tenant {
+    store
+        .admin()
+        .create_tenant(
+            NewTenant {
+                id: TenantId::try_from(id).unwrap(),
+                name: id.into(),
+                region: RegionName::try_from("local").unwrap(),
+                isolation: Isolation::Shared,
+            },
+            &Origin::cli(),
+        )
+        .await
+        .unwrap()
+}
+
+fn vault() -> Vault {
+    let key = SecretString::from("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".to_owned());
+    Vault::new(Arc::new(LocalKeyProvider::from_base64(&key).unwrap()))
+}
+
+fn connector(name: &str) -> ConnectorName {
+    ConnectorName::try_from(name).unwrap()
+}
+
+async fn secrets_round_trip_per_tenant_and_version(store: &Store, _db: &TestDb) {
+    let vault = vault();
+    let acme = TenantContext::for_tests(&tenant(store, "acme").await, &[Role::Owner]);
+    let globex = TenantContext::for_tests(&tenant(store, "globex").await, &[Role::Owner]);
+    let slack = connector("slack");
+
+    let first = vault
+        .put(
+            &store.tenant(&acme),
+            &slack,
+            &SecretString::from("xoxb-acme-1".to_owned()),
+            json!({"workspace": "acme"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.version, 1);
+    vault
+        .put(
+            &store.tenant(&globex),
+            &slack,
+            &SecretString::from("xoxb-globex".to_owned()),
+            json!({}),
+        )
+        .await
+        .unwrap();
+    let second = vault
+        .put(
+            &store.tenant(&acme),
+            &slack,
+            &SecretString::from("xoxb-acme-2".to_owned()),
+            json!({"workspace": "acme2"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.version, 2);
+
+    // Two tenants, one connector name, two secrets; each handle opens its own.
+    let opened = vault
+        .reveal(&store.tenant(&acme), &slack)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(opened.secret.expose_secret(), "xoxb-acme-2");
+    assert_eq!(opened.tenant_id.as_str(), "acme");
+    assert_eq!(opened.version, 2);
+    assert_eq!(opened.fields, json!({"workspace": "acme2"}));
+    let opened = vault
+        .reveal(&store.tenant(&globex), &slack)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(opened.secret.expose_secret(), "xoxb-globex");
+    assert_eq!(opened.tenant_id.as_str(), "globex");
+    assert!(
+        vault
+            .reveal(&store.tenant(&globex), &connector("jira"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        !format!("{opened:?}").contains("xoxb"),
+        "Debug must not print the secret"
+    );
+
+    // A cold cache (a fresh process) opens the same secrets from the store alone.
+    let cold = self::vault();
+    let opened = cold
+        .reveal(&store.tenant(&acme), &slack)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(opened.secret.expose_secret(), "xoxb-acme-2");
+
+    assert!(matches!(
+        vault
+            .put(
+                &store.tenant(&acme),
+                &slack,
+                &SecretString::from("x".to_owned()),
+                json!([1])
+            )
+            .await,
+        Err(VaultError::FieldsNotObject)
+    ));
+    assert!(store.tenant(&acme).delete_credential(&slack).await.unwrap());
+    assert!(
+        vault
+            .reveal(&store.tenant(&acme), &slack)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        vault
+            .reveal(&store.tenant(&globex), &slack)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let actions: Vec<_> = store
+        .admin()
+        .audit_events(acme.tenant_id(), 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "tenant.created",
+            "data_key.created",
+            "credential.written",
+            "credential.written",
+            "credential.deleted"
+        ]
+    );
+}
+
+async fn a_ciphertext_moved_to_another_row_does_not_open(store: &Store, db: &TestDb) {
+    let vault = vault();
+    let acme = TenantContext::for_tests(&tenant(store, "acme").await, &[Role::Owner]);
+    let globex = TenantContext::for_tests(&tenant(store, "globex").await, &[Role::Owner]);
+    for (ctx, name, secret) in [
+        (&acme, "slack", "acme-slack"),
+        (&acme, "jira", "acme-jira"),
+        (&globex, "slack", "globex-slack"),
+    ] {
+        vault
+            .put(
+                &store.tenant(ctx),
+                &connector(name),
+                &SecretString::from(secret.to_owned()),
+                json!({}),
+            )
+            .await
+            .unwrap();
+    }
+    // An attacker with write access to the database copies acme's sealed Slack token into
+    // globex's row, and into acme's Jira row.
+    db.raw(
+        "UPDATE credentials SET sealed = (SELECT sealed FROM credentials WHERE tenant_id = 'acme' AND connector = 'slack') \
+         WHERE (tenant_id = 'globex' AND connector = 'slack') OR (tenant_id = 'acme' AND connector = 'jira')",
+    )
+    .await;
+    for (ctx, name) in [(&globex, "slack"), (&acme, "jira")] {
+        let result = vault.reveal(&store.tenant(ctx), &connector(name)).await;
+        assert!(
+            matches!(result, Err(VaultError::Decrypt)),
+            "{name}: {result:?}"
+        );
+    }
+    assert_eq!(
+        vault
+            .reveal(&store.tenant(&acme), &connector("slack"))
+            .await
+            .unwrap()
+            .unwrap()
+            .secret
+            .expose_secret(),
+        "acme-slack"
+    );
+    // Replaying an older version's ciphertext under a newer version number fails too.
+    vault
+        .put(
+            &store.tenant(&acme),
+            &connector("slack"),
+            &SecretString::from("acme-slack-2".to_owned()),
+            json!({}),
+        )
+        .await
+        .unwrap();
+    db.raw("UPDATE credentials SET version = 1 WHERE tenant_id = 'acme' AND connector = 'slack'")
+        .await;
+    assert!(matches!(
+        vault
+            .reveal(&store.tenant(&acme), &connector("slack"))
+            .await,
+        Err(VaultError::Decrypt)
+    ));
+}
+
+async fn a_wrapped_data_key_moved_to_another_tenant_does_not_unwrap(store: &Store, db: &TestDb) {
+    let vault = vault();
+    let acme = TenantContext::for_tests(&tenant(store, "acme").await, &[Role::Owner]);
+    let globex = TenantContext::for_tests(&tenant(store, "globex").await, &[Role::Owner]);
+    vault
+        .put(
+            &store.tenant(&acme),
+            &connector("slack"),
+            &SecretString::from("a".to_owned()),
+            json!({}),
+        )
+        .await
+        .unwrap();
+    vault
+        .put(
+            &store.tenant(&globex),
+            &connector("slack"),
+            &SecretString::from("g".to_owned()),
+            json!({}),
+        )
+        .await
+        .unwrap();
+    // Copy acme's wrapped key and sealed secret into globex's rows: a consistent pair, but
+    // both bind acme's tenant id.
+    db.raw(
+        "UPDATE tenant_keys SET wrapped_dek = (SELECT wrapped_dek FROM tenant_keys WHERE tenant_id = 'acme') WHERE tenant_id = 'globex'; \
+         UPDATE credentials SET sealed = (SELECT sealed FROM credentials WHERE tenant_id = 'acme') WHERE tenant_id = 'globex'",
+    )
+    .await;
+    let cold = self::vault();
+    assert!(matches!(
+        cold.reveal(&store.tenant(&globex), &connector("slack"))
+            .await,
+        Err(VaultError::Decrypt)
+    ));
+}
+
+async fn a_canary_secret_is_nowhere_in_plain_text(store: &Store, db: &TestDb) {
+    let vault = vault();
+    let acme = TenantContext::for_tests(&tenant(store, "acme").await, &[Role::Owner]);
+    vault
+        .put(
+            &store.tenant(&acme),
+            &connector("openai"),
+            &SecretString::from(CANARY.to_owned()),
+            json!({"base_url": "http://127.0.0.1"}),
+        )
+        .await
+        .unwrap();
+    let bytes = db.dump().await;
+    assert!(bytes.len() > 1000, "the dump holds the data");
+    assert!(
+        bytes.windows(b"openai".len()).any(|w| w == b"openai"),
+        "the dump is readable (the connector name is in it)"
+    );
+    // pg_dump prints bytea as hex, so look for the hex form as well as the raw bytes.
+    let hex_canary = CANARY
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    for needle in [
+        CANARY.as_bytes(),
+        &CANARY.as_bytes()[..16],
+        hex_canary.as_bytes(),
+    ] {
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "the canary is stored in plain text"
+        );
+    }
+    let audit = serde_json::to_string(
+        &store
+            .admin()
+            .audit_events(acme.tenant_id(), 0, 100)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(!audit.contains(CANARY));
+}
+
+async fn another_key_encryption_key_cannot_open_the_data(store: &Store, _db: &TestDb) {
+    let acme = TenantContext::for_tests(&tenant(store, "acme").await, &[Role::Owner]);
+    vault()
+        .put(
+            &store.tenant(&acme),
+            &connector("slack"),
+            &SecretString::from("s".to_owned()),
+            json!({}),
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let other = Vault::new(Arc::new(
+        LocalKeyProvider::load_or_create(&dir.path().join("master.key")).unwrap(),
+    ));
+    assert!(matches!(
+        other
+            .reveal(&store.tenant(&acme), &connector("slack"))
+            .await,
+        Err(VaultError::UnknownKek(_))
+    ));
+}
+
+#[test]
+fn the_local_key_file_is_private_and_reused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("master.key");
+    let first = LocalKeyProvider::load_or_create(&path).unwrap();
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let again = LocalKeyProvider::load_or_create(&path).unwrap();
+    use bulkhead_vault::KeyProvider;
+    assert_eq!(first.current_kek_id(), again.current_kek_id());
+    std::fs::write(&path, "not base64!").unwrap();
+    assert!(matches!(
+        LocalKeyProvider::load_or_create(&path),
+        Err(VaultError::BadMasterKey(_))
+    ));
+    let short = SecretString::from("AAEC".to_owned());
+    assert!(matches!(
+        LocalKeyProvider::from_base64(&short),
+        Err(VaultError::BadMasterKey(_))
+    ));
+}
