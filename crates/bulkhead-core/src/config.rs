@@ -21,6 +21,9 @@ pub struct Config {
     /// The platform admin token. When unset, one is generated at first start, printed once
     /// and stored hashed.
     pub admin_token: Option<SecretString>,
+    /// The key-encryption key as base64 of 32 bytes (use `BULKHEAD_MASTER_KEY`). When unset,
+    /// the key file in `vault.key_file` is used, created at first start.
+    pub master_key: Option<SecretString>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// Regions this deployment serves; a tenant's home region must be one of them.
@@ -28,6 +31,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub log: LogConfig,
     pub postgres: PostgresConfig,
+    pub vault: VaultConfig,
 }
 
 impl Default for Config {
@@ -37,11 +41,13 @@ impl Default for Config {
             data_dir: PathBuf::from("./bulkhead-data"),
             database: None,
             admin_token: None,
+            master_key: None,
             max_body_bytes: 1024 * 1024,
             regions: vec![default_region()],
             auth: AuthConfig::default(),
             log: LogConfig::default(),
             postgres: PostgresConfig::default(),
+            vault: VaultConfig::default(),
         }
     }
 }
@@ -138,6 +144,13 @@ impl Default for PostgresConfig {
             max_connections: 16,
         }
     }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultConfig {
+    /// The local key-encryption key file; default `<data_dir>/master.key` (mode 0600).
+    pub key_file: Option<PathBuf>,
 }
 
 #[cfg(test)]

@@ -165,6 +165,20 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<bulkhead_vault::VaultError> for ApiError {
+    fn from(error: bulkhead_vault::VaultError) -> Self {
+        use bulkhead_vault::VaultError;
+        match error {
+            VaultError::Store(error) => error.into(),
+            VaultError::FieldsNotObject => ApiError::invalid("fields", "must be a JSON object"),
+            VaultError::Contended => {
+                ApiError::Conflict("the credential kept changing; retry".into())
+            }
+            other => ApiError::Internal(Box::new(other)),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {

@@ -18,6 +18,7 @@ use axum::middleware;
 use bulkhead_core::RegionName;
 use bulkhead_core::auth::IssuerBinding;
 use bulkhead_store::Store;
+use bulkhead_vault::Vault;
 use tower_http::catch_panic::CatchPanicLayer;
 
 pub use crate::openapi::openapi_document;
@@ -30,6 +31,7 @@ pub struct AppState {
 
 struct StateInner {
     store: Store,
+    vault: Vault,
     admin_token_hash: String,
     platform_issuer: Option<IssuerBinding>,
     leeway_seconds: u64,
@@ -48,10 +50,11 @@ pub struct ServerSettings {
 }
 
 impl AppState {
-    pub fn new(store: Store, settings: ServerSettings) -> Self {
+    pub fn new(store: Store, vault: Vault, settings: ServerSettings) -> Self {
         Self {
             inner: Arc::new(StateInner {
                 store,
+                vault,
                 admin_token_hash: settings.admin_token_hash,
                 platform_issuer: settings.platform_issuer,
                 leeway_seconds: settings.leeway_seconds,
@@ -63,6 +66,10 @@ impl AppState {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    pub fn vault(&self) -> &Vault {
+        &self.inner.vault
     }
 
     pub(crate) fn admin_token_hash(&self) -> &str {

@@ -508,6 +508,10 @@ async fn the_openapi_document_covers_every_route() {
         ("/v1/whoami", "get"),
         ("/v1/api-keys", "get"),
         ("/v1/api-keys/{key_id}", "get"),
+        ("/v1/credentials", "get"),
+        ("/v1/credentials/{connector}", "put"),
+        ("/v1/credentials/{connector}", "get"),
+        ("/v1/credentials/{connector}", "delete"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     let documented: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
@@ -528,7 +532,8 @@ async fn the_openapi_document_covers_every_route() {
         let url = path
             .replace("{id}", "acme")
             .replace("{key_id}", "0000000000000000")
-            .replace("{issuer_id}", "x");
+            .replace("{issuer_id}", "x")
+            .replace("{connector}", "slack");
         let response = server
             .request(method.to_uppercase().parse().unwrap(), &url, None)
             .send()

@@ -423,3 +423,170 @@ pub async fn admin_token(global: &GlobalArgs, command: AdminTokenCommand) -> any
     store.close().await;
     Ok(())
 }
+
+#[derive(clap::Subcommand)]
+pub enum CredentialCommand {
+    /// Store a tenant's secret for a connector (a new version if one exists). The secret is
+    /// read from standard input, or from --secret-file; never from the command line, where
+    /// it would land in shell history and the process list.
+    Set {
+        #[arg(long)]
+        tenant: String,
+        connector: String,
+        /// Read the secret from this file instead of standard input.
+        #[arg(long)]
+        secret_file: Option<std::path::PathBuf>,
+        /// Non-secret metadata, repeatable: --field base_url=https://api.example.com
+        #[arg(long = "field", value_parser = parse_field)]
+        fields: Vec<(String, String)>,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// List a tenant's credentials (metadata only).
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Delete a tenant's credential for a connector.
+    Delete {
+        #[arg(long)]
+        tenant: String,
+        connector: String,
+    },
+}
+
+fn parse_field(value: &str) -> Result<(String, String), String> {
+    value
+        .split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {value:?}"))
+}
+
+fn read_secret(file: Option<&std::path::Path>) -> anyhow::Result<secrecy::SecretString> {
+    use std::io::{IsTerminal, Read};
+    let mut text = match file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+        None => {
+            if std::io::stdin().is_terminal() {
+                eprintln!("reading the secret from standard input; finish with Ctrl-D");
+            }
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("cannot read standard input")?;
+            text
+        }
+    };
+    // One trailing newline is how files and `echo` end; it is not part of the secret.
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    if text.is_empty() {
+        bail!("the secret is empty");
+    }
+    Ok(secrecy::SecretString::from(text))
+}
+
+fn credential_json(r: &bulkhead_store::CredentialRecord) -> serde_json::Value {
+    json!({
+        "connector": r.connector,
+        "version": r.version,
+        "fields": r.fields,
+        "created_at": to_rfc3339(r.created_at),
+        "updated_at": to_rfc3339(r.updated_at),
+    })
+}
+
+const CREDENTIAL_HEADER: &[&str] = &["CONNECTOR", "VERSION", "FIELDS", "UPDATED"];
+
+fn credential_row(r: &bulkhead_store::CredentialRecord) -> Vec<String> {
+    vec![
+        r.connector.to_string(),
+        r.version.to_string(),
+        r.fields.to_string(),
+        to_rfc3339(r.updated_at),
+    ]
+}
+
+pub async fn credential(global: &GlobalArgs, command: CredentialCommand) -> anyhow::Result<()> {
+    let (config, store) = open(global).await?;
+    let tenant_arg = match &command {
+        CredentialCommand::Set { tenant, .. }
+        | CredentialCommand::List { tenant, .. }
+        | CredentialCommand::Delete { tenant, .. } => tenant.clone(),
+    };
+    let tenant = store
+        .admin()
+        .get_tenant(&tenant_id(&tenant_arg)?)
+        .await?
+        .with_context(|| format!("no tenant {tenant_arg}"))?;
+    let ctx = bulkhead_core::auth::operator_context(&tenant);
+    let scoped = store.tenant(&ctx);
+    let connector_name = |name: &str| {
+        bulkhead_core::ConnectorName::try_from(name)
+            .map_err(|e| anyhow!("invalid connector name {name:?}: {e}"))
+    };
+    let result = match command {
+        CredentialCommand::Set {
+            connector,
+            secret_file,
+            fields,
+            output,
+            ..
+        } => {
+            let connector = connector_name(&connector)?;
+            let secret = read_secret(secret_file.as_deref())?;
+            let fields: serde_json::Map<String, serde_json::Value> = fields
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
+                .collect();
+            let vault = settings::open_vault(&config)?;
+            let record = vault
+                .put(
+                    &scoped,
+                    &connector,
+                    &secret,
+                    serde_json::Value::Object(fields),
+                )
+                .await?;
+            if output.json {
+                print_json(&credential_json(&record))
+            } else {
+                print_table(CREDENTIAL_HEADER, vec![credential_row(&record)])
+            }
+        }
+        CredentialCommand::List { output, .. } => {
+            let records = scoped.credentials().await?;
+            if output.json {
+                print_json(&serde_json::Value::Array(
+                    records.iter().map(credential_json).collect(),
+                ))
+            } else {
+                print_table(
+                    CREDENTIAL_HEADER,
+                    records.iter().map(credential_row).collect(),
+                )
+            }
+        }
+        CredentialCommand::Delete { connector, .. } => {
+            let connector = connector_name(&connector)?;
+            if !scoped.delete_credential(&connector).await? {
+                bail!("tenant {tenant_arg} has no credential {connector}");
+            }
+            writeln!(
+                std::io::stdout().lock(),
+                "deleted credential {connector} of tenant {tenant_arg}"
+            )?;
+            Ok(())
+        }
+    };
+    store.close().await;
+    result
+}

@@ -94,7 +94,12 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<()> {
     let store = settings::open_store(&config).await?;
     let (hash, _) = serve::admin_token_hash(&config, &store).await?;
     debug_assert_eq!(hash, hash_secret(token.expose_secret()));
-    let state = AppState::new(store.clone(), serve::server_settings(&config, hash).await?);
+    let vault = settings::open_vault(&config)?;
+    let state = AppState::new(
+        store.clone(),
+        vault,
+        serve::server_settings(&config, hash).await?,
+    );
     let app = bulkhead_server::app(state);
     let admin = token.expose_secret().to_owned();
     let mut w = Walkthrough {

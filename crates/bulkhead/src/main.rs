@@ -51,6 +51,9 @@ enum Command {
     /// Manage tenant API keys.
     #[command(subcommand)]
     Key(cli_admin::KeyCommand),
+    /// Manage a tenant's connector credentials (secrets are write-only).
+    #[command(subcommand)]
+    Credential(cli_admin::CredentialCommand),
     /// Manage the platform admin token.
     #[command(subcommand)]
     AdminToken(cli_admin::AdminTokenCommand),
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
             Command::Demo(args) => demo::run(&cli.global, args).await,
             Command::Tenant(command) => cli_admin::tenant(&cli.global, command).await,
             Command::Key(command) => cli_admin::key(&cli.global, command).await,
+            Command::Credential(command) => cli_admin::credential(&cli.global, command).await,
             Command::AdminToken(command) => cli_admin::admin_token(&cli.global, command).await,
             Command::Bench(command) => bench::run(&cli.global, command).await,
         }

@@ -39,8 +39,10 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
             "Keep it safe; set BULKHEAD_ADMIN_TOKEN to choose your own, or run `bulkhead admin-token rotate`."
         )?;
     }
+    let vault = settings::open_vault(&config)?;
     let state = AppState::new(
         store.clone(),
+        vault,
         server_settings(&config, admin_token_hash).await?,
     );
     let listener = TcpListener::bind(config.listen)

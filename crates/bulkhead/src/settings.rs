@@ -1,10 +1,12 @@
 //! Loads configuration: defaults, then `bulkhead.toml`, then `BULKHEAD_*` variables, then flags.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use bulkhead_core::config::{Config, LogFormat};
 use bulkhead_store::{Store, StoreOptions};
+use bulkhead_vault::{LocalKeyProvider, Vault};
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 
@@ -18,11 +20,13 @@ const ENV_KEYS: &[&str] = &[
     "data_dir",
     "database",
     "admin_token",
+    "master_key",
     "max_body_bytes",
     "regions",
     "auth",
     "log",
     "postgres",
+    "vault",
 ];
 
 pub fn load(global: &GlobalArgs) -> anyhow::Result<Config> {
@@ -112,6 +116,27 @@ pub fn redact_url(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+/// The vault with the configured key-encryption key: `master_key` (BULKHEAD_MASTER_KEY) if
+/// set, otherwise the key file, created at first start.
+pub fn open_vault(config: &Config) -> anyhow::Result<Vault> {
+    let provider = match &config.master_key {
+        Some(key) => LocalKeyProvider::from_base64(key).context("BULKHEAD_MASTER_KEY")?,
+        None => {
+            let path = config
+                .vault
+                .key_file
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("master.key"));
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            LocalKeyProvider::load_or_create(&path)?
+        }
+    };
+    Ok(Vault::new(Arc::new(provider)))
 }
 
 pub fn init_logging(config: &Config) {

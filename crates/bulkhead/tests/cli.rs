@@ -495,3 +495,141 @@ fn the_cli_and_a_running_server_write_the_same_database() {
     }
     assert!(terminate(server).success());
 }
+
+fn http(address: &str, method: &str, path: &str, bearer: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {bearer}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (status, body)
+}
+
+#[test]
+fn credentials_are_set_from_stdin_and_no_secret_reaches_disk_or_logs() {
+    const CANARY: &str = "canary-3d1f0a9e-7c6b-4a5d-9e8f-1b2c3d4e5f60";
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    run(bulkhead(d).args(["tenant", "create", "acme", "--name", "Acme"]));
+
+    // The CLI reads the secret from standard input, never from argv.
+    let mut child = bulkhead(d)
+        .args([
+            "credential",
+            "set",
+            "--tenant",
+            "acme",
+            "openai",
+            "--field",
+            "base_url=http://127.0.0.1:9",
+            "--json",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{CANARY}").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let record: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(record["version"], 1);
+    assert_eq!(record["fields"]["base_url"], "http://127.0.0.1:9");
+    let file = d.join("secret.txt");
+    std::fs::write(&file, format!("{CANARY}-file\n")).unwrap();
+    let record = json(
+        bulkhead(d)
+            .args([
+                "credential",
+                "set",
+                "--tenant",
+                "acme",
+                "openai",
+                "--json",
+                "--secret-file",
+            ])
+            .arg(&file),
+    );
+    assert_eq!(record["version"], 2);
+    let listed = json(bulkhead(d).args(["credential", "list", "--tenant", "acme", "--json"]));
+    assert_eq!(listed[0]["connector"], "openai");
+    let empty = bulkhead(d)
+        .args(["credential", "set", "--tenant", "acme", "x"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!empty.status.success());
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("empty"));
+
+    // The server, logging at debug level, takes a secret over HTTP.
+    let mut command = bulkhead(d);
+    command
+        .env("BULKHEAD_ADMIN_TOKEN", "an-admin-token-for-tests")
+        .env("RUST_LOG", "debug");
+    let mut server = serve(&mut command);
+    let (_, key) = http(
+        &server.address,
+        "POST",
+        "/admin/v1/tenants/acme/api-keys",
+        "an-admin-token-for-tests",
+        r#"{"name":"k","role":"owner"}"#,
+    );
+    let key: Value = serde_json::from_str(&key).unwrap();
+    let key = key["key"].as_str().unwrap();
+    let (status, body) = http(
+        &server.address,
+        "PUT",
+        "/v1/credentials/slack",
+        key,
+        &format!(r#"{{"secret":"{CANARY}-http"}}"#),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert!(!body.contains(CANARY));
+    let (status, body) = http(
+        &server.address,
+        "PUT",
+        "/v1/credentials/slack",
+        key,
+        &format!(r#"{{"secret":"{CANARY}","oops":1}}"#),
+    );
+    assert_eq!(status, 422);
+    assert!(!body.contains(CANARY), "{body}");
+    let mut stderr = server.child.stderr.take().unwrap();
+    assert!(terminate(server).success());
+    let mut logs = String::new();
+    stderr.read_to_string(&mut logs).unwrap();
+    assert!(
+        logs.contains("request finished"),
+        "debug logs were captured: {logs}"
+    );
+    assert!(!logs.contains(CANARY), "a secret reached the logs");
+    assert!(!logs.contains(key), "an API key reached the logs");
+
+    for name in ["bulkhead.db", "bulkhead.db-wal"] {
+        let bytes = std::fs::read(d.join(name)).unwrap_or_default();
+        assert!(
+            !bytes.windows(CANARY.len()).any(|w| w == CANARY.as_bytes()),
+            "canary in {name}"
+        );
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(d.join("master.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the key-encryption key file is private"
+    );
+}

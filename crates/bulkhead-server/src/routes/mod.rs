@@ -4,6 +4,7 @@
 pub(crate) mod admin_issuers;
 pub(crate) mod admin_keys;
 pub(crate) mod admin_tenants;
+pub(crate) mod credentials;
 pub(crate) mod dto;
 pub(crate) mod ops;
 pub(crate) mod tenant;
@@ -40,4 +41,10 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(tenant::whoami))
         .routes(routes!(tenant::list_own_api_keys))
         .routes(routes!(tenant::get_own_api_key))
+        .routes(routes!(credentials::list_credentials))
+        .routes(routes!(
+            credentials::put_credential,
+            credentials::get_credential,
+            credentials::delete_credential
+        ))
 }

@@ -7,9 +7,13 @@ use std::path::PathBuf;
 use bulkhead_core::RegionName;
 use bulkhead_core::auth::{IssuerBinding, JwkSet, hash_secret, parse_algorithm};
 use bulkhead_server::{AppState, ServerSettings};
+use std::sync::Arc;
+
 use bulkhead_store::Store;
 use bulkhead_store::testing::TestDb;
+use bulkhead_vault::{LocalKeyProvider, Vault};
 use reqwest::{Method, StatusCode};
+use secrecy::SecretString;
 use serde_json::{Value, json};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
@@ -24,6 +28,14 @@ pub fn fixture(name: &str) -> PathBuf {
 
 pub fn fixture_text(name: &str) -> String {
     std::fs::read_to_string(fixture(name)).unwrap()
+}
+
+/// A vault over the tests' fixed key-encryption key; any instance opens what another sealed.
+pub fn vault() -> Vault {
+    let master_key = SecretString::from("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".to_owned());
+    Vault::new(Arc::new(
+        LocalKeyProvider::from_base64(&master_key).unwrap(),
+    ))
 }
 
 pub enum Backend {
@@ -76,7 +88,12 @@ impl TestServer {
             ],
             max_body_bytes,
         };
-        let app = bulkhead_server::app(AppState::new(store.clone(), settings));
+        let master_key =
+            SecretString::from("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".to_owned());
+        let vault = Vault::new(Arc::new(
+            LocalKeyProvider::from_base64(&master_key).unwrap(),
+        ));
+        let app = bulkhead_server::app(AppState::new(store.clone(), vault, settings));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let task = tokio::spawn(async move {
