@@ -24,6 +24,9 @@ pub struct Config {
     /// The key-encryption key as base64 of 32 bytes (use `BULKHEAD_MASTER_KEY`). When unset,
     /// the key file in `vault.key_file` is used, created at first start.
     pub master_key: Option<SecretString>,
+    /// Earlier master keys, still needed to unwrap data keys until `bulkhead keys rotate-kek`
+    /// has re-wrapped them (use `BULKHEAD_PREVIOUS_MASTER_KEYS='["...","..."]'`).
+    pub previous_master_keys: Vec<SecretString>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// Regions this deployment serves; a tenant's home region must be one of them.
@@ -42,6 +45,7 @@ impl Default for Config {
             database: None,
             admin_token: None,
             master_key: None,
+            previous_master_keys: Vec::new(),
             max_body_bytes: 1024 * 1024,
             regions: vec![default_region()],
             auth: AuthConfig::default(),

@@ -10,6 +10,7 @@ use serde_json::json;
 use crate::StoreError;
 use crate::audit;
 use crate::backend::{Access, Backend, Scope, Tx, execute, fetch_all, fetch_optional};
+use crate::credentials::DataKeyRecord;
 use crate::records::{
     API_KEY_COLUMNS, ApiKeyInfo, ApiKeyRow, DeletionReceipt, ISSUER_COLUMNS, IssuerRecord,
     IssuerRow, KeyForAuthRow, NewIssuer, NewTenant, Page, TENANT_COLUMNS, TenantPatch, TenantRow,
@@ -195,6 +196,18 @@ impl<'a> AdminStore<'a> {
         if tenant_in(&mut tx, id).await?.is_none() {
             return Ok(None);
         }
+        // Crypto-shredding: the data keys go first; without them the sealed credentials
+        // (and any copy of them) are noise.
+        let data_keys_destroyed = execute!(
+            &mut tx,
+            "DELETE FROM tenant_keys WHERE tenant_id = $1",
+            id.as_str()
+        )?;
+        let credentials_destroyed = execute!(
+            &mut tx,
+            "DELETE FROM credentials WHERE tenant_id = $1",
+            id.as_str()
+        )?;
         let api_keys_deleted = execute!(
             &mut tx,
             "DELETE FROM api_keys WHERE tenant_id = $1",
@@ -220,6 +233,8 @@ impl<'a> AdminStore<'a> {
                 resource: format!("tenant/{id}"),
                 outcome: Outcome::Success,
                 details: json!({
+                    "data_keys_destroyed": data_keys_destroyed,
+                    "credentials_destroyed": credentials_destroyed,
                     "api_keys_deleted": api_keys_deleted,
                     "issuers_deleted": issuers_deleted,
                 }),
@@ -227,9 +242,12 @@ impl<'a> AdminStore<'a> {
         )
         .await?;
         tx.commit().await?;
+        self.backend.scrub_freed_pages().await;
         Ok(Some(DeletionReceipt {
             tenant_id: id.clone(),
             deleted_at,
+            data_keys_destroyed,
+            credentials_destroyed,
             api_keys_deleted,
             issuers_deleted,
             audit_seq: event.seq,
@@ -517,6 +535,76 @@ impl<'a> AdminStore<'a> {
         let events = audit::read(&mut tx, tenant, after, limit).await?;
         tx.commit().await?;
         Ok(events)
+    }
+
+    /// Data keys not wrapped by `kek_id`, across tenants, for re-wrapping after a KEK rotation.
+    pub async fn data_keys_not_wrapped_by(
+        &self,
+        kek_id: &str,
+    ) -> Result<Vec<(TenantId, DataKeyRecord)>, StoreError> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            tenant_id: String,
+            #[sqlx(flatten)]
+            key: DataKeyRecord,
+        }
+        let mut tx = self.begin(Access::Read).await?;
+        let rows = fetch_all!(
+            &mut tx,
+            Row,
+            "SELECT tenant_id, kek_id, dek_version, wrapped_dek FROM tenant_keys WHERE kek_id <> $1 \
+             ORDER BY tenant_id, dek_version",
+            kek_id,
+        )?;
+        tx.commit().await?;
+        rows.into_iter()
+            .map(|r| {
+                TenantId::try_from(r.tenant_id)
+                    .map(|t| (t, r.key))
+                    .map_err(|e| StoreError::Corrupt(format!("tenant id: {e}")))
+            })
+            .collect()
+    }
+
+    /// Replaces one wrapped data key with the same key wrapped by another KEK, unless it was
+    /// re-wrapped meanwhile. Recorded in that tenant's audit chain.
+    pub async fn rewrap_data_key(
+        &self,
+        tenant: &TenantId,
+        dek_version: i64,
+        from_kek_id: &str,
+        to_kek_id: &str,
+        wrapped_dek: &[u8],
+        origin: &Origin,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin(Access::Write).await?;
+        let updated = execute!(
+            &mut tx,
+            "UPDATE tenant_keys SET kek_id = $4, wrapped_dek = $5, updated_at = $6 \
+             WHERE tenant_id = $1 AND dek_version = $2 AND kek_id = $3",
+            tenant.as_str(),
+            dek_version,
+            from_kek_id,
+            to_kek_id,
+            wrapped_dek,
+            now_millis(),
+        )?;
+        if updated > 0 {
+            audit::append(
+                &mut tx,
+                tenant,
+                origin,
+                AuditDraft {
+                    action: "data_key.rewrapped",
+                    resource: format!("tenant/{tenant}/data_key"),
+                    outcome: Outcome::Success,
+                    details: json!({"dek_version": dek_version, "from_kek_id": from_kek_id, "to_kek_id": to_kek_id}),
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(updated > 0)
     }
 
     pub async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {

@@ -109,6 +109,20 @@ impl Backend {
         Ok(size)
     }
 
+    /// After destroying key material, pushes it out of SQLite's write-ahead log. Freed pages
+    /// are already zeroed (`secure_delete`); the WAL may still hold older page images until a
+    /// checkpoint. Best effort: a checkpoint blocked by readers leaves the frames to the next
+    /// one. PostgreSQL keeps dead rows until vacuum; see ARCHITECTURE.md.
+    pub(crate) async fn scrub_freed_pages(&self) {
+        if let Backend::Sqlite { writer, .. } = self
+            && let Err(error) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(writer)
+                .await
+        {
+            tracing::warn!(%error, "checkpoint after key destruction failed");
+        }
+    }
+
     pub(crate) async fn close(&self) {
         match self {
             Backend::Sqlite { writer, reader } => {

@@ -78,37 +78,71 @@ impl TenantStore<'_> {
         }
     }
 
-    /// The tenant's wrapped data key, if it has one yet.
-    pub async fn data_key(&self) -> Result<Option<DataKeyRecord>, StoreError> {
+    /// Every live version of the tenant's data key, newest (current) first.
+    pub async fn data_keys(&self) -> Result<Vec<DataKeyRecord>, StoreError> {
         let mut tx = self.begin(Access::Read).await?;
-        let key = fetch_optional!(
+        let keys = fetch_all!(
             &mut tx,
             DataKeyRecord,
-            "SELECT kek_id, dek_version, wrapped_dek FROM tenant_keys WHERE tenant_id = $1",
+            "SELECT kek_id, dek_version, wrapped_dek FROM tenant_keys WHERE tenant_id = $1 \
+             ORDER BY dek_version DESC",
             self.context().tenant_id().as_str(),
         )?;
         tx.commit().await?;
-        Ok(key)
+        Ok(keys)
     }
 
     /// Stores the tenant's first data key unless another request stored one first; returns
-    /// whichever is stored, so concurrent first writes agree on one key.
+    /// the current key, so concurrent first writes agree on one.
     pub async fn create_data_key(
         &self,
         kek_id: &str,
         wrapped_dek: &[u8],
     ) -> Result<DataKeyRecord, StoreError> {
-        let tenant = self.context().tenant_id();
-        let mut tx = self.begin(Access::Write).await?;
-        let now = now_millis();
-        let inserted = execute!(
-            &mut tx,
-            "INSERT INTO tenant_keys (tenant_id, kek_id, dek_version, wrapped_dek, created_at, updated_at) \
-             VALUES ($1, $2, 1, $3, $4, $4) ON CONFLICT (tenant_id) DO NOTHING",
-            tenant.as_str(),
+        self.add_data_key_version(1, kek_id, wrapped_dek, "data_key.created")
+            .await?;
+        self.data_keys()
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Corrupt("data key vanished".into()))
+    }
+
+    /// Adds data key version `current_version + 1`, which from then on seals new secrets.
+    /// `false` if that version exists already (another rotation got there first).
+    pub async fn start_data_key_rotation(
+        &self,
+        current_version: i64,
+        kek_id: &str,
+        wrapped_dek: &[u8],
+    ) -> Result<bool, StoreError> {
+        self.add_data_key_version(
+            current_version + 1,
             kek_id,
             wrapped_dek,
-            now,
+            "data_key.rotation_started",
+        )
+        .await
+    }
+
+    async fn add_data_key_version(
+        &self,
+        dek_version: i64,
+        kek_id: &str,
+        wrapped_dek: &[u8],
+        action: &'static str,
+    ) -> Result<bool, StoreError> {
+        let tenant = self.context().tenant_id();
+        let mut tx = self.begin(Access::Write).await?;
+        let inserted = execute!(
+            &mut tx,
+            "INSERT INTO tenant_keys (tenant_id, dek_version, kek_id, wrapped_dek, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (tenant_id, dek_version) DO NOTHING",
+            tenant.as_str(),
+            dek_version,
+            kek_id,
+            wrapped_dek,
+            now_millis(),
         )?;
         if inserted > 0 {
             audit::append(
@@ -116,23 +150,107 @@ impl TenantStore<'_> {
                 tenant,
                 &self.origin(),
                 AuditDraft {
-                    action: "data_key.created",
+                    action,
                     resource: format!("tenant/{tenant}/data_key"),
                     outcome: Outcome::Success,
-                    details: json!({"kek_id": kek_id, "dek_version": 1}),
+                    details: json!({"kek_id": kek_id, "dek_version": dek_version}),
                 },
             )
             .await?;
         }
-        let key = fetch_optional!(
-            &mut tx,
-            DataKeyRecord,
-            "SELECT kek_id, dek_version, wrapped_dek FROM tenant_keys WHERE tenant_id = $1",
-            tenant.as_str(),
-        )?
-        .ok_or_else(|| StoreError::Corrupt("data key vanished".into()))?;
         tx.commit().await?;
-        Ok(key)
+        Ok(inserted > 0)
+    }
+
+    /// Credentials still sealed under a data key older than `dek_version`.
+    pub async fn credentials_sealed_before(
+        &self,
+        dek_version: i64,
+    ) -> Result<Vec<CredentialRecord>, StoreError> {
+        let mut tx = self.begin(Access::Read).await?;
+        let sql = format!(
+            "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE tenant_id = $1 AND dek_version < $2 ORDER BY connector"
+        );
+        let rows = fetch_all!(
+            &mut tx,
+            CredentialRow,
+            &sql,
+            self.context().tenant_id().as_str(),
+            dek_version
+        )?;
+        tx.commit().await?;
+        rows.into_iter().map(CredentialRecord::try_from).collect()
+    }
+
+    /// Replaces a credential's sealed bytes with the same secret sealed under another data key
+    /// version, unless it changed meanwhile; `false` then (a newer write used the current key).
+    pub async fn reseal_credential(
+        &self,
+        connector: &ConnectorName,
+        version: i64,
+        from_dek_version: i64,
+        to_dek_version: i64,
+        sealed: &[u8],
+    ) -> Result<bool, StoreError> {
+        let tenant = self.context().tenant_id();
+        let mut tx = self.begin(Access::Write).await?;
+        let updated = execute!(
+            &mut tx,
+            "UPDATE credentials SET dek_version = $5, sealed = $6 \
+             WHERE tenant_id = $1 AND connector = $2 AND version = $3 AND dek_version = $4",
+            tenant.as_str(),
+            connector.as_str(),
+            version,
+            from_dek_version,
+            to_dek_version,
+            sealed,
+        )?;
+        if updated > 0 {
+            audit::append(
+                &mut tx,
+                tenant,
+                &self.origin(),
+                AuditDraft {
+                    action: "credential.resealed",
+                    resource: format!("credential/{connector}"),
+                    outcome: Outcome::Success,
+                    details: json!({"version": version, "from_dek_version": from_dek_version, "to_dek_version": to_dek_version}),
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(updated > 0)
+    }
+
+    /// Destroys data key versions older than `dek_version` that no credential uses any more.
+    pub async fn retire_data_keys_before(&self, dek_version: i64) -> Result<u64, StoreError> {
+        let tenant = self.context().tenant_id();
+        let mut tx = self.begin(Access::Write).await?;
+        let retired = execute!(
+            &mut tx,
+            "DELETE FROM tenant_keys WHERE tenant_id = $1 AND dek_version < $2 AND NOT EXISTS \
+             (SELECT 1 FROM credentials c WHERE c.tenant_id = tenant_keys.tenant_id \
+              AND c.dek_version = tenant_keys.dek_version)",
+            tenant.as_str(),
+            dek_version,
+        )?;
+        if retired > 0 {
+            audit::append(
+                &mut tx,
+                tenant,
+                &self.origin(),
+                AuditDraft {
+                    action: "data_key.retired",
+                    resource: format!("tenant/{tenant}/data_key"),
+                    outcome: Outcome::Success,
+                    details: json!({"versions_destroyed": retired, "current_dek_version": dek_version}),
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(retired)
     }
 
     pub async fn credential(

@@ -38,6 +38,9 @@ pub struct DeletionReceipt {
     pub tenant_id: TenantId,
     /// Unix milliseconds.
     pub deleted_at: i64,
+    /// Data key versions destroyed first, which makes every sealed secret unrecoverable.
+    pub data_keys_destroyed: u64,
+    pub credentials_destroyed: u64,
     pub api_keys_deleted: u64,
     pub issuers_deleted: u64,
     /// The audit sequence number of the deletion event.

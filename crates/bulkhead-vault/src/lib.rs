@@ -17,8 +17,11 @@ mod keys;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use bulkhead_core::audit::Origin;
 use bulkhead_core::{ConnectorName, TenantId};
-use bulkhead_store::{CredentialRecord, CredentialWrite, StoreError, TenantStore};
+use bulkhead_store::{
+    AdminStore, CredentialRecord, CredentialWrite, DataKeyRecord, StoreError, TenantStore,
+};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
@@ -46,6 +49,18 @@ pub enum VaultError {
     FieldsNotObject,
 }
 
+/// What a data-key rotation did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DekRotation {
+    /// Whether it finished a rotation an earlier run had started.
+    pub resumed: bool,
+    pub from_dek_version: i64,
+    pub to_dek_version: i64,
+    pub resealed: u64,
+    /// Old key versions destroyed at the end.
+    pub retired: u64,
+}
+
 /// A decrypted credential. The tenant id travels with the secret so the egress layer can
 /// refuse to use it for any other tenant.
 #[derive(Debug)]
@@ -61,12 +76,11 @@ pub struct Credential {
 #[derive(Clone)]
 pub struct Vault {
     provider: Arc<dyn KeyProvider>,
-    data_keys: Arc<Mutex<HashMap<TenantId, CachedKey>>>,
+    data_keys: Arc<Mutex<HashMap<(TenantId, i64), CachedKey>>>,
 }
 
 #[derive(Clone)]
 struct CachedKey {
-    dek_version: i64,
     wrapped: Vec<u8>,
     key: Arc<DataKey>,
 }
@@ -90,7 +104,7 @@ impl Vault {
         }
     }
 
-    pub fn kek_id(&self) -> &str {
+    pub fn kek_id(&self) -> String {
         self.provider.current_kek_id()
     }
 
@@ -101,35 +115,68 @@ impl Vault {
         }
     }
 
-    /// The tenant's data key and its version, creating and storing one if `create`.
-    async fn data_key(
+    /// The tenant's current data key (the newest version), creating one if `create`.
+    async fn current_key(
         &self,
         store: &TenantStore<'_>,
         create: bool,
     ) -> Result<Option<(i64, Arc<DataKey>)>, VaultError> {
-        let tenant = store.context().tenant_id();
-        let record = match store.data_key().await? {
+        let record = match store.data_keys().await?.into_iter().next() {
             Some(record) => record,
             None if create => {
                 let fresh = DataKey::generate();
-                let wrapped = self.provider.wrap(tenant, &fresh).await?;
+                let wrapped = self
+                    .provider
+                    .wrap(store.context().tenant_id(), &fresh)
+                    .await?;
                 store
                     .create_data_key(&wrapped.kek_id, &wrapped.bytes)
                     .await?
             }
             None => return Ok(None),
         };
-        // The stored record is read on every use, so a rotated or destroyed key takes effect
-        // at once; only the unwrap (a KMS call for remote providers) is cached, keyed by the
-        // exact wrapped bytes.
+        let key = self
+            .unwrap_cached(store.context().tenant_id(), &record)
+            .await?;
+        Ok(Some((record.dek_version, key)))
+    }
+
+    /// The tenant's data key of version `dek_version`, if it still exists.
+    async fn key_version(
+        &self,
+        store: &TenantStore<'_>,
+        dek_version: i64,
+    ) -> Result<Option<Arc<DataKey>>, VaultError> {
+        let Some(record) = store
+            .data_keys()
+            .await?
+            .into_iter()
+            .find(|k| k.dek_version == dek_version)
+        else {
+            return Ok(None);
+        };
+        self.unwrap_cached(store.context().tenant_id(), &record)
+            .await
+            .map(Some)
+    }
+
+    /// Unwraps a stored data key, remembering the result. The stored records are read on every
+    /// use, so a rotated or destroyed key takes effect at once; only the unwrap (a KMS call for
+    /// remote providers) is cached, keyed by the exact wrapped bytes.
+    async fn unwrap_cached(
+        &self,
+        tenant: &TenantId,
+        record: &DataKeyRecord,
+    ) -> Result<Arc<DataKey>, VaultError> {
+        let cache_key = (tenant.clone(), record.dek_version);
         let cached = self
             .data_keys
             .lock()
             .ok()
-            .and_then(|cache| cache.get(tenant).cloned())
-            .filter(|c| c.dek_version == record.dek_version && c.wrapped == record.wrapped_dek);
+            .and_then(|cache| cache.get(&cache_key).cloned())
+            .filter(|c| c.wrapped == record.wrapped_dek);
         if let Some(cached) = cached {
-            return Ok(Some((cached.dek_version, cached.key)));
+            return Ok(cached.key);
         }
         let key = Arc::new(
             self.provider
@@ -138,15 +185,119 @@ impl Vault {
         );
         if let Ok(mut cache) = self.data_keys.lock() {
             cache.insert(
-                tenant.clone(),
+                cache_key,
                 CachedKey {
-                    dek_version: record.dek_version,
                     wrapped: record.wrapped_dek.clone(),
                     key: key.clone(),
                 },
             );
         }
-        Ok(Some((record.dek_version, key)))
+        Ok(key)
+    }
+
+    /// Re-encrypts the tenant's secrets under a new data key, then destroys the old one.
+    /// Safe to run while the server serves (new writes use the new key at once; reads find
+    /// each secret's own key version) and to run again after an interruption: a rotation in
+    /// progress (more than one key version) is resumed, not restarted.
+    pub async fn rotate_data_key(
+        &self,
+        store: &TenantStore<'_>,
+    ) -> Result<DekRotation, VaultError> {
+        let tenant = store.context().tenant_id();
+        let keys = store.data_keys().await?;
+        let Some(current) = keys.first() else {
+            // Nothing sealed yet: the first write will create a key.
+            return Ok(DekRotation::default());
+        };
+        let resumed = keys.len() > 1;
+        if !resumed {
+            let fresh = DataKey::generate();
+            let wrapped = self.provider.wrap(tenant, &fresh).await?;
+            store
+                .start_data_key_rotation(current.dek_version, &wrapped.kek_id, &wrapped.bytes)
+                .await?;
+        }
+        let Some((target, new_key)) = self.current_key(store, false).await? else {
+            return Err(VaultError::Decrypt);
+        };
+        let mut report = DekRotation {
+            resumed,
+            from_dek_version: current.dek_version,
+            to_dek_version: target,
+            ..DekRotation::default()
+        };
+        // Writers racing with this loop seal under `target`, so the set shrinks to empty.
+        loop {
+            let pending = store.credentials_sealed_before(target).await?;
+            if pending.is_empty() {
+                break;
+            }
+            for record in pending {
+                let old_key = self
+                    .key_version(store, record.dek_version)
+                    .await?
+                    .ok_or(VaultError::Decrypt)?;
+                let old_aad = secret_aad(
+                    tenant,
+                    &record.connector,
+                    record.version,
+                    record.dek_version,
+                );
+                let plain = envelope::open(old_key.bytes(), &old_aad, &record.sealed)?;
+                let new_aad = secret_aad(tenant, &record.connector, record.version, target);
+                let sealed = envelope::seal(new_key.bytes(), &new_aad, &plain)?;
+                if store
+                    .reseal_credential(
+                        &record.connector,
+                        record.version,
+                        record.dek_version,
+                        target,
+                        &sealed,
+                    )
+                    .await?
+                {
+                    report.resealed += 1;
+                }
+            }
+        }
+        report.retired = store.retire_data_keys_before(target).await?;
+        if let Ok(mut cache) = self.data_keys.lock() {
+            cache.retain(|(t, v), _| t != tenant || *v >= target);
+        }
+        Ok(report)
+    }
+
+    /// Re-wraps every data key not wrapped by the provider's current KEK (after a KEK
+    /// rotation). Idempotent; each key is re-wrapped with a conditional update, so concurrent
+    /// runs and an interrupted run followed by another all end with every key re-wrapped once.
+    pub async fn rewrap_all(
+        &self,
+        admin: &AdminStore<'_>,
+        origin: &Origin,
+    ) -> Result<u64, VaultError> {
+        let current = self.provider.current_kek_id();
+        let mut rewrapped = 0;
+        for (tenant, record) in admin.data_keys_not_wrapped_by(&current).await? {
+            let key = self
+                .provider
+                .unwrap(&tenant, &record.kek_id, &record.wrapped_dek)
+                .await?;
+            let wrapped = self.provider.wrap(&tenant, &key).await?;
+            if admin
+                .rewrap_data_key(
+                    &tenant,
+                    record.dek_version,
+                    &record.kek_id,
+                    &wrapped.kek_id,
+                    &wrapped.bytes,
+                    origin,
+                )
+                .await?
+            {
+                rewrapped += 1;
+            }
+        }
+        Ok(rewrapped)
     }
 
     /// Seals and stores `secret` as the tenant's credential for `connector`, as a new version.
@@ -161,7 +312,7 @@ impl Vault {
             return Err(VaultError::FieldsNotObject);
         }
         let tenant = store.context().tenant_id();
-        let Some((dek_version, key)) = self.data_key(store, true).await? else {
+        let Some((dek_version, key)) = self.current_key(store, true).await? else {
             return Err(VaultError::Decrypt);
         };
         for _ in 0..WRITE_ATTEMPTS {
@@ -192,18 +343,28 @@ impl Vault {
         store: &TenantStore<'_>,
         connector: &ConnectorName,
     ) -> Result<Option<Credential>, VaultError> {
-        let Some(record) = store.credential(connector).await? else {
-            return Ok(None);
-        };
         let tenant = store.context().tenant_id();
-        let Some((dek_version, key)) = self.data_key(store, false).await? else {
-            return Err(VaultError::Decrypt);
+        // A rotation may re-seal the credential and destroy its old key between reading the
+        // row and reading the key; reading again finds it under the new key.
+        let mut attempts = 0;
+        let (record, plain) = loop {
+            attempts += 1;
+            let Some(record) = store.credential(connector).await? else {
+                return Ok(None);
+            };
+            let opened = match self.key_version(store, record.dek_version).await? {
+                Some(key) => {
+                    let aad = secret_aad(tenant, connector, record.version, record.dek_version);
+                    envelope::open(key.bytes(), &aad, &record.sealed)
+                }
+                None => Err(VaultError::Decrypt),
+            };
+            match opened {
+                Ok(plain) => break (record, plain),
+                Err(error) if attempts >= 3 => return Err(error),
+                Err(_) => continue,
+            }
         };
-        if dek_version != record.dek_version {
-            return Err(VaultError::Decrypt);
-        }
-        let aad = secret_aad(tenant, connector, record.version, record.dek_version);
-        let plain = envelope::open(key.bytes(), &aad, &record.sealed)?;
         let secret = String::from_utf8(plain.to_vec()).map_err(|_| VaultError::Decrypt)?;
         Ok(Some(Credential {
             tenant_id: tenant.clone(),

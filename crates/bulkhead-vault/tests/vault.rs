@@ -44,6 +44,11 @@ on_both_backends!(
     a_wrapped_data_key_moved_to_another_tenant_does_not_unwrap,
     a_canary_secret_is_nowhere_in_plain_text,
     another_key_encryption_key_cannot_open_the_data,
+    rotating_a_data_key_reseals_every_secret_and_destroys_the_old_key,
+    a_data_key_rotation_runs_beside_100_concurrent_readers,
+    an_interrupted_data_key_rotation_is_resumed,
+    rotating_the_key_encryption_key_rewraps_every_data_key,
+    deleting_a_tenant_shreds_its_keys,
 );
 
 const CANARY: &str = "canary-7f3a9c1e-5b2d-4e8f-a6c0-d9b8e7f6a5b4";
@@ -383,4 +388,290 @@ fn the_local_key_file_is_private_and_reused() {
         LocalKeyProvider::from_base64(&short),
         Err(VaultError::BadMasterKey(_))
     ));
+}
+
+async fn put_many(vault: &Vault, store: &Store, ctx: &TenantContext, count: usize) {
+    for i in 0..count {
+        vault
+            .put(
+                &store.tenant(ctx),
+                &connector(&format!("c{i}")),
+                &SecretString::from(format!("secret-{i}")),
+                json!({}),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+async fn assert_all_open(vault: &Vault, store: &Store, ctx: &TenantContext, count: usize) {
+    for i in 0..count {
+        let opened = vault
+            .reveal(&store.tenant(ctx), &connector(&format!("c{i}")))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(opened.secret.expose_secret(), format!("secret-{i}"));
+    }
+}
+
+async fn rotating_a_data_key_reseals_every_secret_and_destroys_the_old_key(
+    store: &Store,
+    _db: &TestDb,
+) {
+    let vault = vault();
+    let acme = TenantContext::for_tests(&tenant(store, "acme").await, &[Role::Owner]);
+    let globex = TenantContext::for_tests(&tenant(store, "globex").await, &[Role::Owner]);
+    put_many(&vault, store, &acme, 3).await;
+    put_many(&vault, store, &globex, 2).await;
+    let before = store.tenant(&acme).data_keys().await.unwrap();
+    let report = vault.rotate_data_key(&store.tenant(&acme)).await.unwrap();
+    assert_eq!(
+        (
+            report.from_dek_version,
+            report.to_dek_version,
+            report.resealed,
+            report.retired,
+            report.resumed
+        ),
+        (1, 2, 3, 1, false)
+    );
+    let after = store.tenant(&acme).data_keys().await.unwrap();
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].dek_version, 2);
+    assert_ne!(after[0].wrapped_dek, before[0].wrapped_dek);
+    assert!(
+        store
+            .tenant(&acme)
+            .credentials()
+            .await
+            .unwrap()
+            .iter()
+            .all(|c| c.dek_version == 2)
+    );
+    assert_all_open(&vault, store, &acme, 3).await;
+    assert_all_open(&self::vault(), store, &acme, 3).await;
+    // Globex's key is untouched.
+    assert_eq!(
+        store.tenant(&globex).data_keys().await.unwrap()[0].dek_version,
+        1
+    );
+    assert_all_open(&vault, store, &globex, 2).await;
+    // Again: version 3.
+    assert_eq!(
+        vault
+            .rotate_data_key(&store.tenant(&acme))
+            .await
+            .unwrap()
+            .to_dek_version,
+        3
+    );
+    assert_all_open(&vault, store, &acme, 3).await;
+    // A tenant without secrets has nothing to rotate.
+    let empty = TenantContext::for_tests(&tenant(store, "initech").await, &[Role::Owner]);
+    assert_eq!(
+        vault.rotate_data_key(&store.tenant(&empty)).await.unwrap(),
+        bulkhead_vault::DekRotation::default()
+    );
+}
+
+async fn a_data_key_rotation_runs_beside_100_concurrent_readers(store: &Store, _db: &TestDb) {
+    let vault = vault();
+    let acme = TenantContext::for_tests(&tenant(store, "acme").await, &[Role::Owner]);
+    put_many(&vault, store, &acme, 20).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..100)
+        .map(|r| {
+            let (vault, store, ctx, stop) =
+                (vault.clone(), store.clone(), acme.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut reads = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) || reads == 0 {
+                    let i = (r + reads as usize) % 20;
+                    let opened = vault
+                        .reveal(&store.tenant(&ctx), &connector(&format!("c{i}")))
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    assert_eq!(opened.secret.expose_secret(), format!("secret-{i}"));
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    for _ in 0..3 {
+        vault.rotate_data_key(&store.tenant(&acme)).await.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for reader in readers {
+        total += reader.await.unwrap();
+    }
+    assert!(total >= 100);
+    assert_eq!(
+        store.tenant(&acme).data_keys().await.unwrap()[0].dek_version,
+        4
+    );
+    assert_all_open(&vault, store, &acme, 20).await;
+}
+
+async fn an_interrupted_data_key_rotation_is_resumed(store: &Store, _db: &TestDb) {
+    let vault = vault();
+    let acme = TenantContext::for_tests(&tenant(store, "acme").await, &[Role::Owner]);
+    put_many(&vault, store, &acme, 5).await;
+    // An earlier run added version 2 and died before re-sealing anything.
+    use bulkhead_vault::KeyProvider;
+    let provider = LocalKeyProvider::from_base64(&SecretString::from(
+        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".to_owned(),
+    ))
+    .unwrap();
+    let wrapped = provider
+        .wrap(acme.tenant_id(), &bulkhead_vault::DataKey::generate())
+        .await
+        .unwrap();
+    assert!(
+        store
+            .tenant(&acme)
+            .start_data_key_rotation(1, &wrapped.kek_id, &wrapped.bytes)
+            .await
+            .unwrap()
+    );
+    // Meanwhile secrets still open, and a new write uses the new key.
+    assert_all_open(&vault, store, &acme, 5).await;
+    vault
+        .put(
+            &store.tenant(&acme),
+            &connector("fresh"),
+            &SecretString::from("new".to_owned()),
+            json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .tenant(&acme)
+            .credential(&connector("fresh"))
+            .await
+            .unwrap()
+            .unwrap()
+            .dek_version,
+        2
+    );
+    let report = vault.rotate_data_key(&store.tenant(&acme)).await.unwrap();
+    assert!(report.resumed);
+    assert_eq!(
+        (report.to_dek_version, report.resealed, report.retired),
+        (2, 5, 1)
+    );
+    assert_all_open(&vault, store, &acme, 5).await;
+}
+
+async fn rotating_the_key_encryption_key_rewraps_every_data_key(store: &Store, _db: &TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("master.key");
+    let provider = Arc::new(LocalKeyProvider::load_or_create(&path).unwrap());
+    let vault = Vault::new(provider.clone());
+    let acme = TenantContext::for_tests(&tenant(store, "acme").await, &[Role::Owner]);
+    let globex = TenantContext::for_tests(&tenant(store, "globex").await, &[Role::Owner]);
+    put_many(&vault, store, &acme, 2).await;
+    put_many(&vault, store, &globex, 2).await;
+    let old = vault.kek_id();
+    // Another process (the CLI) rotates the key file; this vault sees it without a restart.
+    let other = LocalKeyProvider::load_or_create(&path).unwrap();
+    let new = other.add_current_key().unwrap();
+    assert_ne!(old, new);
+    assert_eq!(vault.kek_id(), new);
+    assert_eq!(
+        store
+            .admin()
+            .data_keys_not_wrapped_by(&new)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_all_open(&vault, store, &acme, 2).await;
+    assert_eq!(
+        vault
+            .rewrap_all(&store.admin(), &Origin::cli())
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        vault
+            .rewrap_all(&store.admin(), &Origin::cli())
+            .await
+            .unwrap(),
+        0,
+        "idempotent"
+    );
+    assert!(
+        store
+            .admin()
+            .data_keys_not_wrapped_by(&new)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let fresh = Vault::new(Arc::new(LocalKeyProvider::load_or_create(&path).unwrap()));
+    assert_all_open(&fresh, store, &acme, 2).await;
+    assert_all_open(&fresh, store, &globex, 2).await;
+    let events = store
+        .admin()
+        .audit_events(acme.tenant_id(), 0, 100)
+        .await
+        .unwrap();
+    assert!(events.iter().any(|e| e.action == "data_key.rewrapped"));
+}
+
+async fn deleting_a_tenant_shreds_its_keys(store: &Store, db: &TestDb) {
+    let vault = vault();
+    let acme = TenantContext::for_tests(&tenant(store, "acme").await, &[Role::Owner]);
+    let globex = TenantContext::for_tests(&tenant(store, "globex").await, &[Role::Owner]);
+    put_many(&vault, store, &acme, 3).await;
+    put_many(&vault, store, &globex, 1).await;
+    let wrapped = store.tenant(&acme).data_keys().await.unwrap()[0]
+        .wrapped_dek
+        .clone();
+    let sealed = store
+        .tenant(&acme)
+        .credential(&connector("c0"))
+        .await
+        .unwrap()
+        .unwrap()
+        .sealed;
+    let receipt = store
+        .admin()
+        .delete_tenant(acme.tenant_id(), &Origin::cli())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (receipt.data_keys_destroyed, receipt.credentials_destroyed),
+        (1, 3)
+    );
+    let dump = db.dump().await;
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    for needle in [
+        wrapped.clone(),
+        sealed.clone(),
+        hex(&wrapped).into_bytes(),
+        hex(&sealed).into_bytes(),
+    ] {
+        assert!(
+            !dump.windows(needle.len()).any(|w| w == needle.as_slice()),
+            "key material survived the deletion"
+        );
+    }
+    assert_all_open(&vault, store, &globex, 1).await;
+    let events = store
+        .admin()
+        .audit_events(acme.tenant_id(), 0, 100)
+        .await
+        .unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(last.action, "tenant.deleted");
+    assert_eq!(last.details["data_keys_destroyed"], 1);
 }

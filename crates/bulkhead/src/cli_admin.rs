@@ -261,6 +261,8 @@ pub async fn tenant(global: &GlobalArgs, command: TenantCommand) -> anyhow::Resu
             let value = json!({
                 "tenant_id": receipt.tenant_id,
                 "deleted_at": to_rfc3339(receipt.deleted_at),
+                "data_keys_destroyed": receipt.data_keys_destroyed,
+                "credentials_destroyed": receipt.credentials_destroyed,
                 "api_keys_deleted": receipt.api_keys_deleted,
                 "issuers_deleted": receipt.issuers_deleted,
                 "audit_seq": receipt.audit_seq,
@@ -270,8 +272,10 @@ pub async fn tenant(global: &GlobalArgs, command: TenantCommand) -> anyhow::Resu
             } else {
                 writeln!(
                     std::io::stdout().lock(),
-                    "deleted tenant {} ({} API keys, {} issuers); audit event #{}",
+                    "deleted tenant {}: destroyed {} data keys and {} credentials, {} API keys, {} issuers; audit event #{}",
                     receipt.tenant_id,
+                    receipt.data_keys_destroyed,
+                    receipt.credentials_destroyed,
                     receipt.api_keys_deleted,
                     receipt.issuers_deleted,
                     receipt.audit_seq
@@ -449,6 +453,12 @@ pub enum CredentialCommand {
         #[command(flatten)]
         output: Output,
     },
+    /// Open every credential of a tenant with the current keys and report how many open
+    /// (the secrets themselves are never printed). Exits non-zero if any does not.
+    Check {
+        #[arg(long)]
+        tenant: String,
+    },
     /// Delete a tenant's credential for a connector.
     Delete {
         #[arg(long)]
@@ -520,6 +530,7 @@ pub async fn credential(global: &GlobalArgs, command: CredentialCommand) -> anyh
     let tenant_arg = match &command {
         CredentialCommand::Set { tenant, .. }
         | CredentialCommand::List { tenant, .. }
+        | CredentialCommand::Check { tenant }
         | CredentialCommand::Delete { tenant, .. } => tenant.clone(),
     };
     let tenant = store
@@ -575,6 +586,29 @@ pub async fn credential(global: &GlobalArgs, command: CredentialCommand) -> anyh
                 )
             }
         }
+        CredentialCommand::Check { .. } => {
+            let vault = settings::open_vault(&config)?;
+            let records = scoped.credentials().await?;
+            let mut failed = Vec::new();
+            for record in &records {
+                match vault.reveal(&scoped, &record.connector).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {}
+                    Err(error) => failed.push(format!("{}: {error}", record.connector)),
+                }
+            }
+            writeln!(
+                std::io::stdout().lock(),
+                "{} of {} credentials of {tenant_arg} open",
+                records.len() - failed.len(),
+                records.len()
+            )?;
+            if failed.is_empty() {
+                Ok(())
+            } else {
+                Err(anyhow!("these do not open: {}", failed.join("; ")))
+            }
+        }
         CredentialCommand::Delete { connector, .. } => {
             let connector = connector_name(&connector)?;
             if !scoped.delete_credential(&connector).await? {
@@ -589,4 +623,79 @@ pub async fn credential(global: &GlobalArgs, command: CredentialCommand) -> anyh
     };
     store.close().await;
     result
+}
+
+#[derive(clap::Subcommand)]
+pub enum KeysCommand {
+    /// Make a new key-encryption key current and re-wrap every tenant's data key with it.
+    /// Safe while servers run; if interrupted, run it again: it resumes (re-wrapping what is
+    /// left) instead of starting another rotation.
+    RotateKek,
+    /// Re-encrypt one tenant's secrets under a new data key and destroy the old key. Safe
+    /// while servers run; if interrupted, run it again to finish.
+    RotateDek {
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+pub async fn keys(global: &GlobalArgs, command: KeysCommand) -> anyhow::Result<()> {
+    let (config, store) = open(global).await?;
+    let vault = settings::open_vault(&config)?;
+    let mut out = std::io::stdout().lock();
+    match command {
+        KeysCommand::RotateKek => {
+            let admin = store.admin();
+            let pending = admin.data_keys_not_wrapped_by(&vault.kek_id()).await?.len();
+            if pending == 0 {
+                let provider = settings::local_key_file_provider(&config)?;
+                let new_id = provider.add_current_key()?;
+                writeln!(out, "new key-encryption key {new_id} is current")?;
+            } else {
+                writeln!(
+                    out,
+                    "resuming: {pending} data keys are not yet wrapped by {}",
+                    vault.kek_id()
+                )?;
+            }
+            let rewrapped = vault.rewrap_all(&admin, &Origin::cli()).await?;
+            writeln!(
+                out,
+                "re-wrapped {rewrapped} data keys with {}",
+                vault.kek_id()
+            )?;
+        }
+        KeysCommand::RotateDek { tenant } => {
+            let record = store
+                .admin()
+                .get_tenant(&tenant_id(&tenant)?)
+                .await?
+                .with_context(|| format!("no tenant {tenant}"))?;
+            let ctx = bulkhead_core::auth::operator_context(&record);
+            let report = vault.rotate_data_key(&store.tenant(&ctx)).await?;
+            if report.to_dek_version == 0 {
+                writeln!(
+                    out,
+                    "tenant {tenant} has no data key yet; nothing to rotate"
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "{} data key of {tenant}: version {} -> {}, {} secrets re-sealed, {} old key versions destroyed",
+                    if report.resumed {
+                        "finished rotating the"
+                    } else {
+                        "rotated the"
+                    },
+                    report.from_dek_version,
+                    report.to_dek_version,
+                    report.resealed,
+                    report.retired
+                )?;
+            }
+        }
+    }
+    drop(out);
+    store.close().await;
+    Ok(())
 }

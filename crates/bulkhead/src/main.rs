@@ -54,6 +54,9 @@ enum Command {
     /// Manage a tenant's connector credentials (secrets are write-only).
     #[command(subcommand)]
     Credential(cli_admin::CredentialCommand),
+    /// Rotate key-encryption and data keys.
+    #[command(subcommand)]
+    Keys(cli_admin::KeysCommand),
     /// Manage the platform admin token.
     #[command(subcommand)]
     AdminToken(cli_admin::AdminTokenCommand),
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
             Command::Tenant(command) => cli_admin::tenant(&cli.global, command).await,
             Command::Key(command) => cli_admin::key(&cli.global, command).await,
             Command::Credential(command) => cli_admin::credential(&cli.global, command).await,
+            Command::Keys(command) => cli_admin::keys(&cli.global, command).await,
             Command::AdminToken(command) => cli_admin::admin_token(&cli.global, command).await,
             Command::Bench(command) => bench::run(&cli.global, command).await,
         }

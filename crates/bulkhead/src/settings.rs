@@ -21,6 +21,7 @@ const ENV_KEYS: &[&str] = &[
     "database",
     "admin_token",
     "master_key",
+    "previous_master_keys",
     "max_body_bytes",
     "regions",
     "auth",
@@ -122,21 +123,33 @@ pub fn redact_url(url: &str) -> String {
 /// set, otherwise the key file, created at first start.
 pub fn open_vault(config: &Config) -> anyhow::Result<Vault> {
     let provider = match &config.master_key {
-        Some(key) => LocalKeyProvider::from_base64(key).context("BULKHEAD_MASTER_KEY")?,
-        None => {
-            let path = config
-                .vault
-                .key_file
-                .clone()
-                .unwrap_or_else(|| config.data_dir.join("master.key"));
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("cannot create {}", parent.display()))?;
-            }
-            LocalKeyProvider::load_or_create(&path)?
-        }
+        Some(key) => LocalKeyProvider::from_keys(key, &config.previous_master_keys)
+            .context("BULKHEAD_MASTER_KEY or BULKHEAD_PREVIOUS_MASTER_KEYS")?,
+        None => local_key_file_provider(config)?,
     };
     Ok(Vault::new(Arc::new(provider)))
+}
+
+/// The key-file provider (`vault.key_file`, default `<data_dir>/master.key`), created at first
+/// start; an error when the KEK comes from the environment instead.
+pub fn local_key_file_provider(config: &Config) -> anyhow::Result<LocalKeyProvider> {
+    if config.master_key.is_some() {
+        anyhow::bail!(
+            "the key-encryption key comes from BULKHEAD_MASTER_KEY; to rotate it, set a new \
+             BULKHEAD_MASTER_KEY, list the old one in BULKHEAD_PREVIOUS_MASTER_KEYS and run \
+             `bulkhead keys rotate-kek` (which then only re-wraps)"
+        );
+    }
+    let path = config
+        .vault
+        .key_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("master.key"));
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    Ok(LocalKeyProvider::load_or_create(&path)?)
 }
 
 pub fn init_logging(config: &Config) {

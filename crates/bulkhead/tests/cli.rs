@@ -633,3 +633,89 @@ fn credentials_are_set_from_stdin_and_no_secret_reaches_disk_or_logs() {
         "the key-encryption key file is private"
     );
 }
+
+/// Starts `args`, kills it with SIGKILL after `after`, and says whether it was still running.
+fn kill_midway(command: &mut Command, after: Duration) -> bool {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(after);
+    let running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    running
+}
+
+#[test]
+fn key_rotations_killed_midway_finish_when_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    run(bulkhead(d).args(["tenant", "create", "acme", "--name", "Acme"]));
+    run(bulkhead(d).args(["tenant", "create", "globex", "--name", "Globex"]));
+    for i in 0..60 {
+        let tenant = if i % 2 == 0 { "acme" } else { "globex" };
+        let file = d.join("s.txt");
+        std::fs::write(&file, format!("secret-{i}")).unwrap();
+        run(bulkhead(d)
+            .args([
+                "credential",
+                "set",
+                "--tenant",
+                tenant,
+                &format!("c{i}"),
+                "--secret-file",
+            ])
+            .arg(&file));
+    }
+    let check = |tenant: &str| {
+        String::from_utf8(run(bulkhead(d).args(["credential", "check", "--tenant", tenant])).stdout)
+            .unwrap()
+    };
+    assert!(check("acme").contains("30 of 30"));
+
+    // Data key: killed at several points; every secret opens between and after the runs.
+    let mut interrupted = 0;
+    for delay_ms in [5, 40, 120] {
+        if kill_midway(
+            bulkhead(d).args(["keys", "rotate-dek", "--tenant", "acme"]),
+            Duration::from_millis(delay_ms),
+        ) {
+            interrupted += 1;
+        }
+        assert!(
+            check("acme").contains("30 of 30"),
+            "after a kill at {delay_ms} ms"
+        );
+    }
+    let finished =
+        String::from_utf8(run(bulkhead(d).args(["keys", "rotate-dek", "--tenant", "acme"])).stdout)
+            .unwrap();
+    assert!(finished.contains("data key of acme"), "{finished}");
+    assert!(check("acme").contains("30 of 30"));
+    assert!(check("globex").contains("30 of 30"));
+    eprintln!("rotate-dek was interrupted {interrupted} of 3 times");
+
+    // Key-encryption key: the same.
+    let kek_before = std::fs::read_to_string(d.join("master.key")).unwrap();
+    kill_midway(
+        bulkhead(d).args(["keys", "rotate-kek"]),
+        Duration::from_millis(20),
+    );
+    assert!(check("acme").contains("30 of 30"));
+    assert!(check("globex").contains("30 of 30"));
+    let out = String::from_utf8(run(bulkhead(d).args(["keys", "rotate-kek"])).stdout).unwrap();
+    assert!(out.contains("re-wrapped"), "{out}");
+    let kek_after = std::fs::read_to_string(d.join("master.key")).unwrap();
+    assert_ne!(kek_before, kek_after);
+    assert!(
+        kek_after.lines().count() >= 2,
+        "old keys stay for unwrapping"
+    );
+    assert!(check("acme").contains("30 of 30"));
+    assert!(check("globex").contains("30 of 30"));
+    // Run again with nothing pending: a new KEK, everything re-wrapped, everything opens.
+    run(bulkhead(d).args(["keys", "rotate-kek"]));
+    assert!(check("globex").contains("30 of 30"));
+}

@@ -206,6 +206,9 @@ pub async fn patch_tenant(
 pub struct DeletionReceiptView {
     pub tenant_id: String,
     pub deleted_at: String,
+    /// Data key versions destroyed (first), making the tenant's sealed secrets unrecoverable.
+    pub data_keys_destroyed: u64,
+    pub credentials_destroyed: u64,
     pub api_keys_deleted: u64,
     pub issuers_deleted: u64,
     /// Sequence number of the `tenant.deleted` event in the tenant's audit chain.
@@ -217,6 +220,8 @@ impl From<DeletionReceipt> for DeletionReceiptView {
         Self {
             tenant_id: r.tenant_id.into(),
             deleted_at: to_rfc3339(r.deleted_at),
+            data_keys_destroyed: r.data_keys_destroyed,
+            credentials_destroyed: r.credentials_destroyed,
             api_keys_deleted: r.api_keys_deleted,
             issuers_deleted: r.issuers_deleted,
             audit_seq: r.audit_seq,
@@ -224,7 +229,8 @@ impl From<DeletionReceipt> for DeletionReceiptView {
     }
 }
 
-/// Deletes a tenant and its keys and issuers; its audit trail stays, ending with the deletion.
+/// Deletes a tenant: destroys its data keys first (crypto-shredding its credentials), then its
+/// credentials, API keys and issuers. Its audit trail stays, ending with the deletion.
 #[utoipa::path(delete, path = "/admin/v1/tenants/{id}", tag = "control-plane",
     security(("admin_token" = [])),
     params(("id" = String, Path, description = "Tenant id")),
