@@ -29,6 +29,7 @@ fn tenant() -> Tenant {
         name: "Acme".into(),
         region: RegionName::try_from("local").unwrap(),
         isolation: Isolation::Shared,
+        allowed_regions: Vec::new(),
         status: TenantStatus::Active,
         created_at: 0,
         updated_at: 0,

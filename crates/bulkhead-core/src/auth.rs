@@ -473,6 +473,7 @@ mod tests {
             name: id.to_uppercase(),
             region: RegionName::try_from("local").unwrap(),
             isolation: Isolation::Shared,
+            allowed_regions: Vec::new(),
             status,
             created_at: 0,
             updated_at: 0,

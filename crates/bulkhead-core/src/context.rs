@@ -36,6 +36,7 @@ pub struct TenantContext {
     tenant_id: TenantId,
     tenant_name: String,
     region: RegionName,
+    allowed_regions: Vec<RegionName>,
     isolation: Isolation,
     principal: Principal,
     roles: BTreeSet<Role>,
@@ -53,6 +54,7 @@ impl TenantContext {
             tenant_id: tenant.id.clone(),
             tenant_name: tenant.name.clone(),
             region: tenant.region.clone(),
+            allowed_regions: tenant.allowed_regions.clone(),
             isolation: tenant.isolation,
             principal,
             roles,
@@ -84,6 +86,16 @@ impl TenantContext {
 
     pub fn region(&self) -> &RegionName {
         &self.region
+    }
+
+    /// Regions besides the home region where this tenant's data may go.
+    pub fn allowed_regions(&self) -> &[RegionName] {
+        &self.allowed_regions
+    }
+
+    /// Whether this tenant's data may go to `region` (residency).
+    pub fn may_use_region(&self, region: &RegionName) -> bool {
+        &self.region == region || self.allowed_regions.contains(region)
     }
 
     pub fn isolation(&self) -> Isolation {

@@ -83,6 +83,8 @@ pub struct Tenant {
     pub id: TenantId,
     pub name: String,
     pub region: RegionName,
+    /// Regions besides `region` where this tenant's data may go.
+    pub allowed_regions: Vec<RegionName>,
     pub isolation: Isolation,
     pub status: TenantStatus,
     /// Unix milliseconds.

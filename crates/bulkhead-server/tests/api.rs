@@ -150,6 +150,20 @@ async fn the_control_plane_manages_tenants() {
         );
     }
 
+    let (status, regional) = server
+        .admin(
+            Method::PATCH,
+            "/admin/v1/tenants/bravo",
+            Some(json!({"allowed_regions": ["us-east", "us-east"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{regional}");
+    assert_eq!(regional["allowed_regions"], json!(["us-east"]));
+    assert_eq!(regional["region"], "eu-west");
+    let (bravo_key, _) = server.create_key("bravo", "viewer").await;
+    let (_, me) = server.tenant_get("/v1/whoami", &bravo_key).await;
+    assert_eq!(me["allowed_regions"], json!(["us-east"]));
+
     let (status, renamed) = server
         .admin(
             Method::PATCH,
@@ -332,6 +346,13 @@ async fn bad_input_gets_a_clear_problem_and_writes_nothing() {
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_field",
             Some("region"),
+        ),
+        (
+            "unknown allowed region",
+            json!({"id": "globex", "name": "x", "allowed_regions": ["eu-west", "mars"]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("allowed_regions"),
         ),
         (
             "duplicate id",

@@ -44,11 +44,12 @@ impl<'a> AdminStore<'a> {
         let now = now_millis();
         let inserted = execute!(
             &mut tx,
-            "INSERT INTO tenants (tenant_id, name, region, isolation, status, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, 'active', $5, $5) ON CONFLICT (tenant_id) DO NOTHING",
+            "INSERT INTO tenants (tenant_id, name, region, allowed_regions, isolation, status, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, 'active', $6, $6) ON CONFLICT (tenant_id) DO NOTHING",
             new.id.as_str(),
             new.name.as_str(),
             new.region.as_str(),
+            regions_json(&new.allowed_regions)?,
             new.isolation.as_str(),
             now,
         )?;
@@ -59,6 +60,7 @@ impl<'a> AdminStore<'a> {
             id: new.id,
             name: new.name,
             region: new.region,
+            allowed_regions: new.allowed_regions,
             isolation: new.isolation,
             status: TenantStatus::Active,
             created_at: now,
@@ -75,6 +77,7 @@ impl<'a> AdminStore<'a> {
                 details: json!({
                     "name": tenant.name,
                     "region": tenant.region,
+                    "allowed_regions": tenant.allowed_regions,
                     "isolation": tenant.isolation,
                 }),
             },
@@ -148,6 +151,9 @@ impl<'a> AdminStore<'a> {
         if let Some(status) = patch.status {
             after.status = status;
         }
+        if let Some(regions) = patch.allowed_regions {
+            after.allowed_regions = regions;
+        }
         if after == before {
             tx.commit().await?;
             return Ok(Some(before));
@@ -155,10 +161,12 @@ impl<'a> AdminStore<'a> {
         after.updated_at = now_millis();
         execute!(
             &mut tx,
-            "UPDATE tenants SET name = $2, status = $3, updated_at = $4 WHERE tenant_id = $1",
+            "UPDATE tenants SET name = $2, status = $3, allowed_regions = $4, updated_at = $5 \
+             WHERE tenant_id = $1",
             id.as_str(),
             after.name.as_str(),
             after.status.as_str(),
+            regions_json(&after.allowed_regions)?,
             after.updated_at,
         )?;
         let action = match (before.status, after.status) {
@@ -175,8 +183,8 @@ impl<'a> AdminStore<'a> {
                 resource: format!("tenant/{id}"),
                 outcome: Outcome::Success,
                 details: json!({
-                    "before": {"name": before.name, "status": before.status},
-                    "after": {"name": after.name, "status": after.status},
+                    "before": {"name": before.name, "status": before.status, "allowed_regions": before.allowed_regions},
+                    "after": {"name": after.name, "status": after.status, "allowed_regions": after.allowed_regions},
                 }),
             },
         )
@@ -505,7 +513,7 @@ impl<'a> AdminStore<'a> {
         let row = fetch_optional!(
             &mut tx,
             KeyForAuthRow,
-            "SELECT k.key_id, k.role, k.secret_hash, k.revoked_at, t.tenant_id, t.name, t.region, \
+            "SELECT k.key_id, k.role, k.secret_hash, k.revoked_at, t.tenant_id, t.name, t.region, t.allowed_regions, \
                     t.isolation, t.status, t.created_at, t.updated_at \
              FROM api_keys k JOIN tenants t ON t.tenant_id = k.tenant_id \
              WHERE k.key_id = $1",
@@ -652,6 +660,10 @@ impl<'a> AdminStore<'a> {
         tx.commit().await?;
         Ok(())
     }
+}
+
+fn regions_json(regions: &[bulkhead_core::RegionName]) -> Result<String, StoreError> {
+    serde_json::to_string(regions).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 async fn tenant_in(tx: &mut Tx, id: &TenantId) -> Result<Option<Tenant>, StoreError> {

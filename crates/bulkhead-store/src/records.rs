@@ -14,6 +14,7 @@ pub struct NewTenant {
     pub id: TenantId,
     pub name: String,
     pub region: RegionName,
+    pub allowed_regions: Vec<RegionName>,
     pub isolation: Isolation,
 }
 
@@ -21,6 +22,7 @@ pub struct NewTenant {
 #[derive(Debug, Clone, Default)]
 pub struct TenantPatch {
     pub name: Option<String>,
+    pub allowed_regions: Option<Vec<RegionName>>,
     pub status: Option<TenantStatus>,
 }
 
@@ -98,6 +100,7 @@ pub(crate) struct TenantRow {
     tenant_id: String,
     name: String,
     region: String,
+    allowed_regions: String,
     isolation: String,
     status: String,
     created_at: i64,
@@ -105,7 +108,7 @@ pub(crate) struct TenantRow {
 }
 
 pub(crate) const TENANT_COLUMNS: &str =
-    "tenant_id, name, region, isolation, status, created_at, updated_at";
+    "tenant_id, name, region, allowed_regions, isolation, status, created_at, updated_at";
 
 impl TryFrom<TenantRow> for Tenant {
     type Error = StoreError;
@@ -114,6 +117,8 @@ impl TryFrom<TenantRow> for Tenant {
             id: TenantId::try_from(row.tenant_id).map_err(|e| corrupt("tenant id", e))?,
             name: row.name,
             region: RegionName::try_from(row.region).map_err(|e| corrupt("region", e))?,
+            allowed_regions: serde_json::from_str(&row.allowed_regions)
+                .map_err(|e| corrupt("allowed regions", e))?,
             isolation: row.isolation.parse().map_err(|e| corrupt("isolation", e))?,
             status: row.status.parse().map_err(|e| corrupt("status", e))?,
             created_at: row.created_at,

@@ -59,6 +59,7 @@ fn new_tenant(s: &str) -> NewTenant {
         name: format!("{} Corp", s.to_uppercase()),
         region: RegionName::try_from("local").unwrap(),
         isolation: Isolation::Shared,
+        allowed_regions: Vec::new(),
     }
 }
 
@@ -158,6 +159,7 @@ async fn suspend_and_reactivate_are_recorded(store: &Store, _db: &TestDb) {
     let reactivate = TenantPatch {
         status: Some(TenantStatus::Active),
         name: Some("Acme Inc".into()),
+        allowed_regions: Some(vec![RegionName::try_from("eu-west").unwrap()]),
     };
     let active = admin
         .update_tenant(&id("acme"), reactivate, &Origin::cli())
@@ -165,6 +167,12 @@ async fn suspend_and_reactivate_are_recorded(store: &Store, _db: &TestDb) {
         .unwrap()
         .unwrap();
     assert_eq!(active.status, TenantStatus::Active);
+    let stored = admin.get_tenant(&id("acme")).await.unwrap().unwrap();
+    assert_eq!(
+        stored.allowed_regions,
+        [RegionName::try_from("eu-west").unwrap()]
+    );
+    assert_eq!(stored, active);
     assert_eq!(active.name, "Acme Inc");
     let actions: Vec<_> = admin
         .audit_events(&id("acme"), 0, 100)

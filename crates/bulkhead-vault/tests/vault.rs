@@ -62,6 +62,7 @@ async fn tenant(store: &Store, id: &str) -> Tenant {
                 name: id.into(),
                 region: RegionName::try_from("local").unwrap(),
                 isolation: Isolation::Shared,
+                allowed_regions: Vec::new(),
             },
             &Origin::cli(),
         )

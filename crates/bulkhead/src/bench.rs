@@ -65,6 +65,7 @@ pub async fn run(global: &GlobalArgs, command: BenchCommand) -> anyhow::Result<(
                             name: format!("Tenant {i}"),
                             region: default_region(),
                             isolation: Isolation::Shared,
+                            allowed_regions: Vec::new(),
                         },
                         &Origin::cli(),
                     )

@@ -38,6 +38,9 @@ pub enum TenantCommand {
         region: Option<String>,
         #[arg(long, default_value = "shared")]
         isolation: Isolation,
+        /// A region besides the home region where the tenant's data may go; repeatable.
+        #[arg(long = "allow-region")]
+        allowed_regions: Vec<String>,
         #[command(flatten)]
         output: Output,
     },
@@ -143,6 +146,7 @@ fn tenant_json(t: &Tenant) -> serde_json::Value {
         "id": t.id,
         "name": t.name,
         "region": t.region,
+        "allowed_regions": t.allowed_regions,
         "isolation": t.isolation,
         "status": t.status,
         "created_at": to_rfc3339(t.created_at),
@@ -196,27 +200,34 @@ pub async fn tenant(global: &GlobalArgs, command: TenantCommand) -> anyhow::Resu
             name,
             region,
             isolation,
+            allowed_regions,
             output,
         } => {
+            let configured = |r: &str| {
+                let region =
+                    RegionName::try_from(r).map_err(|e| anyhow!("invalid region {r:?}: {e}"))?;
+                if !config.regions.contains(&region) {
+                    bail!("unknown region {region}; configured: {:?}", config.regions);
+                }
+                Ok(region)
+            };
             let region = match region {
                 None => config
                     .regions
                     .first()
                     .cloned()
                     .context("no region is configured")?,
-                Some(r) => {
-                    let region = RegionName::try_from(r.as_str())
-                        .map_err(|e| anyhow!("invalid region {r:?}: {e}"))?;
-                    if !config.regions.contains(&region) {
-                        bail!("unknown region {region}; configured: {:?}", config.regions);
-                    }
-                    region
-                }
+                Some(r) => configured(&r)?,
             };
+            let allowed_regions = allowed_regions
+                .iter()
+                .map(|r| configured(r))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let new = NewTenant {
                 id: tenant_id(&id)?,
                 name: validate_display_name(&name).map_err(|e| anyhow!("invalid name: {e}"))?,
                 region,
+                allowed_regions,
                 isolation,
             };
             let tenant = admin

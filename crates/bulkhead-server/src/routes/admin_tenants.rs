@@ -25,6 +25,10 @@ pub struct CreateTenantRequest {
     pub region: Option<String>,
     #[serde(default)]
     pub isolation: Option<IsolationDto>,
+    /// Regions besides the home region where the tenant's data may go (egress to any other
+    /// region fails closed). Each must be one of the deployment's regions.
+    #[serde(default)]
+    pub allowed_regions: Option<Vec<String>>,
 }
 
 /// Creates a tenant.
@@ -49,25 +53,14 @@ pub async fn create_tenant(
             .first()
             .cloned()
             .ok_or_else(|| ApiError::invalid("region", "no region is configured"))?,
-        Some(region) => {
-            let region = RegionName::try_from(region.as_str())
-                .map_err(|e| ApiError::invalid("region", e.to_string()))?;
-            if !state.regions().contains(&region) {
-                return Err(ApiError::invalid(
-                    "region",
-                    format!(
-                        "unknown region {region}; this deployment serves {}",
-                        region_list(state.regions())
-                    ),
-                ));
-            }
-            region
-        }
+        Some(region) => configured_region(&state, "region", &region)?,
     };
+    let allowed_regions = allowed_regions(&state, body.allowed_regions)?.unwrap_or_default();
     let new = NewTenant {
         id,
         name,
         region,
+        allowed_regions,
         isolation: body.isolation.unwrap_or(IsolationDto::Shared).into(),
     };
     let tenant = state
@@ -80,6 +73,38 @@ pub async fn create_tenant(
         headers.insert(header::LOCATION, location);
     }
     Ok((StatusCode::CREATED, headers, Json(tenant.into())))
+}
+
+/// A region named in a request, which must be one this deployment serves.
+fn configured_region(state: &AppState, field: &str, name: &str) -> Result<RegionName, ApiError> {
+    let region = RegionName::try_from(name).map_err(|e| ApiError::invalid(field, e.to_string()))?;
+    if !state.regions().contains(&region) {
+        return Err(ApiError::invalid(
+            field,
+            format!(
+                "unknown region {region}; this deployment serves {}",
+                region_list(state.regions())
+            ),
+        ));
+    }
+    Ok(region)
+}
+
+fn allowed_regions(
+    state: &AppState,
+    names: Option<Vec<String>>,
+) -> Result<Option<Vec<RegionName>>, ApiError> {
+    names
+        .map(|names| {
+            let mut regions = names
+                .iter()
+                .map(|name| configured_region(state, "allowed_regions", name))
+                .collect::<Result<Vec<_>, _>>()?;
+            regions.sort();
+            regions.dedup();
+            Ok(regions)
+        })
+        .transpose()
 }
 
 fn region_list(regions: &[RegionName]) -> String {
@@ -169,6 +194,8 @@ pub struct PatchTenantRequest {
     /// `suspended` refuses every credential of the tenant from the next request on;
     /// `active` lets them in again.
     pub status: Option<StatusDto>,
+    /// Replaces the regions besides the home region where the tenant's data may go.
+    pub allowed_regions: Option<Vec<String>>,
 }
 
 /// Renames, suspends or reactivates a tenant.
@@ -192,6 +219,7 @@ pub async fn patch_tenant(
             .map(|n| validate_name("name", n))
             .transpose()?,
         status: body.status.map(Into::into),
+        allowed_regions: allowed_regions(&state, body.allowed_regions)?,
     };
     let tenant = state
         .store()

@@ -99,6 +99,8 @@ pub struct TenantView {
     pub id: String,
     pub name: String,
     pub region: String,
+    /// Regions besides `region` where the tenant's data may go.
+    pub allowed_regions: Vec<String>,
     pub isolation: IsolationDto,
     pub status: StatusDto,
     /// RFC 3339.
@@ -113,6 +115,7 @@ impl From<Tenant> for TenantView {
             id: t.id.into(),
             name: t.name,
             region: t.region.into(),
+            allowed_regions: t.allowed_regions.into_iter().map(Into::into).collect(),
             isolation: t.isolation.into(),
             status: t.status.into(),
             created_at: to_rfc3339(t.created_at),

@@ -18,6 +18,7 @@ pub struct WhoAmI {
     pub principal: String,
     pub roles: Vec<RoleDto>,
     pub region: String,
+    pub allowed_regions: Vec<String>,
     pub isolation: IsolationDto,
 }
 
@@ -32,6 +33,11 @@ pub async fn whoami(Authenticated(ctx): Authenticated) -> Json<WhoAmI> {
         principal: ctx.principal().to_string(),
         roles: ctx.roles().iter().copied().map(Into::into).collect(),
         region: ctx.region().to_string(),
+        allowed_regions: ctx
+            .allowed_regions()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         isolation: ctx.isolation().into(),
     })
 }
