@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use crate::RegionName;
+use crate::{ConnectorName, RegionName};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -35,6 +35,8 @@ pub struct Config {
     pub log: LogConfig,
     pub postgres: PostgresConfig,
     pub vault: VaultConfig,
+    /// Outbound endpoints (model providers, tools, webhooks): the only places egress calls.
+    pub endpoints: Vec<EndpointConfig>,
 }
 
 impl Default for Config {
@@ -52,6 +54,7 @@ impl Default for Config {
             log: LogConfig::default(),
             postgres: PostgresConfig::default(),
             vault: VaultConfig::default(),
+            endpoints: Vec::new(),
         }
     }
 }
@@ -155,6 +158,63 @@ impl Default for PostgresConfig {
 pub struct VaultConfig {
     /// The local key-encryption key file; default `<data_dir>/master.key` (mode 0600).
     pub key_file: Option<PathBuf>,
+}
+
+/// One outbound endpoint. Tenants call it by `name`; egress adds the tenant's credential
+/// for `connector` and refuses if `region` is not one the tenant's data may go to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    pub name: String,
+    /// Scheme, host, port and optional path prefix; calls append their path to it.
+    pub base_url: String,
+    pub region: RegionName,
+    pub kind: EndpointKind,
+    /// Whose credential to inject: the calling tenant's secret for this connector.
+    pub connector: Option<ConnectorName>,
+    #[serde(default)]
+    pub auth: AuthScheme,
+    /// Per attempt, in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Retries after the first attempt, for idempotent calls and for 429.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+}
+
+fn default_timeout_ms() -> u64 {
+    30_000
+}
+
+fn default_max_retries() -> u32 {
+    2
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointKind {
+    Model,
+    Embedding,
+    Tool,
+    Mcp,
+    Webhook,
+}
+
+/// How the credential is presented to the endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(tag = "scheme", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuthScheme {
+    /// `Authorization: Bearer <secret>`.
+    #[default]
+    Bearer,
+    /// `<name>: <secret>`, such as `x-api-key`.
+    Header { name: String },
+    /// HTTP Basic with the credential's `username` field and the secret as password.
+    Basic,
+    /// `?<param>=<secret>` on the URL.
+    Query { param: String },
+    /// No credential (a public endpoint).
+    None,
 }
 
 #[cfg(test)]

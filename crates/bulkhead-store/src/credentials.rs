@@ -78,6 +78,14 @@ impl TenantStore<'_> {
         }
     }
 
+    /// Appends an event that goes with no stored change, such as an outbound call or a
+    /// refused one, to the tenant's audit chain.
+    pub async fn record_event(&self, draft: AuditDraft) -> Result<(), StoreError> {
+        let mut tx = self.begin(Access::Write).await?;
+        audit::append(&mut tx, self.context().tenant_id(), &self.origin(), draft).await?;
+        tx.commit().await
+    }
+
     /// Every live version of the tenant's data key, newest (current) first.
     pub async fn data_keys(&self) -> Result<Vec<DataKeyRecord>, StoreError> {
         let mut tx = self.begin(Access::Read).await?;

@@ -28,6 +28,7 @@ const ENV_KEYS: &[&str] = &[
     "log",
     "postgres",
     "vault",
+    "endpoints",
 ];
 
 pub fn load(global: &GlobalArgs) -> anyhow::Result<Config> {

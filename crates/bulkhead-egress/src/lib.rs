@@ -1,0 +1,581 @@
+//! Egress: the one way out of the process.
+//!
+//! **Architecture Invariant:** the only crate with an HTTP client (reqwest), checked by
+//! `only_the_egress_crate_has_an_http_client`.
+//!
+//! **Architecture Invariant:** a call is made through [`Egress::for_tenant`] with a
+//! `TenantContext`; the endpoint is one declared in configuration; the credential injected is
+//! the calling tenant's own, fetched from the vault at the last moment and used for that
+//! request alone; an endpoint outside the tenant's regions is refused before any byte leaves;
+//! every call, refused or made, is appended to the tenant's audit chain. Credentials never
+//! come from the environment or the config file, only from the tenant's vault.
+
+mod breaker;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use bulkhead_core::audit::{AuditDraft, Outcome};
+use bulkhead_core::config::{AuthScheme, EndpointConfig};
+use bulkhead_core::{RegionName, TenantContext};
+use bulkhead_store::{Store, StoreError};
+use bulkhead_vault::{Credential, Vault, VaultError};
+pub use reqwest::Method;
+use reqwest::Url;
+use secrecy::ExposeSecret;
+use serde_json::json;
+
+use crate::breaker::Breaker;
+
+const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
+const BREAKER_THRESHOLD: u32 = 5;
+const BREAKER_COOLDOWN: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EgressError {
+    #[error("no endpoint named {0:?} is configured")]
+    UnknownEndpoint(String),
+    #[error("endpoint {endpoint} is in region {region}, where this tenant's data may not go")]
+    ResidencyViolation {
+        endpoint: String,
+        region: RegionName,
+    },
+    #[error("the tenant has no credential for connector {0}")]
+    MissingCredential(String),
+    #[error("the credential's field {0:?} is missing or not a string")]
+    MissingCredentialField(&'static str),
+    #[error("a credential of another tenant reached this tenant's call; refused")]
+    CrossTenantCredential,
+    #[error("the path must start with '/' and stay on the endpoint's host")]
+    InvalidPath,
+    #[error("endpoint {0} is failing; calls are paused for a while (circuit open)")]
+    CircuitOpen(String),
+    #[error("endpoint {0} did not answer in time")]
+    Timeout(String),
+    #[error("calling endpoint {endpoint} failed: {message}")]
+    Transport { endpoint: String, message: String },
+    #[error("the response from {0} is larger than the limit")]
+    ResponseTooLarge(String),
+    #[error("invalid endpoint configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl EgressError {
+    /// The stable problem code the HTTP layer answers with.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EgressError::UnknownEndpoint(_) => "unknown_endpoint",
+            EgressError::ResidencyViolation { .. } => "residency_violation",
+            EgressError::MissingCredential(_) | EgressError::MissingCredentialField(_) => {
+                "missing_credential"
+            }
+            EgressError::CrossTenantCredential => "cross_tenant_credential",
+            EgressError::InvalidPath => "invalid_path",
+            EgressError::CircuitOpen(_) => "upstream_unavailable",
+            EgressError::Timeout(_) => "upstream_timeout",
+            EgressError::Transport { .. } | EgressError::ResponseTooLarge(_) => "upstream_error",
+            EgressError::Config(_) | EgressError::Vault(_) | EgressError::Store(_) => "internal",
+        }
+    }
+}
+
+/// A request to an endpoint, relative to its base URL.
+#[derive(Debug, Clone)]
+pub struct OutboundRequest {
+    pub method: Method,
+    /// Starts with `/`; appended to the endpoint's base URL. May carry a query string.
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Vec<u8>>,
+}
+
+impl OutboundRequest {
+    pub fn get(path: impl Into<String>) -> Self {
+        Self {
+            method: Method::GET,
+            path: path.into(),
+            headers: Vec::new(),
+            body: None,
+        }
+    }
+
+    pub fn post_json(path: impl Into<String>, body: &serde_json::Value) -> Self {
+        Self {
+            method: Method::POST,
+            path: path.into(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: Some(body.to_string().into_bytes()),
+        }
+    }
+
+    fn idempotent(&self) -> bool {
+        matches!(
+            self.method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct OutboundResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub attempts: u32,
+}
+
+struct Endpoint {
+    config: EndpointConfig,
+    base: Url,
+    breaker: Mutex<Breaker>,
+}
+
+/// The outbound client. Cheap to clone.
+#[derive(Clone)]
+pub struct Egress {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: reqwest::Client,
+    endpoints: HashMap<String, Endpoint>,
+    store: Store,
+    vault: Vault,
+}
+
+impl Egress {
+    /// Validates the endpoints and builds the one HTTP client.
+    pub fn new(
+        endpoints: &[EndpointConfig],
+        store: Store,
+        vault: Vault,
+    ) -> Result<Self, EgressError> {
+        let mut map = HashMap::new();
+        for config in endpoints {
+            let base = Url::parse(&config.base_url).map_err(|e| {
+                EgressError::Config(format!("endpoint {}: base_url: {e}", config.name))
+            })?;
+            if !matches!(base.scheme(), "http" | "https") || base.host_str().is_none() {
+                return Err(EgressError::Config(format!(
+                    "endpoint {}: base_url must be http(s)://host",
+                    config.name
+                )));
+            }
+            if base.query().is_some() || !base.username().is_empty() || base.password().is_some() {
+                return Err(EgressError::Config(format!(
+                    "endpoint {}: base_url must not carry a query or credentials; use the vault",
+                    config.name
+                )));
+            }
+            if config.connector.is_none() && config.auth != AuthScheme::None {
+                return Err(EgressError::Config(format!(
+                    "endpoint {}: an auth scheme needs a connector (set auth = {{ scheme = \"none\" }} for a public endpoint)",
+                    config.name
+                )));
+            }
+            let endpoint = Endpoint {
+                config: config.clone(),
+                base,
+                breaker: Mutex::new(Breaker::new(BREAKER_THRESHOLD, BREAKER_COOLDOWN)),
+            };
+            if map.insert(config.name.clone(), endpoint).is_some() {
+                return Err(EgressError::Config(format!(
+                    "endpoint {} is declared twice",
+                    config.name
+                )));
+            }
+        }
+        let client = reqwest::Client::builder()
+            // Redirects could carry the injected credential to another host.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| EgressError::Config(e.without_url().to_string()))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                endpoints: map,
+                store,
+                vault,
+            }),
+        })
+    }
+
+    /// The only way to call out: bound to one tenant's context.
+    pub fn for_tenant<'a>(&'a self, ctx: &'a TenantContext) -> TenantEgress<'a> {
+        TenantEgress { egress: self, ctx }
+    }
+}
+
+/// Refuses a credential that belongs to another tenant than the calling context. The vault
+/// reads through a tenant-scoped store, so this cannot happen through any API; it is the last
+/// check before a secret leaves, in case a future code path gets that wrong.
+pub fn check_credential_owner(
+    ctx: &TenantContext,
+    credential: &Credential,
+) -> Result<(), EgressError> {
+    if &credential.tenant_id == ctx.tenant_id() {
+        Ok(())
+    } else {
+        Err(EgressError::CrossTenantCredential)
+    }
+}
+
+pub struct TenantEgress<'a> {
+    egress: &'a Egress,
+    ctx: &'a TenantContext,
+}
+
+impl TenantEgress<'_> {
+    /// Sends `request` to endpoint `name` with this tenant's credential.
+    pub async fn send(
+        &self,
+        name: &str,
+        request: OutboundRequest,
+    ) -> Result<OutboundResponse, EgressError> {
+        let started = Instant::now();
+        let endpoint = self
+            .egress
+            .inner
+            .endpoints
+            .get(name)
+            .ok_or_else(|| EgressError::UnknownEndpoint(name.to_owned()))?;
+        let path_only = request
+            .path
+            .split('?')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let result = self.send_to(endpoint, request).await;
+        let (outcome, details) = match &result {
+            Ok(response) => (
+                if response.status < 400 {
+                    Outcome::Success
+                } else {
+                    Outcome::Failure
+                },
+                json!({"status": response.status, "attempts": response.attempts, "response_bytes": response.body.len()}),
+            ),
+            Err(error) => (Outcome::Failure, json!({"error": error.code()})),
+        };
+        let mut details = details;
+        details["endpoint"] = json!(name);
+        details["region"] = json!(endpoint.config.region);
+        details["path"] = json!(path_only);
+        details["latency_ms"] =
+            json!(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+        let action = match &result {
+            Err(EgressError::ResidencyViolation { .. }) => "egress.denied",
+            Err(EgressError::CrossTenantCredential) => "security.cross_tenant_credential",
+            _ => "egress.call",
+        };
+        self.egress
+            .inner
+            .store
+            .tenant(self.ctx)
+            .record_event(AuditDraft {
+                action,
+                resource: format!("endpoint/{name}"),
+                outcome,
+                details,
+            })
+            .await?;
+        if let Err(error) = &result {
+            tracing::warn!(tenant.id = %self.ctx.tenant_id(), endpoint = name, code = error.code(), "outbound call failed");
+        }
+        result
+    }
+
+    async fn send_to(
+        &self,
+        endpoint: &Endpoint,
+        request: OutboundRequest,
+    ) -> Result<OutboundResponse, EgressError> {
+        let config = &endpoint.config;
+        if !self.ctx.may_use_region(&config.region) {
+            return Err(EgressError::ResidencyViolation {
+                endpoint: config.name.clone(),
+                region: config.region.clone(),
+            });
+        }
+        let url = join(&endpoint.base, &request.path)?;
+        let credential = match &config.connector {
+            None => None,
+            Some(connector) => {
+                let store = self.egress.inner.store.tenant(self.ctx);
+                let credential = self
+                    .egress
+                    .inner
+                    .vault
+                    .reveal(&store, connector)
+                    .await?
+                    .ok_or_else(|| EgressError::MissingCredential(connector.to_string()))?;
+                check_credential_owner(self.ctx, &credential)?;
+                Some(credential)
+            }
+        };
+        let secret = credential.as_ref().map(|c| c.secret.expose_secret());
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let allowed = endpoint
+                .breaker
+                .lock()
+                .map(|b| b.allows(Instant::now()))
+                .unwrap_or(true);
+            if !allowed {
+                return Err(EgressError::CircuitOpen(config.name.clone()));
+            }
+            let built = self.build(endpoint, &url, &request, credential.as_ref())?;
+            let retries_left = attempts <= config.max_retries;
+            match self.egress.inner.client.execute(built).await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let failure = status >= 500;
+                    self.record(endpoint, !failure);
+                    let retryable = status == 429 || (failure && request.idempotent());
+                    if retryable && retries_left {
+                        tokio::time::sleep(backoff(attempts, response.headers())).await;
+                        continue;
+                    }
+                    let headers = response
+                        .headers()
+                        .iter()
+                        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_owned())))
+                        .collect();
+                    let body = read_capped(response, &config.name).await?;
+                    return Ok(OutboundResponse {
+                        status,
+                        headers,
+                        body,
+                        attempts,
+                    });
+                }
+                Err(error) => {
+                    self.record(endpoint, false);
+                    if request.idempotent() && retries_left {
+                        tokio::time::sleep(backoff(attempts, &reqwest::header::HeaderMap::new()))
+                            .await;
+                        continue;
+                    }
+                    if error.is_timeout() {
+                        return Err(EgressError::Timeout(config.name.clone()));
+                    }
+                    // reqwest's message can include the URL, which may carry a query-string
+                    // credential; drop the URL and scrub the secret to be sure.
+                    let mut message = error.without_url().to_string();
+                    if let Some(secret) = secret.filter(|s| !s.is_empty()) {
+                        message = message.replace(secret, "[redacted]");
+                    }
+                    return Err(EgressError::Transport {
+                        endpoint: config.name.clone(),
+                        message,
+                    });
+                }
+            }
+        }
+    }
+
+    fn record(&self, endpoint: &Endpoint, success: bool) {
+        if let Ok(mut breaker) = endpoint.breaker.lock() {
+            if success {
+                breaker.record_success();
+            } else {
+                breaker.record_failure(Instant::now());
+            }
+        }
+    }
+
+    fn build(
+        &self,
+        endpoint: &Endpoint,
+        url: &Url,
+        request: &OutboundRequest,
+        credential: Option<&Credential>,
+    ) -> Result<reqwest::Request, EgressError> {
+        let mut url = url.clone();
+        let mut builder_headers = reqwest::header::HeaderMap::new();
+        for (name, value) in &request.headers {
+            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| EgressError::InvalidPath)?;
+            if name == reqwest::header::AUTHORIZATION {
+                // The caller never supplies credentials; egress does.
+                continue;
+            }
+            let value = reqwest::header::HeaderValue::from_str(value)
+                .map_err(|_| EgressError::InvalidPath)?;
+            builder_headers.append(name, value);
+        }
+        if let Some(credential) = credential {
+            let secret = credential.secret.expose_secret();
+            let sensitive = |value: String| {
+                reqwest::header::HeaderValue::from_str(&value)
+                    .map(|mut v| {
+                        v.set_sensitive(true);
+                        v
+                    })
+                    .map_err(|_| EgressError::MissingCredentialField("secret"))
+            };
+            match &endpoint.config.auth {
+                AuthScheme::Bearer => {
+                    builder_headers.insert(
+                        reqwest::header::AUTHORIZATION,
+                        sensitive(format!("Bearer {secret}"))?,
+                    );
+                }
+                AuthScheme::Header { name } => {
+                    let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                        .map_err(|_| EgressError::Config(format!("bad header name {name}")))?;
+                    builder_headers.insert(name, sensitive(secret.to_owned())?);
+                }
+                AuthScheme::Basic => {
+                    let username = credential
+                        .fields
+                        .get("username")
+                        .and_then(serde_json::Value::as_str)
+                        .ok_or(EgressError::MissingCredentialField("username"))?;
+                    let encoded = base64::engine::general_purpose::STANDARD
+                        .encode(format!("{username}:{secret}"));
+                    builder_headers.insert(
+                        reqwest::header::AUTHORIZATION,
+                        sensitive(format!("Basic {encoded}"))?,
+                    );
+                }
+                AuthScheme::Query { param } => {
+                    url.query_pairs_mut().append_pair(param, secret);
+                }
+                AuthScheme::None => {}
+            }
+        }
+        let mut builder = self
+            .egress
+            .inner
+            .client
+            .request(request.method.clone(), url)
+            .headers(builder_headers)
+            .timeout(Duration::from_millis(endpoint.config.timeout_ms));
+        if let Some(body) = &request.body {
+            builder = builder.body(body.clone());
+        }
+        builder
+            .build()
+            .map_err(|e| EgressError::Config(e.without_url().to_string()))
+    }
+}
+
+/// Appends `path` to the base URL and checks the result stays on the base's scheme, host and
+/// port, under its path prefix: a caller-chosen path can never redirect the tenant's
+/// credential to another server.
+fn join(base: &Url, path: &str) -> Result<Url, EgressError> {
+    if !path.starts_with('/') || path.starts_with("//") || path.contains('\\') || path.contains('#')
+    {
+        return Err(EgressError::InvalidPath);
+    }
+    let joined = format!("{}{path}", base.as_str().trim_end_matches('/'));
+    let url = Url::parse(&joined).map_err(|_| EgressError::InvalidPath)?;
+    let prefix = base.path().trim_end_matches('/');
+    if url.scheme() != base.scheme()
+        || url.host_str() != base.host_str()
+        || url.port_or_known_default() != base.port_or_known_default()
+        || !url.path().starts_with(prefix)
+    {
+        return Err(EgressError::InvalidPath);
+    }
+    Ok(url)
+}
+
+/// `Retry-After` (seconds) when the upstream gives it, capped; otherwise exponential backoff
+/// from 100 ms with jitter.
+fn backoff(attempt: u32, headers: &reqwest::header::HeaderMap) -> Duration {
+    use rand::Rng;
+    if let Some(seconds) = headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        return Duration::from_secs(seconds).min(MAX_RETRY_AFTER);
+    }
+    let base = 100u64.saturating_mul(1 << attempt.min(6));
+    Duration::from_millis(base + rand::thread_rng().gen_range(0..=base / 2))
+}
+
+async fn read_capped(response: reqwest::Response, endpoint: &str) -> Result<Vec<u8>, EgressError> {
+    let mut response = response;
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                    return Err(EgressError::ResponseTooLarge(endpoint.to_owned()));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(error) if error.is_timeout() => {
+                return Err(EgressError::Timeout(endpoint.to_owned()));
+            }
+            Err(error) => {
+                return Err(EgressError::Transport {
+                    endpoint: endpoint.to_owned(),
+                    message: error.without_url().to_string(),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_cannot_leave_the_endpoint() {
+        let base = Url::parse("http://127.0.0.1:9000/api/v1").unwrap();
+        assert_eq!(
+            join(&base, "/chat?x=1").unwrap().as_str(),
+            "http://127.0.0.1:9000/api/v1/chat?x=1"
+        );
+        for bad in [
+            "chat",
+            "//evil.test/x",
+            "/../../admin",
+            "/x#frag",
+            "/\\\\evil",
+            "@evil.test/",
+        ] {
+            assert!(join(&base, bad).is_err(), "{bad}");
+        }
+        let root = Url::parse("http://127.0.0.1:9000").unwrap();
+        assert_eq!(
+            join(&root, "/v1/x").unwrap().as_str(),
+            "http://127.0.0.1:9000/v1/x"
+        );
+    }
+
+    #[test]
+    fn retry_after_is_honoured_and_capped() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::RETRY_AFTER,
+            reqwest::header::HeaderValue::from_static("2"),
+        );
+        assert_eq!(backoff(1, &headers), Duration::from_secs(2));
+        headers.insert(
+            reqwest::header::RETRY_AFTER,
+            reqwest::header::HeaderValue::from_static("3600"),
+        );
+        assert_eq!(backoff(1, &headers), MAX_RETRY_AFTER);
+        let none = reqwest::header::HeaderMap::new();
+        let first = backoff(1, &none);
+        assert!(
+            first >= Duration::from_millis(200) && first <= Duration::from_millis(300),
+            "{first:?}"
+        );
+    }
+}
