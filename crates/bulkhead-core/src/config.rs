@@ -182,6 +182,12 @@ pub struct EndpointConfig {
     pub max_retries: u32,
 }
 
+impl Default for AuthScheme {
+    fn default() -> Self {
+        AuthScheme::Bearer {}
+    }
+}
+
 fn default_timeout_ms() -> u64 {
     30_000
 }
@@ -201,20 +207,22 @@ pub enum EndpointKind {
 }
 
 /// How the credential is presented to the endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "scheme", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AuthScheme {
     /// `Authorization: Bearer <secret>`.
-    #[default]
-    Bearer,
+    ///
+    /// The empty braces matter: serde ignores unknown keys beside the tag of a unit variant,
+    /// and a stray `token = "..."` must be an error, not silently dropped.
+    Bearer {},
     /// `<name>: <secret>`, such as `x-api-key`.
     Header { name: String },
     /// HTTP Basic with the credential's `username` field and the secret as password.
-    Basic,
+    Basic {},
     /// `?<param>=<secret>` on the URL.
     Query { param: String },
     /// No credential (a public endpoint).
-    None,
+    None {},
 }
 
 #[cfg(test)]

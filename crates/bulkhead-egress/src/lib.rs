@@ -174,7 +174,7 @@ impl Egress {
                     config.name
                 )));
             }
-            if config.connector.is_none() && config.auth != AuthScheme::None {
+            if config.connector.is_none() && !matches!(config.auth, AuthScheme::None {}) {
                 return Err(EgressError::Config(format!(
                     "endpoint {}: an auth scheme needs a connector (set auth = {{ scheme = \"none\" }} for a public endpoint)",
                     config.name
@@ -423,7 +423,7 @@ impl TenantEgress<'_> {
                     .map_err(|_| EgressError::MissingCredentialField("secret"))
             };
             match &endpoint.config.auth {
-                AuthScheme::Bearer => {
+                AuthScheme::Bearer {} => {
                     builder_headers.insert(
                         reqwest::header::AUTHORIZATION,
                         sensitive(format!("Bearer {secret}"))?,
@@ -434,7 +434,7 @@ impl TenantEgress<'_> {
                         .map_err(|_| EgressError::Config(format!("bad header name {name}")))?;
                     builder_headers.insert(name, sensitive(secret.to_owned())?);
                 }
-                AuthScheme::Basic => {
+                AuthScheme::Basic {} => {
                     let username = credential
                         .fields
                         .get("username")
@@ -450,7 +450,7 @@ impl TenantEgress<'_> {
                 AuthScheme::Query { param } => {
                     url.query_pairs_mut().append_pair(param, secret);
                 }
-                AuthScheme::None => {}
+                AuthScheme::None {} => {}
             }
         }
         let mut builder = self

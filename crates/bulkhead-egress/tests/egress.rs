@@ -225,7 +225,7 @@ async fn a_thousand_interleaved_calls_each_carry_their_own_tenants_secret() {
         &world.base,
         "eu-west",
         Some("tool"),
-        AuthScheme::Bearer,
+        AuthScheme::Bearer {},
     )]);
     let acme = world.ctx("acme").await;
     let globex = world.ctx("globex").await;
@@ -281,7 +281,7 @@ async fn an_endpoint_outside_the_tenants_regions_is_refused_before_any_byte_leav
         &world.base,
         "us-east",
         Some("tool"),
-        AuthScheme::Bearer,
+        AuthScheme::Bearer {},
     )]);
     let acme = world.ctx("acme").await;
     let error = egress
@@ -341,7 +341,7 @@ async fn each_auth_scheme_presents_the_credential_and_callers_cannot_override_it
             &world.base,
             "eu-west",
             Some("tool"),
-            AuthScheme::Basic,
+            AuthScheme::Basic {},
         ),
         endpoint(
             "query",
@@ -357,9 +357,9 @@ async fn each_auth_scheme_presents_the_credential_and_callers_cannot_override_it
             &world.base,
             "eu-west",
             Some("tool"),
-            AuthScheme::Bearer,
+            AuthScheme::Bearer {},
         ),
-        endpoint("public", &world.base, "eu-west", None, AuthScheme::None),
+        endpoint("public", &world.base, "eu-west", None, AuthScheme::None {}),
     ]);
     let acme = world.ctx("acme").await;
     let call = |name: &'static str| {
@@ -405,7 +405,7 @@ async fn retries_honour_idempotency_and_retry_after() {
         &world.base,
         "eu-west",
         Some("tool"),
-        AuthScheme::Bearer,
+        AuthScheme::Bearer {},
     )]);
     let acme = world.ctx("acme").await;
 
@@ -450,7 +450,7 @@ async fn timeouts_and_a_failing_endpoint_trip_the_circuit_breaker() {
         &world.base,
         "eu-west",
         Some("tool"),
-        AuthScheme::Bearer,
+        AuthScheme::Bearer {},
     );
     slow.timeout_ms = 200;
     slow.max_retries = 0;
@@ -459,7 +459,7 @@ async fn timeouts_and_a_failing_endpoint_trip_the_circuit_breaker() {
         &world.base,
         "eu-west",
         Some("tool"),
-        AuthScheme::Bearer,
+        AuthScheme::Bearer {},
     );
     failing.max_retries = 0;
     let egress = world.egress(&[slow, failing]);
@@ -506,14 +506,14 @@ async fn bad_requests_fail_before_anything_is_sent() {
             &world.base,
             "eu-west",
             Some("tool"),
-            AuthScheme::Bearer,
+            AuthScheme::Bearer {},
         ),
         endpoint(
             "other",
             &world.base,
             "eu-west",
             Some("missing"),
-            AuthScheme::Bearer,
+            AuthScheme::Bearer {},
         ),
     ]);
     let acme = world.ctx("acme").await;
@@ -544,22 +544,28 @@ async fn bad_requests_fail_before_anything_is_sent() {
     ));
     assert_eq!(world.up.requests.load(Ordering::SeqCst), 0);
     for bad in [
-        endpoint("x", "ftp://127.0.0.1", "eu-west", None, AuthScheme::None),
+        endpoint("x", "ftp://127.0.0.1", "eu-west", None, AuthScheme::None {}),
         endpoint(
             "x",
             "http://user:pw@127.0.0.1",
             "eu-west",
             None,
-            AuthScheme::None,
+            AuthScheme::None {},
         ),
         endpoint(
             "x",
             "http://127.0.0.1/?key=abc",
             "eu-west",
             None,
-            AuthScheme::None,
+            AuthScheme::None {},
         ),
-        endpoint("x", "http://127.0.0.1", "eu-west", None, AuthScheme::Bearer),
+        endpoint(
+            "x",
+            "http://127.0.0.1",
+            "eu-west",
+            None,
+            AuthScheme::Bearer {},
+        ),
     ] {
         assert!(Egress::new(&[bad], world.store.clone(), world.vault.clone()).is_err());
     }
@@ -632,7 +638,7 @@ async fn secrets_stay_out_of_errors_logs_and_audit() {
             &world.base,
             "eu-west",
             Some("tool"),
-            AuthScheme::Bearer,
+            AuthScheme::Bearer {},
         ),
     ]);
     let acme = world.ctx("acme").await;

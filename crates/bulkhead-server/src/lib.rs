@@ -17,6 +17,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use bulkhead_core::RegionName;
 use bulkhead_core::auth::IssuerBinding;
+use bulkhead_egress::Egress;
 use bulkhead_store::Store;
 use bulkhead_vault::Vault;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -32,6 +33,7 @@ pub struct AppState {
 struct StateInner {
     store: Store,
     vault: Vault,
+    egress: Egress,
     admin_token_hash: String,
     platform_issuer: Option<IssuerBinding>,
     leeway_seconds: u64,
@@ -50,11 +52,12 @@ pub struct ServerSettings {
 }
 
 impl AppState {
-    pub fn new(store: Store, vault: Vault, settings: ServerSettings) -> Self {
+    pub fn new(store: Store, vault: Vault, egress: Egress, settings: ServerSettings) -> Self {
         Self {
             inner: Arc::new(StateInner {
                 store,
                 vault,
+                egress,
                 admin_token_hash: settings.admin_token_hash,
                 platform_issuer: settings.platform_issuer,
                 leeway_seconds: settings.leeway_seconds,
@@ -70,6 +73,11 @@ impl AppState {
 
     pub fn vault(&self) -> &Vault {
         &self.inner.vault
+    }
+
+    /// The outbound path, for the features that call model providers and tools.
+    pub fn egress(&self) -> &Egress {
+        &self.inner.egress
     }
 
     pub(crate) fn admin_token_hash(&self) -> &str {

@@ -95,9 +95,12 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<()> {
     let (hash, _) = serve::admin_token_hash(&config, &store).await?;
     debug_assert_eq!(hash, hash_secret(token.expose_secret()));
     let vault = settings::open_vault(&config)?;
+    let egress = bulkhead_egress::Egress::new(&config.endpoints, store.clone(), vault.clone())
+        .context("invalid [[endpoints]] configuration")?;
     let state = AppState::new(
         store.clone(),
         vault,
+        egress,
         serve::server_settings(&config, hash).await?,
     );
     let app = bulkhead_server::app(state);

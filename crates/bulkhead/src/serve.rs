@@ -40,9 +40,12 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
         )?;
     }
     let vault = settings::open_vault(&config)?;
+    let egress = bulkhead_egress::Egress::new(&config.endpoints, store.clone(), vault.clone())
+        .context("invalid [[endpoints]] configuration")?;
     let state = AppState::new(
         store.clone(),
         vault,
+        egress,
         server_settings(&config, admin_token_hash).await?,
     );
     let listener = TcpListener::bind(config.listen)

@@ -719,3 +719,71 @@ fn key_rotations_killed_midway_finish_when_run_again() {
     run(bulkhead(d).args(["keys", "rotate-kek"]));
     assert!(check("globex").contains("30 of 30"));
 }
+
+#[test]
+fn endpoints_are_validated_and_cannot_carry_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = d.join("bulkhead.toml");
+    let base = "regions = [\"eu-west\"]\n[[endpoints]]\nname = \"openai\"\nregion = \"eu-west\"\nkind = \"model\"\nconnector = \"openai\"\n";
+    // A credential in the config file is not a setting: tenant secrets live only in the vault.
+    for (extra, complaint) in [
+        (
+            "base_url = \"https://api.openai.com/v1\"\napi_key = \"sk-live-123\"\n",
+            "api_key",
+        ),
+        (
+            "base_url = \"https://api.openai.com/v1\"\nauth = { scheme = \"bearer\", token = \"sk-live-123\" }\n",
+            "token",
+        ),
+        (
+            "base_url = \"https://user:sk-live-123@api.openai.com/v1\"\n",
+            "must not carry",
+        ),
+        ("base_url = \"not a url\"\n", "base_url"),
+    ] {
+        std::fs::write(&config, format!("{base}{extra}")).unwrap();
+        let output = output_within(
+            bulkhead(d)
+                .arg("--config")
+                .arg(&config)
+                .args(["serve", "--listen", "127.0.0.1:0"]),
+            30,
+        );
+        assert!(!output.status.success(), "{extra}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(complaint), "{extra}: {stderr}");
+        assert!(
+            !stderr.contains("sk-live-123"),
+            "the error echoes the secret: {stderr}"
+        );
+    }
+    std::fs::write(&config, format!("{base}base_url = \"https://api.openai.com/v1\"\nauth = {{ scheme = \"header\", name = \"x-api-key\" }}\n")).unwrap();
+    let server = serve(
+        bulkhead(d)
+            .arg("--config")
+            .arg(&config)
+            .env("BULKHEAD_ADMIN_TOKEN", "an-admin-token-for-tests"),
+    );
+    assert_eq!(get(&server.address, "/healthz", None).0, 200);
+    assert!(terminate(server).success());
+}
+
+/// Runs a command that must exit by itself; a server that started instead is killed and the
+/// test fails, rather than hanging.
+fn output_within(command: &mut Command, seconds: u64) -> Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{command:?} did not exit within {seconds} s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}

@@ -88,12 +88,9 @@ impl TestServer {
             ],
             max_body_bytes,
         };
-        let master_key =
-            SecretString::from("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".to_owned());
-        let vault = Vault::new(Arc::new(
-            LocalKeyProvider::from_base64(&master_key).unwrap(),
-        ));
-        let app = bulkhead_server::app(AppState::new(store.clone(), vault, settings));
+        let vault = vault();
+        let egress = bulkhead_egress::Egress::new(&[], store.clone(), vault.clone()).unwrap();
+        let app = bulkhead_server::app(AppState::new(store.clone(), vault, egress, settings));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let task = tokio::spawn(async move {
