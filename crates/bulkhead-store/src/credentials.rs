@@ -280,6 +280,46 @@ impl TenantStore<'_> {
         row.map(CredentialRecord::try_from).transpose()
     }
 
+    /// A credential together with the data key version that sealed it, in one read: what
+    /// revealing a secret needs. `None` if the tenant has no such credential; the key is
+    /// `None` if its version no longer exists (a rotation just retired it).
+    pub async fn credential_with_key(
+        &self,
+        connector: &ConnectorName,
+    ) -> Result<Option<(CredentialRecord, Option<DataKeyRecord>)>, StoreError> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            #[sqlx(flatten)]
+            credential: CredentialRow,
+            kek_id: Option<String>,
+            wrapped_dek: Option<Vec<u8>>,
+        }
+        let mut tx = self.begin(Access::Read).await?;
+        let row = fetch_optional!(
+            &mut tx,
+            Row,
+            "SELECT c.connector, c.version, c.dek_version, c.sealed, c.fields, c.created_at, \
+                    c.updated_at, k.kek_id, k.wrapped_dek \
+             FROM credentials c LEFT JOIN tenant_keys k \
+               ON k.tenant_id = c.tenant_id AND k.dek_version = c.dek_version \
+             WHERE c.tenant_id = $1 AND c.connector = $2",
+            self.context().tenant_id().as_str(),
+            connector.as_str(),
+        )?;
+        tx.commit().await?;
+        let Some(row) = row else { return Ok(None) };
+        let credential = CredentialRecord::try_from(row.credential)?;
+        let key = match (row.kek_id, row.wrapped_dek) {
+            (Some(kek_id), Some(wrapped_dek)) => Some(DataKeyRecord {
+                kek_id,
+                dek_version: credential.dek_version,
+                wrapped_dek,
+            }),
+            _ => None,
+        };
+        Ok(Some((credential, key)))
+    }
+
     pub async fn credentials(&self) -> Result<Vec<CredentialRecord>, StoreError> {
         let mut tx = self.begin(Access::Read).await?;
         let sql = format!(

@@ -349,11 +349,12 @@ impl Vault {
         let mut attempts = 0;
         let (record, plain) = loop {
             attempts += 1;
-            let Some(record) = store.credential(connector).await? else {
+            let Some((record, key)) = store.credential_with_key(connector).await? else {
                 return Ok(None);
             };
-            let opened = match self.key_version(store, record.dek_version).await? {
+            let opened = match key {
                 Some(key) => {
+                    let key = self.unwrap_cached(tenant, &key).await?;
                     let aad = secret_aad(tenant, connector, record.version, record.dek_version);
                     envelope::open(key.bytes(), &aad, &record.sealed)
                 }
