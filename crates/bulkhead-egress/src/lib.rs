@@ -246,6 +246,8 @@ impl TenantEgress<'_> {
             .endpoints
             .get(name)
             .ok_or_else(|| EgressError::UnknownEndpoint(name.to_owned()))?;
+        let method = request.method.to_string();
+        let request_bytes = request.body.as_ref().map_or(0, Vec::len);
         let path_only = request
             .path
             .split('?')
@@ -268,6 +270,8 @@ impl TenantEgress<'_> {
         details["endpoint"] = json!(name);
         details["region"] = json!(endpoint.config.region);
         details["path"] = json!(path_only);
+        details["method"] = json!(method);
+        details["request_bytes"] = json!(request_bytes);
         details["latency_ms"] =
             json!(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
         let action = match &result {

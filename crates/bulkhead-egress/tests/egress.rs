@@ -259,6 +259,10 @@ async fn a_thousand_interleaved_calls_each_carry_their_own_tenants_secret() {
     assert_eq!(calls[0].details["endpoint"], "tool");
     assert_eq!(calls[0].details["region"], "eu-west");
     assert_eq!(calls[0].details["status"], 200);
+    assert_eq!(calls[0].details["method"], "GET");
+    assert_eq!(calls[0].details["path"], "/check/acme");
+    assert_eq!(calls[0].details["request_bytes"], 0);
+    assert_eq!(calls[0].details["response_bytes"], 0);
     assert!(calls[0].details["latency_ms"].is_u64());
     bulkhead_core::audit::verify_chain(
         &TenantId::try_from("acme").unwrap(),
