@@ -8,8 +8,7 @@ use anyhow::{Context, bail};
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use bulkhead_core::audit::verify_chain;
-use bulkhead_core::{TenantId, auth::generate_admin_token, auth::hash_secret};
-use bulkhead_server::AppState;
+use bulkhead_core::{TenantId, auth::generate_admin_token};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -93,16 +92,7 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<()> {
     config.admin_token = Some(token.clone());
     let store = settings::open_store(&config).await?;
     let (hash, _) = serve::admin_token_hash(&config, &store).await?;
-    debug_assert_eq!(hash, hash_secret(token.expose_secret()));
-    let vault = settings::open_vault(&config)?;
-    let egress = bulkhead_egress::Egress::new(&config.endpoints, store.clone(), vault.clone())
-        .context("invalid [[endpoints]] configuration")?;
-    let state = AppState::new(
-        store.clone(),
-        vault,
-        egress,
-        serve::server_settings(&config, hash).await?,
-    );
+    let state = serve::app_state(&config, &store, hash).await?;
     let app = bulkhead_server::app(state);
     let admin = token.expose_secret().to_owned();
     let mut w = Walkthrough {

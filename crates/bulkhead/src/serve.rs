@@ -39,15 +39,7 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
             "Keep it safe; set BULKHEAD_ADMIN_TOKEN to choose your own, or run `bulkhead admin-token rotate`."
         )?;
     }
-    let vault = settings::open_vault(&config)?;
-    let egress = bulkhead_egress::Egress::new(&config.endpoints, store.clone(), vault.clone())
-        .context("invalid [[endpoints]] configuration")?;
-    let state = AppState::new(
-        store.clone(),
-        vault,
-        egress,
-        server_settings(&config, admin_token_hash).await?,
-    );
+    let state = app_state(&config, &store, admin_token_hash).await?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -65,6 +57,24 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("shut down; closing the database");
     store.close().await;
     Ok(())
+}
+
+/// Everything the HTTP application needs, built from configuration: the vault with its KEK,
+/// the egress with its endpoints, and the server settings. Used by `serve` and `demo`.
+pub async fn app_state(
+    config: &Config,
+    store: &Store,
+    admin_token_hash: String,
+) -> anyhow::Result<AppState> {
+    let vault = settings::open_vault(config)?;
+    let egress = bulkhead_egress::Egress::new(&config.endpoints, store.clone(), vault.clone())
+        .context("invalid [[endpoints]] configuration")?;
+    Ok(AppState::new(
+        store.clone(),
+        vault,
+        egress,
+        server_settings(config, admin_token_hash).await?,
+    ))
 }
 
 pub const ADMIN_TOKEN_SETTING: &str = "admin_token_sha256";
