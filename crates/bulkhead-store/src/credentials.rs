@@ -80,10 +80,14 @@ impl TenantStore<'_> {
 
     /// Appends an event that goes with no stored change, such as an outbound call or a
     /// refused one, to the tenant's audit chain.
+    ///
+    /// Durable when this returns. Concurrent calls share one transaction (group commit; see
+    /// `events.rs`), so recording every outbound call does not serialise callers on the
+    /// database's writer.
     pub async fn record_event(&self, draft: AuditDraft) -> Result<(), StoreError> {
-        let mut tx = self.begin(Access::Write).await?;
-        audit::append(&mut tx, self.context().tenant_id(), &self.origin(), draft).await?;
-        tx.commit().await
+        self.events
+            .append(self.context().tenant_id(), self.origin(), draft)
+            .await
     }
 
     /// Every live version of the tenant's data key, newest (current) first.

@@ -15,6 +15,7 @@ mod admin;
 mod audit;
 mod backend;
 mod credentials;
+mod events;
 mod records;
 mod tenant;
 #[cfg(feature = "test-support")]
@@ -36,6 +37,7 @@ pub use records::{
 pub use tenant::TenantStore;
 
 use crate::backend::Backend;
+use crate::events::EventBatcher;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -49,6 +51,8 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("{0} already exists")]
     Conflict(&'static str),
+    #[error("appending audit events failed: {0}")]
+    EventWriter(String),
 }
 
 /// Which database holds the data; reported by `/readyz` and the CLI.
@@ -62,6 +66,7 @@ pub enum BackendKind {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    events: EventBatcher,
 }
 
 #[derive(Debug, Clone)]
@@ -88,9 +93,7 @@ impl Store {
                 .connect_with(connect)
                 .await?;
             sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-            return Ok(Self {
-                backend: Backend::Postgres(pool),
-            });
+            return Ok(Self::with_backend(Backend::Postgres(pool)));
         }
         if let Some(path) = url.strip_prefix("sqlite://") {
             return Self::open_sqlite(Path::new(path), options).await;
@@ -122,9 +125,14 @@ impl Store {
             .max_connections(options.max_connections.max(1))
             .connect_with(connect.read_only(true))
             .await?;
-        Ok(Self {
-            backend: Backend::Sqlite { writer, reader },
-        })
+        Ok(Self::with_backend(Backend::Sqlite { writer, reader }))
+    }
+
+    fn with_backend(backend: Backend) -> Self {
+        Self {
+            events: EventBatcher::start(backend.clone()),
+            backend,
+        }
     }
 
     pub fn kind(&self) -> BackendKind {
@@ -142,7 +150,7 @@ impl Store {
 
     /// The handle for one tenant, taken from an authenticated context.
     pub fn tenant<'a>(&'a self, ctx: &'a TenantContext) -> TenantStore<'a> {
-        TenantStore::new(&self.backend, ctx)
+        TenantStore::new(&self.backend, &self.events, ctx)
     }
 
     /// Checks that the database answers.

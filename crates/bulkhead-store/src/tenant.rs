@@ -7,18 +7,28 @@ use bulkhead_core::{ApiKeyId, Tenant, TenantContext};
 use crate::StoreError;
 use crate::audit;
 use crate::backend::{Access, Backend, Scope, Tx, fetch_all, fetch_optional};
+use crate::events::EventBatcher;
 use crate::records::{
     API_KEY_COLUMNS, ApiKeyInfo, ApiKeyRow, TENANT_COLUMNS, TenantRow, convert_all,
 };
 
 pub struct TenantStore<'a> {
     backend: &'a Backend,
+    pub(crate) events: &'a EventBatcher,
     ctx: &'a TenantContext,
 }
 
 impl<'a> TenantStore<'a> {
-    pub(crate) fn new(backend: &'a Backend, ctx: &'a TenantContext) -> Self {
-        Self { backend, ctx }
+    pub(crate) fn new(
+        backend: &'a Backend,
+        events: &'a EventBatcher,
+        ctx: &'a TenantContext,
+    ) -> Self {
+        Self {
+            backend,
+            events,
+            ctx,
+        }
     }
 
     pub fn context(&self) -> &TenantContext {

@@ -47,6 +47,7 @@ conformance_suite!(
     a_tampered_chain_fails_verification,
     concurrent_changes_for_one_tenant_keep_one_chain,
     a_query_without_a_tenant_filter_still_sees_one_tenant,
+    group_committed_events_keep_each_tenants_chain,
 );
 
 fn id(s: &str) -> TenantId {
@@ -633,5 +634,51 @@ async fn a_query_without_a_tenant_filter_still_sees_one_tenant(store: &Store, _d
             assert_eq!(seen.len(), 2);
             assert_eq!(scoped.database_role().await.unwrap(), None);
         }
+    }
+}
+
+async fn group_committed_events_keep_each_tenants_chain(store: &Store, _db: &TestDb) {
+    let acme = create(store, "acme").await;
+    let globex = create(store, "globex").await;
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let store = store.clone();
+            let tenant = if i % 2 == 0 {
+                acme.clone()
+            } else {
+                globex.clone()
+            };
+            tokio::spawn(async move {
+                let ctx = TenantContext::for_tests(&tenant, &[Role::Owner]);
+                store
+                    .tenant(&ctx)
+                    .record_event(bulkhead_core::audit::AuditDraft {
+                        action: "egress.call",
+                        resource: format!("endpoint/e{i}"),
+                        outcome: bulkhead_core::audit::Outcome::Success,
+                        details: serde_json::json!({"i": i}),
+                    })
+                    .await
+                    .unwrap();
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    for tenant in [&acme, &globex] {
+        let events = store
+            .admin()
+            .audit_events(&tenant.id, 0, 1000)
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 101, "{}", tenant.id);
+        verify_chain(&tenant.id, &events).unwrap();
+        let parity = if tenant.id == acme.id { 0 } else { 1 };
+        assert!(
+            events[1..]
+                .iter()
+                .all(|e| e.details["i"].as_i64().unwrap() % 2 == parity)
+        );
     }
 }
