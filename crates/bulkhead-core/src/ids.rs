@@ -93,6 +93,14 @@ slug_id!(
     IssuerId
 );
 slug_id!(
+    /// The name of a tenant's agent, unique within the tenant.
+    AgentName
+);
+slug_id!(
+    /// The name of a prompt snippet in a tenant's library (or the platform's).
+    PromptName
+);
+slug_id!(
     /// The name of a connector (`slack`, `openai`, `jira-prod`) whose credential a tenant
     /// stores. Two tenants may use the same name; each has its own secret under it.
     ConnectorName

@@ -17,6 +17,9 @@ mod tenant;
 pub mod timestamp;
 
 pub use context::{Principal, TenantContext};
-pub use ids::{ApiKeyId, ConnectorName, IdError, IssuerId, RegionName, RequestId, TenantId};
+pub use ids::{
+    AgentName, ApiKeyId, ConnectorName, IdError, IssuerId, PromptName, RegionName, RequestId,
+    TenantId,
+};
 pub use roles::{Role, RoleError};
 pub use tenant::{Isolation, Tenant, TenantStatus, validate_display_name};
