@@ -71,7 +71,7 @@ pub enum CredentialWrite {
 }
 
 impl TenantStore<'_> {
-    fn origin(&self) -> Origin {
+    pub(crate) fn origin(&self) -> Origin {
         Origin {
             actor: self.context().principal().to_string(),
             request_id: Some(self.context().request_id().clone()),

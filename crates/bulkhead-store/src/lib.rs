@@ -12,6 +12,7 @@
 //! that did not happen.
 
 mod admin;
+mod agents;
 mod audit;
 mod backend;
 mod credentials;
@@ -30,6 +31,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 pub use admin::AdminStore;
+pub use agents::{AgentRecord, PromptRecord};
 pub use credentials::{CredentialRecord, CredentialWrite, DataKeyRecord};
 pub use records::{
     ApiKeyInfo, DeletionReceipt, IssuerRecord, NewIssuer, NewTenant, Page, TenantPatch,

@@ -48,6 +48,7 @@ conformance_suite!(
     concurrent_changes_for_one_tenant_keep_one_chain,
     a_query_without_a_tenant_filter_still_sees_one_tenant,
     group_committed_events_keep_each_tenants_chain,
+    agents_are_versioned_and_prompts_are_per_tenant,
 );
 
 fn id(s: &str) -> TenantId {
@@ -602,6 +603,44 @@ async fn a_query_without_a_tenant_filter_still_sees_one_tenant(store: &Store, _d
             .await
             .unwrap();
     }
+    // Give both tenants a row in every tenant table.
+    for tenant in [&acme, &globex] {
+        let ctx = TenantContext::for_tests(tenant, &[Role::Owner]);
+        let scoped = store.tenant(&ctx);
+        let connector = bulkhead_core::ConnectorName::try_from("slack").unwrap();
+        scoped.create_data_key("kek", b"wrapped").await.unwrap();
+        scoped
+            .put_credential(
+                &connector,
+                bulkhead_store::CredentialWrite::Create,
+                1,
+                1,
+                b"sealed",
+                &serde_json::json!({}),
+            )
+            .await
+            .unwrap();
+        scoped
+            .put_agent(
+                &bulkhead_core::AgentName::try_from("a").unwrap(),
+                &serde_json::json!({}),
+            )
+            .await
+            .unwrap();
+        scoped
+            .put_prompt(&bulkhead_core::PromptName::try_from("p").unwrap(), "x")
+            .await
+            .unwrap();
+        store
+            .admin()
+            .create_issuer(
+                &tenant.id,
+                new_issuer(tenant.id.as_str(), "https://idp", tenant.id.as_str()),
+                &Origin::cli(),
+            )
+            .await
+            .unwrap();
+    }
     let ctx = TenantContext::for_tests(&acme, &[Role::Owner]);
     let scoped = store.tenant(&ctx);
     match store.kind() {
@@ -613,9 +652,17 @@ async fn a_query_without_a_tenant_filter_still_sees_one_tenant(store: &Store, _d
                 "audit_events",
                 "audit_heads",
                 "jwt_issuers",
+                "tenant_keys",
+                "credentials",
+                "agents",
+                "agent_versions",
+                "prompts",
             ] {
                 let seen = scoped.unfiltered_tenant_ids(table).await.unwrap();
-                assert!(seen.iter().all(|t| t == "acme"), "{table}: {seen:?}");
+                assert!(
+                    !seen.is_empty() && seen.iter().all(|t| t == "acme"),
+                    "{table}: {seen:?}"
+                );
             }
             assert_eq!(
                 scoped.unfiltered_tenant_ids("api_keys").await.unwrap(),
@@ -681,4 +728,92 @@ async fn group_committed_events_keep_each_tenants_chain(store: &Store, _db: &Tes
                 .all(|e| e.details["i"].as_i64().unwrap() % 2 == parity)
         );
     }
+}
+
+async fn agents_are_versioned_and_prompts_are_per_tenant(store: &Store, _db: &TestDb) {
+    use bulkhead_core::{AgentName, PromptName};
+    let acme = TenantContext::for_tests(&create(store, "acme").await, &[Role::Owner]);
+    let globex = TenantContext::for_tests(&create(store, "globex").await, &[Role::Owner]);
+    let triage = AgentName::try_from("triage").unwrap();
+    let a = store.tenant(&acme);
+    assert_eq!(
+        a.put_agent(&triage, &serde_json::json!({"model": "m1"}))
+            .await
+            .unwrap()
+            .version,
+        1
+    );
+    assert_eq!(
+        a.put_agent(&triage, &serde_json::json!({"model": "m2"}))
+            .await
+            .unwrap()
+            .version,
+        2
+    );
+    let current = a.agent(&triage).await.unwrap().unwrap();
+    assert_eq!(
+        (current.version, current.spec["model"].as_str()),
+        (2, Some("m2"))
+    );
+    assert_eq!(
+        a.agent_version(&triage, 1).await.unwrap().unwrap().spec["model"],
+        "m1"
+    );
+    // Globex has its own namespace: same name, its own versions, and no view of acme's.
+    let g = store.tenant(&globex);
+    assert!(g.agent(&triage).await.unwrap().is_none());
+    assert!(g.agent_version(&triage, 1).await.unwrap().is_none());
+    assert_eq!(
+        g.put_agent(&triage, &serde_json::json!({"model": "g"}))
+            .await
+            .unwrap()
+            .version,
+        1
+    );
+    assert!(
+        !g.delete_agent(&AgentName::try_from("nobody").unwrap())
+            .await
+            .unwrap()
+    );
+    // Deleting hides the agent but keeps its versions; re-creating continues the numbering.
+    assert!(a.delete_agent(&triage).await.unwrap());
+    assert!(a.agent(&triage).await.unwrap().is_none());
+    assert!(a.agents().await.unwrap().is_empty());
+    assert!(a.agent_version(&triage, 2).await.unwrap().is_some());
+    assert_eq!(
+        a.put_agent(&triage, &serde_json::json!({"model": "m3"}))
+            .await
+            .unwrap()
+            .version,
+        3
+    );
+    assert_eq!(g.agents().await.unwrap().len(), 1);
+
+    let tone = PromptName::try_from("tone").unwrap();
+    assert_eq!(a.put_prompt(&tone, "Be brief.").await.unwrap().version, 1);
+    assert_eq!(
+        a.put_prompt(&tone, "Be very brief.").await.unwrap().version,
+        2
+    );
+    assert_eq!(
+        a.prompt(&tone).await.unwrap().unwrap().template,
+        "Be very brief."
+    );
+    assert!(g.prompt(&tone).await.unwrap().is_none());
+    assert!(g.prompts().await.unwrap().is_empty());
+    assert!(!g.delete_prompt(&tone).await.unwrap());
+    assert!(a.delete_prompt(&tone).await.unwrap());
+    assert!(a.prompts().await.unwrap().is_empty());
+    let actions: Vec<_> = store
+        .admin()
+        .audit_events(acme.tenant_id(), 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert!(
+        actions.contains(&"agent.written".to_owned())
+            && actions.contains(&"prompt.deleted".to_owned())
+    );
 }
