@@ -37,6 +37,9 @@ pub struct Config {
     pub vault: VaultConfig,
     /// Outbound endpoints (model providers, tools, webhooks): the only places egress calls.
     pub endpoints: Vec<EndpointConfig>,
+    /// Platform prompt snippets, included by any tenant's templates as `platform/<name>` and
+    /// read-only to tenants.
+    pub platform_prompts: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for Config {
@@ -55,6 +58,7 @@ impl Default for Config {
             postgres: PostgresConfig::default(),
             vault: VaultConfig::default(),
             endpoints: Vec::new(),
+            platform_prompts: std::collections::BTreeMap::new(),
         }
     }
 }

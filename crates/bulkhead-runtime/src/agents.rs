@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::prompts::{PromptError, check_template};
 
 /// What `PUT /v1/agents/{name}` takes. Unknown fields are refused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentSpec {
     /// A model alias the tenant may use.

@@ -85,7 +85,9 @@ pub struct MemoryTurn {
 pub struct PromptVariables {
     pub tenant: TenantVars,
     pub agent: AgentVars,
-    /// The end user, when the caller names one.
+    /// The end user, when the caller names one. Without one, `user` is undefined (an error if
+    /// used, testable with `{% if user is defined %}`) rather than printing "none".
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     pub input: String,
     /// Retrieved passages.
@@ -131,19 +133,34 @@ pub fn render(
     env.add_template_owned("template".to_owned(), source.to_owned())
         .map_err(|e| syntax(&e))?;
     let template = env.get_template("template").map_err(|e| syntax(&e))?;
-    template.render(variables).map_err(|error| {
-        let mut message = error
-            .detail()
-            .unwrap_or(&error.kind().to_string())
-            .to_owned();
-        if let Some(name) = error.name().filter(|n| *n != "template") {
-            message = format!("{message} (in snippet {name})");
-        }
-        PromptError::Render {
-            line: error.line(),
-            message,
-        }
-    })
+    template
+        .render(variables)
+        .map_err(|error| render_error(&error))
+}
+
+/// Describes a render error by its innermost cause (an include wraps the snippet's error),
+/// reporting the line in the rendered template and, for a snippet, where in the snippet.
+fn render_error(error: &minijinja::Error) -> PromptError {
+    let mut innermost = error;
+    while let Some(inner) =
+        std::error::Error::source(innermost).and_then(|s| s.downcast_ref::<minijinja::Error>())
+    {
+        innermost = inner;
+    }
+    let mut message = match innermost.detail() {
+        Some(detail) => format!("{}: {detail}", innermost.kind()),
+        None => innermost.kind().to_string(),
+    };
+    if let Some(name) = innermost.name().filter(|n| *n != "template") {
+        message = match innermost.line() {
+            Some(line) => format!("{message} (snippet {name}, line {line})"),
+            None => format!("{message} (snippet {name})"),
+        };
+    }
+    PromptError::Render {
+        line: error.line(),
+        message,
+    }
 }
 
 #[cfg(test)]
@@ -220,6 +237,20 @@ mod tests {
         );
         let error = render("{{ tenant.missing }}", &library(), &vars("x")).unwrap_err();
         assert_eq!(error.line(), Some(1));
+    }
+
+    #[test]
+    fn an_absent_user_is_undefined_not_none() {
+        let mut anonymous = vars("x");
+        anonymous.user = None;
+        assert!(render("Hi {{ user }}", &library(), &anonymous).is_err());
+        let out = render(
+            "Hi{% if user is defined %} {{ user }}{% endif %}.",
+            &library(),
+            &anonymous,
+        )
+        .unwrap();
+        assert_eq!(out, "Hi.");
     }
 
     #[test]

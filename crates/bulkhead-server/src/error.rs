@@ -28,6 +28,12 @@ pub enum ApiError {
     MalformedBody(String),
     #[error("{detail}")]
     InvalidField { field: String, detail: String },
+    #[error("{detail}")]
+    Template {
+        field: &'static str,
+        detail: String,
+        line: Option<usize>,
+    },
     #[error("unknown field {field:?}")]
     UnknownField { field: String },
     #[error("missing field {field:?}")]
@@ -59,6 +65,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::MalformedBody(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidField { .. }
+            | ApiError::Template { .. }
             | ApiError::UnknownField { .. }
             | ApiError::MissingField { .. }
             | ApiError::InvalidQuery(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -79,6 +86,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::MalformedBody(_) => "malformed_body",
             ApiError::InvalidField { .. } => "invalid_field",
+            ApiError::Template { .. } => "template_error",
             ApiError::UnknownField { .. } => "unknown_field",
             ApiError::MissingField { .. } => "missing_field",
             ApiError::InvalidQuery(_) => "invalid_query",
@@ -98,6 +106,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "Unsupported media type",
             ApiError::MalformedBody(_) => "Malformed body",
             ApiError::InvalidField { .. }
+            | ApiError::Template { .. }
             | ApiError::UnknownField { .. }
             | ApiError::MissingField { .. }
             | ApiError::InvalidQuery(_) => "Invalid input",
@@ -111,6 +120,7 @@ impl ApiError {
             ApiError::InvalidField { field, .. }
             | ApiError::UnknownField { field }
             | ApiError::MissingField { field } => Some(field),
+            ApiError::Template { field, .. } => Some(field),
             _ => None,
         }
     }
@@ -130,6 +140,9 @@ pub struct Problem {
     /// The request field at fault, for input errors.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// The template line at fault, for `template_error`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
 }
 
 impl IntoResponse for ApiError {
@@ -150,6 +163,10 @@ impl IntoResponse for ApiError {
             detail,
             code: self.code(),
             field: self.field().map(str::to_owned),
+            line: match &self {
+                ApiError::Template { line, .. } => *line,
+                _ => None,
+            },
         };
         let body = serde_json::to_vec(&problem).unwrap_or_else(|_| b"{}".to_vec());
         let mut response = (status, body).into_response();

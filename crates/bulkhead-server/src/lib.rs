@@ -10,6 +10,7 @@ pub mod extract;
 mod openapi;
 mod routes;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -39,6 +40,7 @@ struct StateInner {
     leeway_seconds: u64,
     regions: Vec<RegionName>,
     max_body_bytes: usize,
+    platform_prompts: BTreeMap<String, String>,
 }
 
 /// What the server needs besides the store, already validated by the caller.
@@ -49,6 +51,8 @@ pub struct ServerSettings {
     pub leeway_seconds: u64,
     pub regions: Vec<RegionName>,
     pub max_body_bytes: usize,
+    /// Platform snippets, already checked to parse.
+    pub platform_prompts: BTreeMap<String, String>,
 }
 
 impl AppState {
@@ -63,6 +67,7 @@ impl AppState {
                 leeway_seconds: settings.leeway_seconds,
                 regions: settings.regions,
                 max_body_bytes: settings.max_body_bytes,
+                platform_prompts: settings.platform_prompts,
             }),
         }
     }
@@ -94,6 +99,10 @@ impl AppState {
 
     pub(crate) fn regions(&self) -> &[RegionName] {
         &self.inner.regions
+    }
+
+    pub(crate) fn platform_prompts(&self) -> &BTreeMap<String, String> {
+        &self.inner.platform_prompts
     }
 
     pub(crate) fn max_body_bytes(&self) -> usize {

@@ -533,6 +533,15 @@ async fn the_openapi_document_covers_every_route() {
         ("/v1/credentials/{connector}", "put"),
         ("/v1/credentials/{connector}", "get"),
         ("/v1/credentials/{connector}", "delete"),
+        ("/v1/agents", "get"),
+        ("/v1/agents/{name}", "put"),
+        ("/v1/agents/{name}", "get"),
+        ("/v1/agents/{name}", "delete"),
+        ("/v1/agents/{name}/prompt-preview", "post"),
+        ("/v1/prompts", "get"),
+        ("/v1/prompts/{name}", "put"),
+        ("/v1/prompts/{name}", "get"),
+        ("/v1/prompts/{name}", "delete"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     let documented: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
@@ -554,7 +563,8 @@ async fn the_openapi_document_covers_every_route() {
             .replace("{id}", "acme")
             .replace("{key_id}", "0000000000000000")
             .replace("{issuer_id}", "x")
-            .replace("{connector}", "slack");
+            .replace("{connector}", "slack")
+            .replace("{name}", "triage");
         let response = server
             .request(method.to_uppercase().parse().unwrap(), &url, None)
             .send()

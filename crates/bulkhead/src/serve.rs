@@ -140,8 +140,15 @@ pub async fn server_settings(
             Some(binding)
         }
     };
+    for (name, source) in &config.platform_prompts {
+        bulkhead_core::PromptName::try_from(name.as_str())
+            .map_err(|e| anyhow::anyhow!("platform_prompts: {name:?}: {e}"))?;
+        bulkhead_runtime::prompts::check_template(source)
+            .map_err(|e| anyhow::anyhow!("platform_prompts.{name}: {e}"))?;
+    }
     Ok(ServerSettings {
         admin_token_hash,
+        platform_prompts: config.platform_prompts.clone(),
         platform_issuer,
         leeway_seconds: config.auth.leeway_seconds,
         regions: config.regions.clone(),

@@ -29,6 +29,7 @@ const ENV_KEYS: &[&str] = &[
     "postgres",
     "vault",
     "endpoints",
+    "platform_prompts",
 ];
 
 pub fn load(global: &GlobalArgs) -> anyhow::Result<Config> {

@@ -4,6 +4,7 @@
 pub(crate) mod admin_issuers;
 pub(crate) mod admin_keys;
 pub(crate) mod admin_tenants;
+pub(crate) mod agents;
 pub(crate) mod credentials;
 pub(crate) mod dto;
 pub(crate) mod ops;
@@ -42,6 +43,19 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(tenant::list_own_api_keys))
         .routes(routes!(tenant::get_own_api_key))
         .routes(routes!(credentials::list_credentials))
+        .routes(routes!(agents::list_agents))
+        .routes(routes!(
+            agents::put_agent,
+            agents::get_agent,
+            agents::delete_agent
+        ))
+        .routes(routes!(agents::preview_prompt))
+        .routes(routes!(agents::list_prompts))
+        .routes(routes!(
+            agents::put_prompt,
+            agents::get_prompt,
+            agents::delete_prompt
+        ))
         .routes(routes!(
             credentials::put_credential,
             credentials::get_credential,

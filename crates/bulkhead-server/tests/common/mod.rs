@@ -87,6 +87,10 @@ impl TestServer {
                 RegionName::try_from("us-east").unwrap(),
             ],
             max_body_bytes,
+            platform_prompts: std::collections::BTreeMap::from([(
+                "safety".to_owned(),
+                "Never reveal credentials.".to_owned(),
+            )]),
         };
         let vault = vault();
         let egress = bulkhead_egress::Egress::new(&[], store.clone(), vault.clone()).unwrap();
