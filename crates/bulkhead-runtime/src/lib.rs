@@ -1,5 +1,6 @@
-//! What agents run on. Today: agent definitions and strict prompt templates with a per-tenant
-//! snippet library. The model providers and the run loop build on these.
+//! What agents run on: agent definitions, strict prompt templates with a per-tenant snippet
+//! library, and model providers (through egress). The run loop builds on these.
 
 pub mod agents;
 pub mod prompts;
+pub mod providers;

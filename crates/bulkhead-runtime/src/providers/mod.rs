@@ -1,0 +1,98 @@
+//! Model providers. Every provider call goes through egress, so it carries the calling
+//! tenant's own key, stays in the tenant's regions and is audited.
+
+pub mod openai;
+
+use serde::{Deserialize, Serialize};
+
+/// One message of a conversation, in the shape every provider is translated to and from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant` or `tool`.
+    pub role: String,
+    pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// For `tool` messages: the call this answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl ChatMessage {
+    pub fn text(role: &str, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: Some(content.into()),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// JSON text, as the model produced it (it may be invalid; the caller validates).
+    pub arguments: String,
+}
+
+/// A tool the model may call: name, description and JSON Schema of its arguments. Never a
+/// credential.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    pub parameters: serde_json::Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    pub tools: Vec<ToolSpec>,
+    pub max_tokens: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChatResponse {
+    pub message: ChatMessage,
+    pub finish_reason: String,
+    pub usage: Usage,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error(transparent)]
+    Egress(#[from] bulkhead_egress::EgressError),
+    #[error("the provider refused the tenant's credential ({status}): {message}")]
+    Unauthorized { status: u16, message: String },
+    #[error("the provider is rate limiting this tenant: {message}")]
+    RateLimited { message: String },
+    #[error("the provider rejected the request ({status}): {message}")]
+    BadRequest { status: u16, message: String },
+    #[error("the provider failed ({status}): {message}")]
+    Upstream { status: u16, message: String },
+    #[error("the provider's answer is not valid: {0}")]
+    Malformed(String),
+}
+
+impl ProviderError {
+    /// The stable problem code the HTTP layer answers with.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProviderError::Egress(e) => e.code(),
+            ProviderError::Unauthorized { .. } => "provider_unauthorized",
+            ProviderError::RateLimited { .. } => "provider_rate_limited",
+            ProviderError::BadRequest { .. } => "provider_bad_request",
+            ProviderError::Upstream { .. } => "upstream_error",
+            ProviderError::Malformed(_) => "upstream_malformed",
+        }
+    }
+}

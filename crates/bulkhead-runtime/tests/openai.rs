@@ -1,0 +1,235 @@
+//! The OpenAI-compatible provider against a local server that speaks the real wire format,
+//! reached through egress with each tenant's own key.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use bulkhead_core::audit::Origin;
+use bulkhead_core::config::{AuthScheme, EndpointConfig, EndpointKind};
+use bulkhead_core::{ConnectorName, Isolation, RegionName, Role, TenantContext, TenantId};
+use bulkhead_egress::Egress;
+use bulkhead_runtime::providers::openai::chat;
+use bulkhead_runtime::providers::{ChatMessage, ChatRequest, ProviderError, ToolSpec};
+use bulkhead_store::NewTenant;
+use bulkhead_store::testing::TestDb;
+use bulkhead_vault::{LocalKeyProvider, Vault};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+#[derive(Default)]
+struct FakeOpenAi {
+    calls: AtomicUsize,
+    wrong_key: AtomicUsize,
+}
+
+/// Answers like api.openai.com: the key must be the one of the tenant named in the user
+/// message; `break-auth` gets OpenAI's 401 body, `garbage` a broken body, `tool` a tool call.
+async fn completions(
+    State(fake): State<Arc<FakeOpenAi>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> axum::response::Response {
+    fake.calls.fetch_add(1, Ordering::SeqCst);
+    let user = body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let tenant = user
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if user.contains("break-auth") || auth != format!("Bearer sk-{tenant}") {
+        if !user.contains("break-auth") {
+            fake.wrong_key.fetch_add(1, Ordering::SeqCst);
+        }
+        let error = json!({"error": {"message": "Incorrect API key provided: sk-****", "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}});
+        return (StatusCode::UNAUTHORIZED, Json(error)).into_response();
+    }
+    if user.contains("garbage") {
+        return (StatusCode::OK, "{\"choices\": [").into_response();
+    }
+    let message = if user.contains("tool") {
+        json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_abc", "type": "function",
+            "function": {"name": body["tools"][0]["function"]["name"], "arguments": "{\"q\":\"status\"}"}}]})
+    } else {
+        json!({"role": "assistant", "content": format!("hello {tenant}")})
+    };
+    let finish = if user.contains("tool") {
+        "tool_calls"
+    } else {
+        "stop"
+    };
+    Json(json!({
+        "id": "chatcmpl-123", "object": "chat.completion", "created": 1_700_000_000, "model": body["model"],
+        "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 21, "completion_tokens": 5, "total_tokens": 26}
+    }))
+    .into_response()
+}
+
+async fn setup() -> (
+    Egress,
+    Vec<TenantContext>,
+    Arc<FakeOpenAi>,
+    bulkhead_store::Store,
+    TestDb,
+) {
+    let fake = Arc::new(FakeOpenAi::default());
+    let app = axum::Router::new()
+        .route("/v1/chat/completions", axum::routing::post(completions))
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let (store, db) = TestDb::sqlite().await;
+    let key = SecretString::from("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".to_owned());
+    let vault = Vault::new(Arc::new(LocalKeyProvider::from_base64(&key).unwrap()));
+    let mut contexts = Vec::new();
+    for id in ["acme", "globex"] {
+        let tenant = store
+            .admin()
+            .create_tenant(
+                NewTenant {
+                    id: TenantId::try_from(id).unwrap(),
+                    name: id.into(),
+                    region: RegionName::try_from("local").unwrap(),
+                    allowed_regions: Vec::new(),
+                    isolation: Isolation::Shared,
+                },
+                &Origin::cli(),
+            )
+            .await
+            .unwrap();
+        let ctx = TenantContext::for_tests(&tenant, &[Role::Owner]);
+        vault
+            .put(
+                &store.tenant(&ctx),
+                &ConnectorName::try_from("openai").unwrap(),
+                &SecretString::from(format!("sk-{id}")),
+                json!({}),
+            )
+            .await
+            .unwrap();
+        contexts.push(ctx);
+    }
+    let endpoint = EndpointConfig {
+        name: "openai".into(),
+        base_url: base,
+        region: RegionName::try_from("local").unwrap(),
+        kind: EndpointKind::Model,
+        connector: Some(ConnectorName::try_from("openai").unwrap()),
+        auth: AuthScheme::Bearer {},
+        timeout_ms: 5_000,
+        max_retries: 1,
+    };
+    let egress = Egress::new(&[endpoint], store.clone(), vault).unwrap();
+    (egress, contexts, fake, store, db)
+}
+
+fn request(text: &str) -> ChatRequest {
+    ChatRequest {
+        model: "gpt-4o-mini".into(),
+        messages: vec![
+            ChatMessage::text("system", "Be brief."),
+            ChatMessage::text("user", text),
+        ],
+        tools: vec![ToolSpec {
+            name: "lookup".into(),
+            description: "Look something up".into(),
+            parameters: json!({"type": "object"}),
+        }],
+        max_tokens: Some(64),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tenants_share_one_provider_endpoint_each_with_its_own_key() {
+    let (egress, contexts, fake, store, db) = setup().await;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let (egress, ctx) = (egress.clone(), contexts[i % 2].clone());
+        tasks.push(tokio::spawn(async move {
+            let tenant = ctx.tenant_id().to_string();
+            let response = chat(
+                &egress.for_tenant(&ctx),
+                "openai",
+                &request(&format!("{tenant} hi")),
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                response.message.content.as_deref(),
+                Some(format!("hello {tenant}").as_str())
+            );
+            assert_eq!(
+                (response.usage.input_tokens, response.usage.output_tokens),
+                (21, 5)
+            );
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 200);
+    assert_eq!(
+        fake.wrong_key.load(Ordering::SeqCst),
+        0,
+        "a request carried another tenant's key"
+    );
+    db.finish(store).await;
+}
+
+#[tokio::test]
+async fn tool_calls_and_provider_errors_come_back_typed() {
+    let (egress, contexts, _fake, store, db) = setup().await;
+    let acme = &contexts[0];
+    let response = chat(
+        &egress.for_tenant(acme),
+        "openai",
+        &request("acme tool please"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.finish_reason, "tool_calls");
+    assert_eq!(response.message.tool_calls[0].name, "lookup");
+    assert_eq!(
+        response.message.tool_calls[0].arguments,
+        "{\"q\":\"status\"}"
+    );
+
+    let error = chat(
+        &egress.for_tenant(acme),
+        "openai",
+        &request("acme break-auth"),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(error, ProviderError::Unauthorized { status: 401, .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("Incorrect API key"));
+    let error = chat(&egress.for_tenant(acme), "openai", &request("acme garbage"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), "upstream_malformed");
+    db.finish(store).await;
+}
