@@ -1,6 +1,7 @@
 //! Model providers. Every provider call goes through egress, so it carries the calling
 //! tenant's own key, stays in the tenant's regions and is audited.
 
+pub mod anthropic;
 pub mod openai;
 
 use serde::{Deserialize, Serialize};

@@ -95,8 +95,19 @@ async fn setup() -> (
     let app = axum::Router::new()
         .route("/v1/chat/completions", axum::routing::post(completions))
         .with_state(fake.clone());
+    let (egress, contexts, store, db) = serve_and_connect(app, "/v1", AuthScheme::Bearer {}).await;
+    (egress, contexts, fake, store, db)
+}
+
+/// Serves `app` on a local port and returns an egress with one endpoint `provider` pointing at
+/// it, and two tenants (acme, globex) whose `provider` credential is `sk-<tenant>`.
+async fn serve_and_connect(
+    app: axum::Router,
+    path: &str,
+    auth: AuthScheme,
+) -> (Egress, Vec<TenantContext>, bulkhead_store::Store, TestDb) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    let base = format!("http://{}{path}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     let (store, db) = TestDb::sqlite().await;
@@ -122,7 +133,7 @@ async fn setup() -> (
         vault
             .put(
                 &store.tenant(&ctx),
-                &ConnectorName::try_from("openai").unwrap(),
+                &ConnectorName::try_from("provider").unwrap(),
                 &SecretString::from(format!("sk-{id}")),
                 json!({}),
             )
@@ -131,17 +142,17 @@ async fn setup() -> (
         contexts.push(ctx);
     }
     let endpoint = EndpointConfig {
-        name: "openai".into(),
+        name: "provider".into(),
         base_url: base,
         region: RegionName::try_from("local").unwrap(),
         kind: EndpointKind::Model,
-        connector: Some(ConnectorName::try_from("openai").unwrap()),
-        auth: AuthScheme::Bearer {},
+        connector: Some(ConnectorName::try_from("provider").unwrap()),
+        auth,
         timeout_ms: 5_000,
         max_retries: 1,
     };
     let egress = Egress::new(&[endpoint], store.clone(), vault).unwrap();
-    (egress, contexts, fake, store, db)
+    (egress, contexts, store, db)
 }
 
 fn request(text: &str) -> ChatRequest {
@@ -170,7 +181,7 @@ async fn two_tenants_share_one_provider_endpoint_each_with_its_own_key() {
             let tenant = ctx.tenant_id().to_string();
             let response = chat(
                 &egress.for_tenant(&ctx),
-                "openai",
+                "provider",
                 &request(&format!("{tenant} hi")),
             )
             .await
@@ -203,7 +214,7 @@ async fn tool_calls_and_provider_errors_come_back_typed() {
     let acme = &contexts[0];
     let response = chat(
         &egress.for_tenant(acme),
-        "openai",
+        "provider",
         &request("acme tool please"),
     )
     .await
@@ -217,7 +228,7 @@ async fn tool_calls_and_provider_errors_come_back_typed() {
 
     let error = chat(
         &egress.for_tenant(acme),
-        "openai",
+        "provider",
         &request("acme break-auth"),
     )
     .await
@@ -227,9 +238,78 @@ async fn tool_calls_and_provider_errors_come_back_typed() {
         "{error:?}"
     );
     assert!(error.to_string().contains("Incorrect API key"));
-    let error = chat(&egress.for_tenant(acme), "openai", &request("acme garbage"))
+    let error = chat(
+        &egress.for_tenant(acme),
+        "provider",
+        &request("acme garbage"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(error.code(), "upstream_malformed");
+    db.finish(store).await;
+}
+
+/// Answers like api.anthropic.com's Messages API, checking the key and version headers.
+async fn messages(headers: HeaderMap, Json(body): Json<Value>) -> axum::response::Response {
+    let key = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let version = headers
+        .get("anthropic-version")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if key != "sk-acme" || version != "2023-06-01" || headers.contains_key("authorization") {
+        let error = json!({"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}});
+        return (StatusCode::UNAUTHORIZED, Json(error)).into_response();
+    }
+    if body["messages"][0]["content"] == "overload" {
+        let error = json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}});
+        return (StatusCode::from_u16(529).unwrap(), Json(error)).into_response();
+    }
+    Json(json!({
+        "id": "msg_01", "type": "message", "role": "assistant", "model": body["model"],
+        "content": [{"type": "text", "text": format!("system was: {}", body["system"].as_str().unwrap_or_default())},
+                    {"type": "tool_use", "id": "toolu_01", "name": body["tools"][0]["name"], "input": {"q": "status"}}],
+        "stop_reason": "tool_use", "stop_sequence": null,
+        "usage": {"input_tokens": 40, "output_tokens": 12}
+    }))
+    .into_response()
+}
+
+#[tokio::test]
+async fn anthropic_messages_go_through_egress_with_the_tenants_key() {
+    use bulkhead_runtime::providers::anthropic;
+    let app = axum::Router::new().route("/v1/messages", axum::routing::post(messages));
+    let auth = AuthScheme::Header {
+        name: "x-api-key".into(),
+    };
+    let (egress, contexts, store, db) = serve_and_connect(app, "", auth).await;
+    let acme = &contexts[0];
+    let response = anthropic::chat(&egress.for_tenant(acme), "provider", &request("hi"))
+        .await
+        .unwrap();
+    assert_eq!(
+        response.message.content.as_deref(),
+        Some("system was: Be brief.")
+    );
+    assert_eq!(response.finish_reason, "tool_calls");
+    assert_eq!(response.message.tool_calls[0].name, "lookup");
+    assert_eq!(
+        (response.usage.input_tokens, response.usage.output_tokens),
+        (40, 12)
+    );
+    // This upstream knows only acme's key; globex's call carries globex's and is refused.
+    let error = anthropic::chat(&egress.for_tenant(&contexts[1]), "provider", &request("hi"))
         .await
         .unwrap_err();
-    assert_eq!(error.code(), "upstream_malformed");
+    assert_eq!(error.code(), "provider_unauthorized");
+    let error = anthropic::chat(&egress.for_tenant(acme), "provider", &request("overload"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ProviderError::Upstream { status: 529, .. }),
+        "{error:?}"
+    );
     db.finish(store).await;
 }
