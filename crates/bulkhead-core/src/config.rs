@@ -37,6 +37,9 @@ pub struct Config {
     pub vault: VaultConfig,
     /// Outbound endpoints (model providers, tools, webhooks): the only places egress calls.
     pub endpoints: Vec<EndpointConfig>,
+    /// Model aliases agents and the gateway may name, each served by a provider at an
+    /// endpoint. The alias `scripted` is built in.
+    pub models: Vec<ModelConfig>,
     /// Platform prompt snippets, included by any tenant's templates as `platform/<name>` and
     /// read-only to tenants.
     pub platform_prompts: std::collections::BTreeMap<String, String>,
@@ -59,6 +62,7 @@ impl Default for Config {
             vault: VaultConfig::default(),
             endpoints: Vec::new(),
             platform_prompts: std::collections::BTreeMap::new(),
+            models: Vec::new(),
         }
     }
 }
@@ -162,6 +166,27 @@ impl Default for PostgresConfig {
 pub struct VaultConfig {
     /// The local key-encryption key file; default `<data_dir>/master.key` (mode 0600).
     pub key_file: Option<PathBuf>,
+}
+
+/// A model alias: which provider wire format, at which endpoint, under which upstream name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub alias: String,
+    pub provider: ProviderKind,
+    /// The name of an `[[endpoints]]` entry.
+    pub endpoint: String,
+    /// The model name the provider expects; defaults to the alias.
+    pub upstream_model: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// OpenAI-compatible Chat Completions.
+    Openai,
+    /// Anthropic Messages.
+    Anthropic,
 }
 
 /// One outbound endpoint. Tenants call it by `name`; egress adds the tenant's credential

@@ -207,6 +207,11 @@ impl fmt::Debug for RequestId {
 
 /// Lowercase letters and digits from `thread_rng`: a ChaCha CSPRNG seeded and periodically
 /// reseeded from the OS, so keys stay unguessable without a system call per character.
+/// A new run id: `run_` and 24 random lowercase letters and digits.
+pub fn new_run_id() -> String {
+    format!("run_{}", random_alphanumeric(24))
+}
+
 pub(crate) fn random_alphanumeric(len: usize) -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";

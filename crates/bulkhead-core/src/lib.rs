@@ -11,7 +11,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 mod context;
-mod ids;
+pub mod ids;
 mod roles;
 mod tenant;
 pub mod timestamp;

@@ -22,6 +22,28 @@ pub struct AgentSpec {
     pub max_steps: u32,
     #[serde(default = "default_max_output_tokens")]
     pub max_output_tokens: u32,
+    /// For the built-in `scripted` model only: its replies, in order, one per model call. A
+    /// testing and demo aid for runs that must make a given tool call; real agents use a
+    /// real model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub script: Vec<ScriptStep>,
+}
+
+/// The model alias of the built-in scripted provider.
+pub const SCRIPTED_MODEL: &str = "scripted";
+
+/// One scripted model reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ScriptStep {
+    /// Answer with this text.
+    Reply(String),
+    /// Call this tool with these arguments.
+    ToolCall {
+        name: String,
+        #[schema(value_type = Object)]
+        arguments: serde_json::Value,
+    },
 }
 
 fn default_max_steps() -> u32 {
@@ -78,6 +100,13 @@ impl AgentSpec {
                     ));
                 }
             }
+        }
+        let scripted = self.model == SCRIPTED_MODEL;
+        if scripted == self.script.is_empty() {
+            return Err(refuse(
+                "script",
+                format!("give a script exactly when the model is {SCRIPTED_MODEL:?}"),
+            ));
         }
         if !(1..=MAX_STEPS).contains(&self.max_steps) {
             return Err(refuse("max_steps", format!("must be 1 to {MAX_STEPS}")));

@@ -4,3 +4,4 @@
 pub mod agents;
 pub mod prompts;
 pub mod providers;
+pub mod runs;

@@ -19,6 +19,7 @@ use axum::middleware;
 use bulkhead_core::RegionName;
 use bulkhead_core::auth::IssuerBinding;
 use bulkhead_egress::Egress;
+use bulkhead_runtime::runs::Runner;
 use bulkhead_store::Store;
 use bulkhead_vault::Vault;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -35,6 +36,7 @@ struct StateInner {
     store: Store,
     vault: Vault,
     egress: Egress,
+    runner: Runner,
     admin_token_hash: String,
     platform_issuer: Option<IssuerBinding>,
     leeway_seconds: u64,
@@ -53,6 +55,8 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// Platform snippets, already checked to parse.
     pub platform_prompts: BTreeMap<String, String>,
+    /// Model aliases agents may name.
+    pub models: Vec<bulkhead_core::config::ModelConfig>,
 }
 
 impl AppState {
@@ -61,6 +65,11 @@ impl AppState {
             inner: Arc::new(StateInner {
                 store,
                 vault,
+                runner: Runner::new(
+                    egress.clone(),
+                    settings.models,
+                    settings.platform_prompts.clone(),
+                ),
                 egress,
                 admin_token_hash: settings.admin_token_hash,
                 platform_issuer: settings.platform_issuer,
@@ -83,6 +92,10 @@ impl AppState {
     /// The outbound path, for the features that call model providers and tools.
     pub fn egress(&self) -> &Egress {
         &self.inner.egress
+    }
+
+    pub(crate) fn runner(&self) -> &Runner {
+        &self.inner.runner
     }
 
     pub(crate) fn admin_token_hash(&self) -> &str {

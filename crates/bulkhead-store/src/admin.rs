@@ -31,6 +31,10 @@ impl<'a> AdminStore<'a> {
         Self { backend }
     }
 
+    pub(crate) fn backend(&self) -> &Backend {
+        self.backend
+    }
+
     async fn begin(&self, access: Access) -> Result<Tx, StoreError> {
         self.backend.begin(access, Scope::ControlPlane).await
     }

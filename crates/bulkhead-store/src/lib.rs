@@ -18,6 +18,7 @@ mod backend;
 mod credentials;
 mod events;
 mod records;
+mod runs;
 mod tenant;
 #[cfg(feature = "test-support")]
 pub mod testing;
@@ -36,6 +37,7 @@ pub use credentials::{CredentialRecord, CredentialWrite, DataKeyRecord};
 pub use records::{
     ApiKeyInfo, DeletionReceipt, IssuerRecord, NewIssuer, NewTenant, Page, TenantPatch,
 };
+pub use runs::{RunEnd, RunRecord};
 pub use tenant::TenantStore;
 
 use crate::backend::Backend;

@@ -39,6 +39,13 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
             "Keep it safe; set BULKHEAD_ADMIN_TOKEN to choose your own, or run `bulkhead admin-token rotate`."
         )?;
     }
+    let interrupted = store.admin().fail_interrupted_runs().await?;
+    if interrupted > 0 {
+        tracing::warn!(
+            runs = interrupted,
+            "marked runs cut off by the last stop as failed"
+        );
+    }
     let state = app_state(&config, &store, admin_token_hash).await?;
     let listener = TcpListener::bind(config.listen)
         .await
@@ -149,6 +156,7 @@ pub async fn server_settings(
     Ok(ServerSettings {
         admin_token_hash,
         platform_prompts: config.platform_prompts.clone(),
+        models: config.models.clone(),
         platform_issuer,
         leeway_seconds: config.auth.leeway_seconds,
         regions: config.regions.clone(),

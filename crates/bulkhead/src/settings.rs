@@ -30,6 +30,7 @@ const ENV_KEYS: &[&str] = &[
     "vault",
     "endpoints",
     "platform_prompts",
+    "models",
 ];
 
 pub fn load(global: &GlobalArgs) -> anyhow::Result<Config> {

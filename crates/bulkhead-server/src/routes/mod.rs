@@ -50,6 +50,8 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
             agents::delete_agent
         ))
         .routes(routes!(agents::preview_prompt))
+        .routes(routes!(agents::create_run))
+        .routes(routes!(agents::get_run))
         .routes(routes!(agents::list_prompts))
         .routes(routes!(
             agents::put_prompt,

@@ -74,6 +74,16 @@ impl TestServer {
     }
 
     pub async fn start_with(backend: Backend, max_body_bytes: usize) -> Self {
+        Self::start_full(backend, max_body_bytes, &[], Vec::new()).await
+    }
+
+    /// A server with outbound endpoints and model aliases, for runs against local providers.
+    pub async fn start_full(
+        backend: Backend,
+        max_body_bytes: usize,
+        endpoints: &[bulkhead_core::config::EndpointConfig],
+        models: Vec<bulkhead_core::config::ModelConfig>,
+    ) -> Self {
         let (store, db) = match backend {
             Backend::Sqlite => TestDb::sqlite().await,
             Backend::Postgres => TestDb::postgres().await,
@@ -87,13 +97,14 @@ impl TestServer {
                 RegionName::try_from("us-east").unwrap(),
             ],
             max_body_bytes,
+            models,
             platform_prompts: std::collections::BTreeMap::from([(
                 "safety".to_owned(),
                 "Never reveal credentials.".to_owned(),
             )]),
         };
         let vault = vault();
-        let egress = bulkhead_egress::Egress::new(&[], store.clone(), vault.clone()).unwrap();
+        let egress = bulkhead_egress::Egress::new(endpoints, store.clone(), vault.clone()).unwrap();
         let app = bulkhead_server::app(AppState::new(store.clone(), vault, egress, settings));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());

@@ -1,0 +1,243 @@
+//! The run loop: render the system prompt, call the model, answer its tool calls, repeat up to
+//! `max_steps`, and persist the run as it starts and as it ends.
+//!
+//! Tools arrive with the tools issue; until then a tool call is answered with a refusal the
+//! model can read, and the loop goes on.
+
+use std::collections::BTreeMap;
+
+use bulkhead_core::config::{ModelConfig, ProviderKind};
+use bulkhead_egress::Egress;
+use bulkhead_store::{AgentRecord, RunEnd, RunRecord, StoreError, TenantStore};
+use serde_json::json;
+
+use crate::agents::{AgentSpec, SCRIPTED_MODEL, ScriptStep};
+use crate::prompts::{AgentVars, PromptLibrary, PromptVariables, TenantVars, render};
+use crate::providers::{
+    self, ChatMessage, ChatRequest, ChatResponse, ProviderError, ToolCall, Usage,
+};
+
+/// Runs agents for any tenant; each run is bound to the tenant of the store handle given.
+#[derive(Clone)]
+pub struct Runner {
+    egress: Egress,
+    models: Vec<ModelConfig>,
+    platform_prompts: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunInput {
+    pub input: String,
+    pub user: Option<String>,
+}
+
+/// A failure the run records (and the caller sees in the finished run), with a stable code.
+struct Failure {
+    code: &'static str,
+    message: String,
+}
+
+impl From<ProviderError> for Failure {
+    fn from(error: ProviderError) -> Self {
+        Failure {
+            code: error.code(),
+            message: error.to_string(),
+        }
+    }
+}
+
+impl Runner {
+    pub fn new(
+        egress: Egress,
+        models: Vec<ModelConfig>,
+        platform_prompts: BTreeMap<String, String>,
+    ) -> Self {
+        Self {
+            egress,
+            models,
+            platform_prompts,
+        }
+    }
+
+    /// Runs `agent` (at the version given) to completion and returns the stored run.
+    pub async fn run(
+        &self,
+        store: &TenantStore<'_>,
+        agent: &AgentRecord,
+        input: RunInput,
+    ) -> Result<RunRecord, StoreError> {
+        let run_id = bulkhead_core::ids::new_run_id();
+        store
+            .start_run(&run_id, &agent.name, agent.version, &input.input)
+            .await?;
+        let mut transcript = Vec::new();
+        let mut usage = Usage::default();
+        let mut steps = 0;
+        let result = self
+            .drive(store, agent, input, &mut transcript, &mut usage, &mut steps)
+            .await;
+        let end = RunEnd {
+            error: result
+                .as_ref()
+                .err()
+                .map(|f| (f.code.to_owned(), f.message.clone())),
+            output: result.ok(),
+            transcript: serde_json::to_value(&transcript).unwrap_or_default(),
+            steps,
+            input_tokens: i64::try_from(usage.input_tokens).unwrap_or(i64::MAX),
+            output_tokens: i64::try_from(usage.output_tokens).unwrap_or(i64::MAX),
+        };
+        store.finish_run(&run_id, &end).await?;
+        store
+            .run(&run_id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("run vanished".into()))
+    }
+
+    async fn drive(
+        &self,
+        store: &TenantStore<'_>,
+        agent: &AgentRecord,
+        input: RunInput,
+        transcript: &mut Vec<ChatMessage>,
+        usage: &mut Usage,
+        steps: &mut i64,
+    ) -> Result<String, Failure> {
+        let spec: AgentSpec = serde_json::from_value(agent.spec.clone()).map_err(|e| Failure {
+            code: "internal",
+            message: format!("stored agent spec: {e}"),
+        })?;
+        let ctx = store.context();
+        let library = PromptLibrary::new(
+            store
+                .prompts()
+                .await
+                .map_err(|e| Failure {
+                    code: "internal",
+                    message: e.to_string(),
+                })?
+                .into_iter()
+                .map(|p| (p.name, p.template)),
+            &self.platform_prompts,
+        );
+        let variables = PromptVariables {
+            tenant: TenantVars {
+                id: ctx.tenant_id().to_string(),
+                name: ctx.tenant_name().to_owned(),
+            },
+            agent: AgentVars {
+                name: agent.name.to_string(),
+                version: agent.version,
+            },
+            user: input.user,
+            input: input.input.clone(),
+            context: Vec::new(),
+            memory: Vec::new(),
+        };
+        let system = render(&spec.system_prompt, &library, &variables).map_err(|e| Failure {
+            code: "template_error",
+            message: e.to_string(),
+        })?;
+        transcript.push(ChatMessage::text("system", system));
+        transcript.push(ChatMessage::text("user", input.input));
+        let egress = self.egress.for_tenant(ctx);
+        for _ in 0..spec.max_steps {
+            *steps += 1;
+            let request = ChatRequest {
+                model: spec.model.clone(),
+                messages: transcript.clone(),
+                tools: Vec::new(),
+                max_tokens: Some(spec.max_output_tokens),
+            };
+            let response = self.call_model(&egress, &spec, request, *steps).await?;
+            usage.input_tokens += response.usage.input_tokens;
+            usage.output_tokens += response.usage.output_tokens;
+            let calls = response.message.tool_calls.clone();
+            transcript.push(response.message.clone());
+            if calls.is_empty() {
+                return Ok(response.message.content.unwrap_or_default());
+            }
+            for call in calls {
+                transcript.push(ChatMessage {
+                    role: "tool".into(),
+                    content: Some(json!({"error": format!("tool {} is not available to this agent", call.name)}).to_string()),
+                    tool_calls: Vec::new(),
+                    tool_call_id: Some(call.id),
+                });
+            }
+        }
+        Err(Failure {
+            code: "max_steps_exceeded",
+            message: format!(
+                "the agent did not finish within max_steps ({})",
+                spec.max_steps
+            ),
+        })
+    }
+
+    async fn call_model(
+        &self,
+        egress: &bulkhead_egress::TenantEgress<'_>,
+        spec: &AgentSpec,
+        mut request: ChatRequest,
+        step: i64,
+    ) -> Result<ChatResponse, Failure> {
+        if spec.model == SCRIPTED_MODEL {
+            return scripted(spec, step);
+        }
+        let model = self
+            .models
+            .iter()
+            .find(|m| m.alias == spec.model)
+            .ok_or_else(|| Failure {
+                code: "unknown_model",
+                message: format!("no model alias {:?} is configured", spec.model),
+            })?;
+        request.model = model
+            .upstream_model
+            .clone()
+            .unwrap_or_else(|| model.alias.clone());
+        let response = match model.provider {
+            ProviderKind::Openai => {
+                providers::openai::chat(egress, &model.endpoint, &request).await?
+            }
+            ProviderKind::Anthropic => {
+                providers::anthropic::chat(egress, &model.endpoint, &request).await?
+            }
+        };
+        Ok(response)
+    }
+}
+
+/// The built-in scripted model: the agent's `script`, one step per model call.
+fn scripted(spec: &AgentSpec, step: i64) -> Result<ChatResponse, Failure> {
+    let index = usize::try_from(step - 1).unwrap_or(usize::MAX);
+    let Some(next) = spec.script.get(index) else {
+        return Err(Failure {
+            code: "script_exhausted",
+            message: format!("the script has no step {step}"),
+        });
+    };
+    let message = match next {
+        ScriptStep::Reply(text) => ChatMessage::text("assistant", text.clone()),
+        ScriptStep::ToolCall { name, arguments } => ChatMessage {
+            role: "assistant".into(),
+            content: None,
+            tool_calls: vec![ToolCall {
+                id: format!("call_{step}"),
+                name: name.clone(),
+                arguments: arguments.to_string(),
+            }],
+            tool_call_id: None,
+        },
+    };
+    Ok(ChatResponse {
+        finish_reason: if message.tool_calls.is_empty() {
+            "stop".into()
+        } else {
+            "tool_calls".into()
+        },
+        message,
+        usage: Usage::default(),
+    })
+}

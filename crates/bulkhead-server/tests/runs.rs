@@ -1,0 +1,328 @@
+//! Runs over HTTP with the built-in scripted model: the loop, its limits, its failures, its
+//! persistence, and isolation of run ids.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{Backend, TestServer};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+async fn agent(server: &TestServer, key: &str, name: &str, spec: Value) {
+    let (status, body) = server
+        .send(
+            server
+                .request(Method::PUT, &format!("/v1/agents/{name}"), Some(key))
+                .json(&spec),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+}
+
+async fn run(server: &TestServer, key: &str, name: &str, body: Value) -> (StatusCode, Value) {
+    server
+        .send(
+            server
+                .request(Method::POST, &format!("/v1/agents/{name}/runs"), Some(key))
+                .json(&body),
+        )
+        .await
+}
+
+#[tokio::test]
+async fn a_scripted_run_calls_a_tool_then_answers_and_is_stored() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    server.create_tenant("acme").await;
+    server.create_tenant("globex").await;
+    let (acme, _) = server.create_key("acme", "developer").await;
+    let (globex, _) = server.create_key("globex", "developer").await;
+    agent(&server, &acme, "triage", json!({
+        "model": "scripted",
+        "system_prompt": "You help {{ tenant.name }}.",
+        "script": [{"tool_call": {"name": "lookup", "arguments": {"q": "status"}}}, {"reply": "All green."}],
+    }))
+    .await;
+    let (status, finished) = run(
+        &server,
+        &acme,
+        "triage",
+        json!({"input": "status? {{ tenant.id }}"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{finished}");
+    assert_eq!(finished["status"], "completed", "{finished}");
+    assert_eq!(finished["output"], "All green.");
+    assert_eq!(
+        (
+            finished["steps"].as_i64(),
+            finished["agent_version"].as_i64()
+        ),
+        (Some(2), Some(1))
+    );
+    let roles: Vec<_> = finished["transcript"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["system", "user", "assistant", "tool", "assistant"]);
+    assert_eq!(finished["transcript"][0]["content"], "You help acme org.");
+    assert_eq!(
+        finished["transcript"][1]["content"], "status? {{ tenant.id }}",
+        "input is data"
+    );
+    assert!(
+        finished["transcript"][3]["content"]
+            .as_str()
+            .unwrap()
+            .contains("not available")
+    );
+
+    // Stored, readable by id; another tenant's id answers like a missing one.
+    let id = finished["id"].as_str().unwrap();
+    let (status, stored) = server.tenant_get(&format!("/v1/runs/{id}"), &acme).await;
+    assert_eq!(
+        (status, &stored["output"]),
+        (StatusCode::OK, &json!("All green."))
+    );
+    let foreign = server.tenant_get(&format!("/v1/runs/{id}"), &globex).await;
+    let missing = server
+        .tenant_get("/v1/runs/run_doesnotexist", &globex)
+        .await;
+    assert_eq!(foreign, missing);
+    assert_eq!(foreign.0, StatusCode::NOT_FOUND);
+    // Globex cannot run acme's agent either.
+    assert_eq!(
+        run(&server, &globex, "triage", json!({"input": "x"}))
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+
+    // A new version leaves old runs pointing at the version they used.
+    agent(
+        &server,
+        &acme,
+        "triage",
+        json!({"model": "scripted", "system_prompt": "v2", "script": [{"reply": "v2"}]}),
+    )
+    .await;
+    let (_, second) = run(&server, &acme, "triage", json!({"input": "again"})).await;
+    assert_eq!(
+        (second["agent_version"].as_i64(), second["output"].as_str()),
+        (Some(2), Some("v2"))
+    );
+    let (_, first) = server.tenant_get(&format!("/v1/runs/{id}"), &acme).await;
+    assert_eq!(first["agent_version"], 1);
+
+    let events = server
+        .store
+        .admin()
+        .audit_events(&bulkhead_core::TenantId::try_from("acme").unwrap(), 0, 100)
+        .await
+        .unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.action == "run.completed" && e.resource == format!("run/{id}"))
+    );
+    server.finish().await;
+}
+
+#[tokio::test]
+async fn runs_fail_with_clear_codes_and_nothing_left_running() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    server.create_tenant("acme").await;
+    let (key, _) = server.create_key("acme", "developer").await;
+    let call = json!({"tool_call": {"name": "t", "arguments": {}}});
+    agent(&server, &key, "looper", json!({"model": "scripted", "system_prompt": "x", "max_steps": 2, "script": [call, call, call]})).await;
+    agent(
+        &server,
+        &key,
+        "short",
+        json!({"model": "scripted", "system_prompt": "x", "script": [call]}),
+    )
+    .await;
+    agent(
+        &server,
+        &key,
+        "needs-user",
+        json!({"model": "scripted", "system_prompt": "Hi {{ user }}", "script": [{"reply": "x"}]}),
+    )
+    .await;
+    agent(
+        &server,
+        &key,
+        "unknown-model",
+        json!({"model": "gpt-17", "system_prompt": "x"}),
+    )
+    .await;
+    for (name, code) in [
+        ("looper", "max_steps_exceeded"),
+        ("short", "script_exhausted"),
+        ("needs-user", "template_error"),
+        ("unknown-model", "unknown_model"),
+    ] {
+        let (status, finished) = run(&server, &key, name, json!({"input": "go"})).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            (finished["status"].as_str(), finished["error_code"].as_str()),
+            (Some("failed"), Some(code)),
+            "{finished}"
+        );
+        let (_, stored) = server
+            .tenant_get(
+                &format!("/v1/runs/{}", finished["id"].as_str().unwrap()),
+                &key,
+            )
+            .await;
+        assert_eq!(
+            stored["status"], "failed",
+            "persisted as failed, never left running"
+        );
+    }
+    // With an end user the template renders.
+    let (_, finished) = run(
+        &server,
+        &key,
+        "needs-user",
+        json!({"input": "go", "end_user": "alice"}),
+    )
+    .await;
+    assert_eq!(finished["status"], "completed");
+    assert_eq!(finished["transcript"][0]["content"], "Hi alice");
+
+    // A run cut off by a crash is marked failed at the next start.
+    let tenant = server
+        .store
+        .admin()
+        .get_tenant(&bulkhead_core::TenantId::try_from("acme").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let ctx = bulkhead_core::auth::operator_context(&tenant);
+    let agent_name = bulkhead_core::AgentName::try_from("short").unwrap();
+    server
+        .store
+        .tenant(&ctx)
+        .start_run("run_crashed", &agent_name, 1, "x")
+        .await
+        .unwrap();
+    assert_eq!(
+        server.store.admin().fail_interrupted_runs().await.unwrap(),
+        1
+    );
+    let (_, crashed) = server.tenant_get("/v1/runs/run_crashed", &key).await;
+    assert_eq!(
+        (crashed["status"].as_str(), crashed["error_code"].as_str()),
+        (Some("failed"), Some("interrupted"))
+    );
+    let (status, problem) = run(&server, &key, "short", json!({"input": "x", "extra": 1})).await;
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("extra"))
+    );
+    server.finish().await;
+}
+
+/// A local server speaking OpenAI's Chat Completions, answering with the key it received so the
+/// test can see whose key each run carried.
+async fn fake_openai() -> String {
+    use axum::http::HeaderMap;
+    async fn completions(
+        headers: HeaderMap,
+        axum::Json(body): axum::Json<Value>,
+    ) -> axum::Json<Value> {
+        let key = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        axum::Json(json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("answered with {key}")}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}
+        }))
+    }
+    let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(completions));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+#[tokio::test]
+async fn runs_call_the_configured_provider_with_each_tenants_own_key() {
+    use bulkhead_core::config::{
+        AuthScheme, EndpointConfig, EndpointKind, ModelConfig, ProviderKind,
+    };
+    let base = fake_openai().await;
+    let endpoint = EndpointConfig {
+        name: "openai".into(),
+        base_url: base,
+        region: bulkhead_core::RegionName::try_from("eu-west").unwrap(),
+        kind: EndpointKind::Model,
+        connector: Some(bulkhead_core::ConnectorName::try_from("openai").unwrap()),
+        auth: AuthScheme::Bearer {},
+        timeout_ms: 5_000,
+        max_retries: 0,
+    };
+    let model = ModelConfig {
+        alias: "fast".into(),
+        provider: ProviderKind::Openai,
+        endpoint: "openai".into(),
+        upstream_model: Some("gpt-4o-mini".into()),
+    };
+    let server = TestServer::start_full(Backend::Sqlite, 64 * 1024, &[endpoint], vec![model]).await;
+    for tenant in ["acme", "globex"] {
+        server.create_tenant(tenant).await;
+        let (key, _) = server.create_key(tenant, "owner").await;
+        let (status, _) = server
+            .send(
+                server
+                    .request(Method::PUT, "/v1/credentials/openai", Some(&key))
+                    .json(&json!({"secret": format!("sk-{tenant}")})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        agent(
+            &server,
+            &key,
+            "helper",
+            json!({"model": "fast", "system_prompt": "Help {{ tenant.name }}."}),
+        )
+        .await;
+        let (status, finished) = run(&server, &key, "helper", json!({"input": "hi"})).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(finished["status"], "completed", "{finished}");
+        assert_eq!(
+            finished["output"],
+            format!("answered with Bearer sk-{tenant}")
+        );
+        assert_eq!(
+            (
+                finished["input_tokens"].as_i64(),
+                finished["output_tokens"].as_i64()
+            ),
+            (Some(11), Some(3))
+        );
+    }
+    // A tenant without the credential gets a clear failure, not another tenant's key.
+    server.create_tenant("initech").await;
+    let (key, _) = server.create_key("initech", "owner").await;
+    agent(
+        &server,
+        &key,
+        "helper",
+        json!({"model": "fast", "system_prompt": "x"}),
+    )
+    .await;
+    let (_, finished) = run(&server, &key, "helper", json!({"input": "hi"})).await;
+    assert_eq!(
+        (finished["status"].as_str(), finished["error_code"].as_str()),
+        (Some("failed"), Some("missing_credential")),
+        "{finished}"
+    );
+    server.finish().await;
+}

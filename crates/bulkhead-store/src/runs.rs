@@ -1,0 +1,200 @@
+//! Agent runs as they happen: created `running`, finished `completed` or `failed`.
+
+use bulkhead_core::AgentName;
+use bulkhead_core::audit::{AuditDraft, Outcome};
+use bulkhead_core::timestamp::now_millis;
+use serde_json::{Value, json};
+
+use crate::backend::{Access, Scope, execute, fetch_optional};
+use crate::{AdminStore, StoreError, TenantStore, audit};
+
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub agent: String,
+    pub agent_version: i64,
+    pub status: String,
+    pub input: String,
+    pub output: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub transcript: Value,
+    pub steps: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct RunRow {
+    run_id: String,
+    agent: String,
+    agent_version: i64,
+    status: String,
+    input: String,
+    output: Option<String>,
+    error_code: Option<String>,
+    error_message: Option<String>,
+    transcript: String,
+    steps: i64,
+    input_tokens: i64,
+    output_tokens: i64,
+    created_at: i64,
+    updated_at: i64,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct RunEnd {
+    pub output: Option<String>,
+    /// `(code, message)` for a failed run.
+    pub error: Option<(String, String)>,
+    pub transcript: Value,
+    pub steps: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+}
+
+impl TenantStore<'_> {
+    /// Records a run as started, before the first model call.
+    pub async fn start_run(
+        &self,
+        run_id: &str,
+        agent: &AgentName,
+        agent_version: i64,
+        input: &str,
+    ) -> Result<(), StoreError> {
+        let tenant = self.context().tenant_id();
+        let mut tx = self.begin(Access::Write).await?;
+        let now = now_millis();
+        execute!(
+            &mut tx,
+            "INSERT INTO runs (tenant_id, run_id, agent, agent_version, status, input, transcript, steps, \
+             input_tokens, output_tokens, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, 'running', $5, '[]', 0, 0, 0, $6, $6)",
+            tenant.as_str(),
+            run_id,
+            agent.as_str(),
+            agent_version,
+            input,
+            now,
+        )?;
+        audit::append(
+            &mut tx,
+            tenant,
+            &self.origin(),
+            AuditDraft {
+                action: "run.started",
+                resource: format!("run/{run_id}"),
+                outcome: Outcome::Success,
+                details: json!({"agent": agent, "agent_version": agent_version}),
+            },
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    /// Records how a run ended.
+    pub async fn finish_run(&self, run_id: &str, end: &RunEnd) -> Result<(), StoreError> {
+        let tenant = self.context().tenant_id();
+        let mut tx = self.begin(Access::Write).await?;
+        let (status, code, message) = match &end.error {
+            None => ("completed", None, None),
+            Some((code, message)) => ("failed", Some(code.as_str()), Some(message.as_str())),
+        };
+        execute!(
+            &mut tx,
+            "UPDATE runs SET status = $3, output = $4, error_code = $5, error_message = $6, transcript = $7, \
+             steps = $8, input_tokens = $9, output_tokens = $10, updated_at = $11 \
+             WHERE tenant_id = $1 AND run_id = $2",
+            tenant.as_str(),
+            run_id,
+            status,
+            end.output.as_deref(),
+            code,
+            message,
+            end.transcript.to_string(),
+            end.steps,
+            end.input_tokens,
+            end.output_tokens,
+            now_millis(),
+        )?;
+        audit::append(
+            &mut tx,
+            tenant,
+            &self.origin(),
+            AuditDraft {
+                action: if end.error.is_none() {
+                    "run.completed"
+                } else {
+                    "run.failed"
+                },
+                resource: format!("run/{run_id}"),
+                outcome: if end.error.is_none() {
+                    Outcome::Success
+                } else {
+                    Outcome::Failure
+                },
+                details: json!({"steps": end.steps, "input_tokens": end.input_tokens,
+                    "output_tokens": end.output_tokens, "error": code}),
+            },
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    /// One of the tenant's runs; another tenant's is `None`, like a missing one.
+    pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        let mut tx = self.begin(Access::Read).await?;
+        let row = fetch_optional!(
+            &mut tx,
+            RunRow,
+            "SELECT run_id, agent, agent_version, status, input, output, error_code, error_message, transcript, \
+             steps, input_tokens, output_tokens, created_at, updated_at FROM runs WHERE tenant_id = $1 AND run_id = $2",
+            self.context().tenant_id().as_str(),
+            run_id,
+        )?;
+        tx.commit().await?;
+        row.map(|r| {
+            Ok(RunRecord {
+                transcript: serde_json::from_str(&r.transcript)
+                    .map_err(|e| StoreError::Corrupt(format!("transcript: {e}")))?,
+                run_id: r.run_id,
+                agent: r.agent,
+                agent_version: r.agent_version,
+                status: r.status,
+                input: r.input,
+                output: r.output,
+                error_code: r.error_code,
+                error_message: r.error_message,
+                steps: r.steps,
+                input_tokens: r.input_tokens,
+                output_tokens: r.output_tokens,
+                created_at: r.created_at,
+                updated_at: r.updated_at,
+            })
+        })
+        .transpose()
+    }
+}
+
+impl AdminStore<'_> {
+    /// Marks every run still `running` as failed: called at start, when no run of this
+    /// process can be in flight, so these were cut off by a crash. Returns how many.
+    pub async fn fail_interrupted_runs(&self) -> Result<u64, StoreError> {
+        let mut tx = self
+            .backend()
+            .begin(Access::Write, Scope::ControlPlane)
+            .await?;
+        let failed = execute!(
+            &mut tx,
+            "UPDATE runs SET status = 'failed', error_code = 'interrupted', \
+             error_message = 'the server stopped while the run was in progress', updated_at = $1 \
+             WHERE status = 'running'",
+            now_millis(),
+        )?;
+        tx.commit().await?;
+        Ok(failed)
+    }
+}
