@@ -195,7 +195,87 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<()> {
         bail!("a header changed the tenant");
     }
 
-    w.say("\n6. The operator suspends Globex; its key stops working on the very next request:")?;
+    w.say("\n6. Each tenant stores a secret (write-only), a prompt snippet and an agent, and runs it:")?;
+    let mut runs = Vec::new();
+    for (id, key, motto) in [
+        ("acme", &acme_key, "Acme builds rockets."),
+        ("globex", &globex_key, "Globex sells globes."),
+    ] {
+        let secret = format!("sk-demo-{id}-0123456789");
+        let (status, body) = w
+            .call(
+                Method::PUT,
+                "/v1/credentials/openai",
+                key,
+                None,
+                Some(
+                    json!({"secret": secret, "fields": {"base_url": "https://api.openai.com/v1"}}),
+                ),
+            )
+            .await?;
+        expect(status, StatusCode::CREATED, "store credential")?;
+        if body.to_string().contains(&secret) {
+            bail!("a credential was echoed back");
+        }
+        let (status, _) = w
+            .call(
+                Method::PUT,
+                "/v1/prompts/motto",
+                key,
+                None,
+                Some(json!({"template": motto})),
+            )
+            .await?;
+        expect(status, StatusCode::CREATED, "store snippet")?;
+        let agent = json!({
+            "model": "scripted",
+            "system_prompt": "You work for {{ tenant.name }}. {% include 'motto' %}",
+            "script": [
+                {"tool_call": {"name": "lookup", "arguments": {"q": "orders"}}},
+                {"reply": format!("Hello from {id}'s agent.")}
+            ],
+        });
+        let (status, _) = w
+            .call(Method::PUT, "/v1/agents/helper", key, None, Some(agent))
+            .await?;
+        expect(status, StatusCode::CREATED, "define agent")?;
+        let (status, run) = w
+            .call(
+                Method::POST,
+                "/v1/agents/helper/runs",
+                key,
+                None,
+                Some(json!({"input": "What do we do? {{ tenant.id }}"})),
+            )
+            .await?;
+        expect(status, StatusCode::OK, "run agent")?;
+        w.say(&format!(
+            "     {id}: run {} {} in {} steps; system prompt {:?}; answer {:?}",
+            field(&run, "id")?,
+            field(&run, "status")?,
+            run["steps"],
+            run["transcript"][0]["content"].as_str().unwrap_or_default(),
+            field(&run, "output")?,
+        ))?;
+        runs.push(field(&run, "id")?.to_owned());
+    }
+    w.say("     (the scripted model is a demo aid that replays the agent's script; input like {{ tenant.id }} stays text)")?;
+    let (status, body) = w
+        .call(
+            Method::GET,
+            &format!("/v1/runs/{}", runs[0]),
+            &globex_key,
+            None,
+            None,
+        )
+        .await?;
+    expect(status, StatusCode::NOT_FOUND, "cross-tenant run read")?;
+    w.say(&format!(
+        "     globex asks for acme's run: {}",
+        field(&body, "code")?
+    ))?;
+
+    w.say("\n7. The operator suspends Globex; its key stops working on the very next request:")?;
     let (status, _) = w
         .call(
             Method::PATCH,
@@ -212,16 +292,20 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<()> {
     expect(status, StatusCode::UNAUTHORIZED, "suspended tenant")?;
     w.say(&format!("     code: {}", field(&body, "code")?))?;
 
-    w.say("\n7. Every change above is in its tenant's hash-chained audit trail:")?;
+    w.say("\n8. Every change above is in its tenant's hash-chained audit trail:")?;
     for id in ["acme", "globex"] {
         let tenant = TenantId::try_from(id)?;
         let events = store.admin().audit_events(&tenant, 0, 1000).await?;
         let head = verify_chain(&tenant, &events)?;
         let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
+        let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+        for action in actions {
+            *counts.entry(action).or_default() += 1;
+        }
         w.say(&format!(
-            "     {id}: {} events {:?}, verified, head {}",
+            "     {id}: {} events {:?}, chain verified, head {}",
             head.events,
-            actions,
+            counts,
             &head.head_hash[..16]
         ))?;
     }

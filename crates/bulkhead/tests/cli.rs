@@ -393,6 +393,18 @@ fn the_demo_shows_isolation_and_exits_cleanly() {
     assert!(text.contains("still tenant acme"), "{text}");
     assert!(text.contains("verified"), "{text}");
     assert!(text.contains("Demo complete"), "{text}");
+    assert!(
+        text.contains("answer \"Hello from acme's agent.\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("globex asks for acme's run: not_found"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("sk-demo-"),
+        "a credential was printed: {text}"
+    );
 }
 
 #[test]
