@@ -5,7 +5,9 @@ use bulkhead_egress::{OutboundRequest, TenantEgress};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ChatMessage, ChatRequest, ChatResponse, ProviderError, ToolCall, Usage};
+use super::{
+    ChatMessage, ChatRequest, ChatResponse, ProviderError, ToolCall, Usage, error_from_status,
+};
 
 pub const API_VERSION: &str = "2023-06-01";
 /// Anthropic requires `max_tokens`; used when the agent sets none.
@@ -90,28 +92,9 @@ struct WireUsage {
     output_tokens: u64,
 }
 
-#[derive(Deserialize)]
-struct WireError {
-    error: WireErrorBody,
-}
-
-#[derive(Deserialize)]
-struct WireErrorBody {
-    message: String,
-}
-
 pub fn parse_response(status: u16, body: &[u8]) -> Result<ChatResponse, ProviderError> {
     if !(200..300).contains(&status) {
-        let message = serde_json::from_slice::<WireError>(body)
-            .map(|e| e.error.message)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
-        return Err(match status {
-            401 | 403 => ProviderError::Unauthorized { status, message },
-            429 => ProviderError::RateLimited { message },
-            400..=499 => ProviderError::BadRequest { status, message },
-            // 529 is Anthropic's "overloaded".
-            _ => ProviderError::Upstream { status, message },
-        });
+        return Err(error_from_status(status, body));
     }
     let wire: WireResponse =
         serde_json::from_slice(body).map_err(|e| ProviderError::Malformed(e.to_string()))?;

@@ -97,3 +97,28 @@ impl ProviderError {
         }
     }
 }
+
+#[derive(Deserialize)]
+struct WireError {
+    error: WireErrorBody,
+}
+
+#[derive(Deserialize)]
+struct WireErrorBody {
+    message: String,
+}
+
+/// Maps a non-2xx provider answer to a typed error. OpenAI and Anthropic both send
+/// `{"error": {"message": ...}}`; anything else is quoted, shortened.
+pub(crate) fn error_from_status(status: u16, body: &[u8]) -> ProviderError {
+    let message = serde_json::from_slice::<WireError>(body)
+        .map(|e| e.error.message)
+        .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
+    match status {
+        401 | 403 => ProviderError::Unauthorized { status, message },
+        429 => ProviderError::RateLimited { message },
+        400..=499 => ProviderError::BadRequest { status, message },
+        // Includes Anthropic's 529 "overloaded".
+        _ => ProviderError::Upstream { status, message },
+    }
+}

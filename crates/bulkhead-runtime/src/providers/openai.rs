@@ -5,7 +5,9 @@ use bulkhead_egress::{OutboundRequest, TenantEgress};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ChatMessage, ChatRequest, ChatResponse, ProviderError, ToolCall, Usage};
+use super::{
+    ChatMessage, ChatRequest, ChatResponse, ProviderError, ToolCall, Usage, error_from_status,
+};
 
 /// The request body, in OpenAI's shape.
 pub fn request_body(request: &ChatRequest) -> Value {
@@ -79,29 +81,10 @@ struct WireUsage {
     completion_tokens: u64,
 }
 
-#[derive(Deserialize)]
-struct WireError {
-    error: WireErrorBody,
-}
-
-#[derive(Deserialize)]
-struct WireErrorBody {
-    message: String,
-}
-
 /// Parses a Chat Completions answer (status and body) into a response or a typed error.
 pub fn parse_response(status: u16, body: &[u8]) -> Result<ChatResponse, ProviderError> {
     if !(200..300).contains(&status) {
-        // OpenAI's error shape, or whatever text the upstream sent, shortened.
-        let message = serde_json::from_slice::<WireError>(body)
-            .map(|e| e.error.message)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
-        return Err(match status {
-            401 | 403 => ProviderError::Unauthorized { status, message },
-            429 => ProviderError::RateLimited { message },
-            400..=499 => ProviderError::BadRequest { status, message },
-            _ => ProviderError::Upstream { status, message },
-        });
+        return Err(error_from_status(status, body));
     }
     let wire: WireResponse =
         serde_json::from_slice(body).map_err(|e| ProviderError::Malformed(e.to_string()))?;
