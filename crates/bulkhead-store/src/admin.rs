@@ -487,11 +487,9 @@ impl<'a> AdminStore<'a> {
             tenant.as_str(),
             issuer.as_str(),
         )?;
-        if deleted == 0 {
-            return Ok(false);
-        }
-        audit::append(
-            &mut tx,
+        audit::commit_if_changed(
+            tx,
+            deleted,
             tenant,
             origin,
             AuditDraft {
@@ -501,9 +499,7 @@ impl<'a> AdminStore<'a> {
                 details: json!({}),
             },
         )
-        .await?;
-        tx.commit().await?;
-        Ok(true)
+        .await
     }
 
     /// Finds a presented API key and its tenant, for authentication, which must look the key up

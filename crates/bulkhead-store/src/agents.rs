@@ -164,11 +164,9 @@ impl TenantStore<'_> {
             name.as_str(),
             now_millis(),
         )?;
-        if deleted == 0 {
-            return Ok(false);
-        }
-        audit::append(
-            &mut tx,
+        audit::commit_if_changed(
+            tx,
+            deleted,
             tenant,
             &self.origin(),
             AuditDraft {
@@ -178,9 +176,7 @@ impl TenantStore<'_> {
                 details: json!({}),
             },
         )
-        .await?;
-        tx.commit().await?;
-        Ok(true)
+        .await
     }
 
     /// Stores a snippet (a new version of it if it exists).
@@ -255,11 +251,9 @@ impl TenantStore<'_> {
             tenant.as_str(),
             name.as_str(),
         )?;
-        if deleted == 0 {
-            return Ok(false);
-        }
-        audit::append(
-            &mut tx,
+        audit::commit_if_changed(
+            tx,
+            deleted,
             tenant,
             &self.origin(),
             AuditDraft {
@@ -269,8 +263,6 @@ impl TenantStore<'_> {
                 details: json!({}),
             },
         )
-        .await?;
-        tx.commit().await?;
-        Ok(true)
+        .await
     }
 }

@@ -79,6 +79,24 @@ pub(crate) async fn append(
     Ok(event)
 }
 
+/// Ends a change that touched `rows` rows: if any, appends `draft` to the tenant's chain and
+/// commits; if none, drops the transaction (nothing changed, nothing to record). For
+/// operations where "nothing matched" is an answer, such as a delete, rather than an error.
+pub(crate) async fn commit_if_changed(
+    mut tx: Tx,
+    rows: u64,
+    tenant: &TenantId,
+    origin: &Origin,
+    draft: AuditDraft,
+) -> Result<bool, StoreError> {
+    if rows == 0 {
+        return Ok(false);
+    }
+    append(&mut tx, tenant, origin, draft).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
 /// Events of `tenant` with `seq > after`, oldest first.
 pub(crate) async fn read(
     tx: &mut Tx,

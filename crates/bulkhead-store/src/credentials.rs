@@ -426,11 +426,9 @@ impl TenantStore<'_> {
             tenant.as_str(),
             connector.as_str(),
         )?;
-        if deleted == 0 {
-            return Ok(false);
-        }
-        audit::append(
-            &mut tx,
+        audit::commit_if_changed(
+            tx,
+            deleted,
             tenant,
             &self.origin(),
             AuditDraft {
@@ -440,8 +438,6 @@ impl TenantStore<'_> {
                 details: json!({}),
             },
         )
-        .await?;
-        tx.commit().await?;
-        Ok(true)
+        .await
     }
 }
