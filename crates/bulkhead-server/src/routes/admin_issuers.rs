@@ -204,9 +204,5 @@ pub async fn delete_issuer(
         .admin()
         .delete_issuer(&tenant, &issuer_id, &Origin::admin(admin.request_id))
         .await?;
-    if deleted {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound)
-    }
+    crate::routes::dto::deleted(deleted)
 }

@@ -17,6 +17,7 @@ use crate::AppState;
 use crate::authn::{Authenticated, require_role};
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiPath};
+use crate::routes::dto::deleted;
 
 const WRITERS: &[Role] = &[Role::Owner, Role::Admin, Role::Developer];
 const READERS: &[Role] = &[
@@ -129,16 +130,13 @@ pub async fn delete_agent(
     ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     require_role(&ctx, WRITERS)?;
-    if state
-        .store()
-        .tenant(&ctx)
-        .delete_agent(&path_agent(&name)?)
-        .await?
-    {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound)
-    }
+    deleted(
+        state
+            .store()
+            .tenant(&ctx)
+            .delete_agent(&path_agent(&name)?)
+            .await?,
+    )
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -359,16 +357,13 @@ pub async fn delete_prompt(
     ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     require_role(&ctx, WRITERS)?;
-    if state
-        .store()
-        .tenant(&ctx)
-        .delete_prompt(&path_prompt(&name)?)
-        .await?
-    {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound)
-    }
+    deleted(
+        state
+            .store()
+            .tenant(&ctx)
+            .delete_prompt(&path_prompt(&name)?)
+            .await?,
+    )
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -15,6 +15,7 @@ use crate::AppState;
 use crate::authn::{Authenticated, require_role};
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiPath};
+use crate::routes::dto::deleted;
 
 const WRITERS: &[Role] = &[Role::Owner, Role::Admin];
 const READERS: &[Role] = &[Role::Owner, Role::Admin, Role::Developer];
@@ -151,14 +152,11 @@ pub async fn delete_credential(
 ) -> Result<StatusCode, ApiError> {
     require_role(&ctx, WRITERS)?;
     let connector = path_connector(&connector)?;
-    if state
-        .store()
-        .tenant(&ctx)
-        .delete_credential(&connector)
-        .await?
-    {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound)
-    }
+    deleted(
+        state
+            .store()
+            .tenant(&ctx)
+            .delete_credential(&connector)
+            .await?,
+    )
 }

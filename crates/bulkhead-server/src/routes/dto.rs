@@ -156,3 +156,13 @@ pub fn validate_name(field: &str, name: &str) -> Result<String, crate::error::Ap
     bulkhead_core::validate_display_name(name)
         .map_err(|e| crate::error::ApiError::invalid(field, e))
 }
+
+/// The answer to a DELETE: 204 if something was deleted, else the same 404 as for a resource
+/// that never existed (or belongs to another tenant).
+pub fn deleted(found: bool) -> Result<axum::http::StatusCode, crate::error::ApiError> {
+    if found {
+        Ok(axum::http::StatusCode::NO_CONTENT)
+    } else {
+        Err(crate::error::ApiError::NotFound)
+    }
+}
