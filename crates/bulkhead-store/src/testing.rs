@@ -122,3 +122,32 @@ impl TestDb {
         }
     }
 }
+
+/// Runs each listed `async fn name(&Store, &TestDb)` of the calling test crate twice, as
+/// `sqlite::name` and `postgres::name`, each on a fresh database: the one way every suite
+/// proves the two backends behave the same.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    let (store, db) = $crate::testing::TestDb::sqlite().await;
+                    crate::$test(&store, &db).await;
+                    db.finish(store).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    let (store, db) = $crate::testing::TestDb::postgres().await;
+                    crate::$test(&store, &db).await;
+                    db.finish(store).await;
+                }
+            )*
+        }
+    };
+}

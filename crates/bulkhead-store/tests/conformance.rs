@@ -9,32 +9,7 @@ use bulkhead_core::{Isolation, RegionName, Role, Tenant, TenantContext, TenantId
 use bulkhead_store::testing::TestDb;
 use bulkhead_store::{NewIssuer, NewTenant, Store, StoreError, TenantPatch};
 
-macro_rules! conformance_suite {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    let (store, db) = bulkhead_store::testing::TestDb::sqlite().await;
-                    crate::$test(&store, &db).await;
-                    db.finish(store).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    let (store, db) = bulkhead_store::testing::TestDb::postgres().await;
-                    crate::$test(&store, &db).await;
-                    db.finish(store).await;
-                }
-            )*
-        }
-    };
-}
-
-conformance_suite!(
+bulkhead_store::on_both_backends!(
     tenants_are_created_read_listed_and_paged,
     a_duplicate_tenant_is_a_conflict_and_writes_nothing,
     suspend_and_reactivate_are_recorded,

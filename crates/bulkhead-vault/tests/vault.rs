@@ -13,32 +13,7 @@ use bulkhead_vault::{LocalKeyProvider, Vault, VaultError};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
-macro_rules! on_both_backends {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    let (store, db) = bulkhead_store::testing::TestDb::sqlite().await;
-                    crate::$test(&store, &db).await;
-                    db.finish(store).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    let (store, db) = bulkhead_store::testing::TestDb::postgres().await;
-                    crate::$test(&store, &db).await;
-                    db.finish(store).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
+bulkhead_store::on_both_backends!(
     secrets_round_trip_per_tenant_and_version,
     a_ciphertext_moved_to_another_row_does_not_open,
     a_wrapped_data_key_moved_to_another_tenant_does_not_unwrap,
