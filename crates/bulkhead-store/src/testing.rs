@@ -123,7 +123,7 @@ impl TestDb {
     }
 }
 
-/// Runs each listed `async fn name(&Store, &TestDb)` of the calling test crate twice, as
+/// Runs each listed `async fn name(&Store, &TestDb)` of the calling module twice, as
 /// `sqlite::name` and `postgres::name`, each on a fresh database: the one way every suite
 /// proves the two backends behave the same.
 #[macro_export]
@@ -134,7 +134,7 @@ macro_rules! on_both_backends {
                 #[tokio::test]
                 async fn $test() {
                     let (store, db) = $crate::testing::TestDb::sqlite().await;
-                    crate::$test(&store, &db).await;
+                    super::$test(&store, &db).await;
                     db.finish(store).await;
                 }
             )*
@@ -144,7 +144,7 @@ macro_rules! on_both_backends {
                 #[tokio::test]
                 async fn $test() {
                     let (store, db) = $crate::testing::TestDb::postgres().await;
-                    crate::$test(&store, &db).await;
+                    super::$test(&store, &db).await;
                     db.finish(store).await;
                 }
             )*
