@@ -40,6 +40,9 @@ pub struct Config {
     /// Model aliases agents and the gateway may name, each served by a provider at an
     /// endpoint. The alias `scripted` is built in.
     pub models: Vec<ModelConfig>,
+    /// Model aliases every tenant may use. Unset: all of `models`. A tenant may also use the
+    /// aliases the control plane grants it (`PUT /admin/v1/tenants/{id}/models`).
+    pub default_models: Option<Vec<String>>,
     /// Platform prompt snippets, included by any tenant's templates as `platform/<name>` and
     /// read-only to tenants.
     pub platform_prompts: std::collections::BTreeMap<String, String>,
@@ -63,6 +66,7 @@ impl Default for Config {
             endpoints: Vec::new(),
             platform_prompts: std::collections::BTreeMap::new(),
             models: Vec::new(),
+            default_models: None,
         }
     }
 }

@@ -22,6 +22,8 @@ use crate::providers::{
 pub struct Runner {
     egress: Egress,
     models: Vec<ModelConfig>,
+    /// Aliases every tenant may use; `None` means all of `models`.
+    default_models: Option<Vec<String>>,
     platform_prompts: BTreeMap<String, String>,
 }
 
@@ -50,13 +52,37 @@ impl Runner {
     pub fn new(
         egress: Egress,
         models: Vec<ModelConfig>,
+        default_models: Option<Vec<String>>,
         platform_prompts: BTreeMap<String, String>,
     ) -> Self {
         Self {
             egress,
             models,
+            default_models,
             platform_prompts,
         }
+    }
+
+    /// Whether `alias` is a configured model (or the built-in scripted one).
+    pub fn knows_model(&self, alias: &str) -> bool {
+        alias == SCRIPTED_MODEL || self.models.iter().any(|m| m.alias == alias)
+    }
+
+    /// Whether the tenant of `store` may use `alias`: a default alias, or one granted to it.
+    /// The scripted model makes no outbound call and is always allowed.
+    pub async fn may_use_model(
+        &self,
+        store: &TenantStore<'_>,
+        alias: &str,
+    ) -> Result<bool, StoreError> {
+        if alias == SCRIPTED_MODEL {
+            return Ok(true);
+        }
+        let default = match &self.default_models {
+            None => self.models.iter().any(|m| m.alias == alias),
+            Some(list) => list.iter().any(|m| m == alias),
+        };
+        Ok(default || store.extra_models().await?.iter().any(|m| m == alias))
     }
 
     /// Runs `agent` (at the version given) to completion and returns the stored run.
@@ -108,6 +134,19 @@ impl Runner {
             message: format!("stored agent spec: {e}"),
         })?;
         let ctx = store.context();
+        let allowed = self
+            .may_use_model(store, &spec.model)
+            .await
+            .map_err(|e| Failure {
+                code: "internal",
+                message: e.to_string(),
+            })?;
+        if self.knows_model(&spec.model) && !allowed {
+            return Err(Failure {
+                code: "model_not_allowed",
+                message: format!("this tenant may not use model {:?}", spec.model),
+            });
+        }
         let library = PromptLibrary::new(
             store
                 .prompts()

@@ -57,6 +57,8 @@ pub struct ServerSettings {
     pub platform_prompts: BTreeMap<String, String>,
     /// Model aliases agents may name.
     pub models: Vec<bulkhead_core::config::ModelConfig>,
+    /// Aliases every tenant may use; `None` means all of `models`.
+    pub default_models: Option<Vec<String>>,
 }
 
 impl AppState {
@@ -68,6 +70,7 @@ impl AppState {
                 runner: Runner::new(
                     egress.clone(),
                     settings.models,
+                    settings.default_models,
                     settings.platform_prompts.clone(),
                 ),
                 egress,

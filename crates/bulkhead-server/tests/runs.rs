@@ -274,7 +274,8 @@ async fn runs_call_the_configured_provider_with_each_tenants_own_key() {
         endpoint: "openai".into(),
         upstream_model: Some("gpt-4o-mini".into()),
     };
-    let server = TestServer::start_full(Backend::Sqlite, 64 * 1024, &[endpoint], vec![model]).await;
+    let server =
+        TestServer::start_full(Backend::Sqlite, 64 * 1024, &[endpoint], vec![model], None).await;
     for tenant in ["acme", "globex"] {
         server.create_tenant(tenant).await;
         let (key, _) = server.create_key(tenant, "owner").await;
@@ -324,5 +325,116 @@ async fn runs_call_the_configured_provider_with_each_tenants_own_key() {
         (Some("failed"), Some("missing_credential")),
         "{finished}"
     );
+    server.finish().await;
+}
+
+#[tokio::test]
+async fn a_tenant_uses_only_the_models_allowed_for_it() {
+    use bulkhead_core::config::{
+        AuthScheme, EndpointConfig, EndpointKind, ModelConfig, ProviderKind,
+    };
+    let base = fake_openai().await;
+    let endpoint = EndpointConfig {
+        name: "openai".into(),
+        base_url: base,
+        region: bulkhead_core::RegionName::try_from("eu-west").unwrap(),
+        kind: EndpointKind::Model,
+        connector: Some(bulkhead_core::ConnectorName::try_from("openai").unwrap()),
+        auth: AuthScheme::Bearer {},
+        timeout_ms: 5_000,
+        max_retries: 0,
+    };
+    let model = |alias: &str| ModelConfig {
+        alias: alias.into(),
+        provider: ProviderKind::Openai,
+        endpoint: "openai".into(),
+        upstream_model: None,
+    };
+    // Everyone may use "fast"; "premium" only where granted.
+    let server = TestServer::start_full(
+        Backend::Sqlite,
+        64 * 1024,
+        &[endpoint],
+        vec![model("fast"), model("premium")],
+        Some(vec!["fast".into()]),
+    )
+    .await;
+    let mut keys = Vec::new();
+    for tenant in ["acme", "globex"] {
+        server.create_tenant(tenant).await;
+        let (key, _) = server.create_key(tenant, "owner").await;
+        server
+            .send(
+                server
+                    .request(Method::PUT, "/v1/credentials/openai", Some(&key))
+                    .json(&json!({"secret": format!("sk-{tenant}")})),
+            )
+            .await;
+        agent(
+            &server,
+            &key,
+            "pro",
+            json!({"model": "premium", "system_prompt": "x"}),
+        )
+        .await;
+        agent(
+            &server,
+            &key,
+            "basic",
+            json!({"model": "fast", "system_prompt": "x"}),
+        )
+        .await;
+        keys.push(key);
+    }
+    let (_, refused) = run(&server, &keys[0], "pro", json!({"input": "hi"})).await;
+    assert_eq!(refused["error_code"], "model_not_allowed", "{refused}");
+    assert_eq!(
+        run(&server, &keys[0], "basic", json!({"input": "hi"}))
+            .await
+            .1["status"],
+        "completed"
+    );
+
+    let (status, granted) = server
+        .admin(
+            Method::PUT,
+            "/admin/v1/tenants/acme/models",
+            Some(json!({"aliases": ["premium"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{granted}");
+    assert_eq!(
+        run(&server, &keys[0], "pro", json!({"input": "hi"}))
+            .await
+            .1["status"],
+        "completed"
+    );
+    // The grant is acme's alone.
+    assert_eq!(
+        run(&server, &keys[1], "pro", json!({"input": "hi"}))
+            .await
+            .1["error_code"],
+        "model_not_allowed"
+    );
+
+    let (status, problem) = server
+        .admin(
+            Method::PUT,
+            "/admin/v1/tenants/acme/models",
+            Some(json!({"aliases": ["gpt-17"]})),
+        )
+        .await;
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("aliases"))
+    );
+    let (status, _) = server
+        .admin(
+            Method::PUT,
+            "/admin/v1/tenants/nobody/models",
+            Some(json!({"aliases": []})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     server.finish().await;
 }

@@ -31,6 +31,18 @@ impl<'a> AdminStore<'a> {
         Self { backend }
     }
 
+    pub(crate) async fn begin_write(&self) -> Result<Tx, StoreError> {
+        self.begin(Access::Write).await
+    }
+
+    pub(crate) async fn tenant_exists(
+        &self,
+        tx: &mut Tx,
+        id: &TenantId,
+    ) -> Result<bool, StoreError> {
+        Ok(tenant_in(tx, id).await?.is_some())
+    }
+
     pub(crate) fn backend(&self) -> &Backend {
         self.backend
     }

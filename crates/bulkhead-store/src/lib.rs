@@ -17,6 +17,7 @@ mod audit;
 mod backend;
 mod credentials;
 mod events;
+mod models;
 mod records;
 mod runs;
 mod tenant;

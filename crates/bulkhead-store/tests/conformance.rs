@@ -616,6 +616,14 @@ async fn a_query_without_a_tenant_filter_still_sees_one_tenant(store: &Store, _d
             .await
             .unwrap();
     }
+    for tenant in [&acme, &globex] {
+        let granted = store
+            .admin()
+            .set_tenant_models(&tenant.id, &["premium".to_owned()], &Origin::cli())
+            .await
+            .unwrap();
+        assert_eq!(granted.as_deref(), Some(&["premium".to_owned()][..]));
+    }
     let ctx = TenantContext::for_tests(&acme, &[Role::Owner]);
     let scoped = store.tenant(&ctx);
     match store.kind() {
@@ -632,6 +640,7 @@ async fn a_query_without_a_tenant_filter_still_sees_one_tenant(store: &Store, _d
                 "agents",
                 "agent_versions",
                 "prompts",
+                "tenant_models",
             ] {
                 let seen = scoped.unfiltered_tenant_ids(table).await.unwrap();
                 assert!(

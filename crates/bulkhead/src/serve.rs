@@ -157,6 +157,7 @@ pub async fn server_settings(
         admin_token_hash,
         platform_prompts: config.platform_prompts.clone(),
         models: config.models.clone(),
+        default_models: config.default_models.clone(),
         platform_issuer,
         leeway_seconds: config.auth.leeway_seconds,
         regions: config.regions.clone(),

@@ -31,6 +31,7 @@ const ENV_KEYS: &[&str] = &[
     "endpoints",
     "platform_prompts",
     "models",
+    "default_models",
 ];
 
 pub fn load(global: &GlobalArgs) -> anyhow::Result<Config> {

@@ -277,3 +277,52 @@ pub async fn delete_tenant(
         .ok_or(ApiError::NotFound)?;
     Ok(Json(receipt.into()))
 }
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantModelsRequest {
+    /// Model aliases this tenant may use beyond the deployment's `default_models`. Replaces the
+    /// previous list.
+    pub aliases: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantModelsView {
+    pub tenant_id: String,
+    pub aliases: Vec<String>,
+}
+
+/// Grants a tenant model aliases beyond the defaults.
+#[utoipa::path(put, path = "/admin/v1/tenants/{id}/models", tag = "control-plane",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "Tenant id")),
+    request_body = TenantModelsRequest,
+    responses((status = 200, body = TenantModelsView), (status = 401, body = Problem),
+        (status = 404, body = Problem), (status = 422, body = Problem)))]
+pub async fn put_tenant_models(
+    State(state): State<AppState>,
+    admin: Admin,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<TenantModelsRequest>,
+) -> Result<Json<TenantModelsView>, ApiError> {
+    let id = path_tenant(&id)?;
+    let mut aliases = body.aliases;
+    aliases.sort();
+    aliases.dedup();
+    if let Some(unknown) = aliases.iter().find(|a| !state.runner().knows_model(a)) {
+        return Err(ApiError::invalid(
+            "aliases",
+            format!("no model alias {unknown:?} is configured"),
+        ));
+    }
+    let aliases = state
+        .store()
+        .admin()
+        .set_tenant_models(&id, &aliases, &Origin::admin(admin.request_id))
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(TenantModelsView {
+        tenant_id: id.into(),
+        aliases,
+    }))
+}

@@ -34,6 +34,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
             admin_keys::list_api_keys
         ))
         .routes(routes!(admin_keys::revoke_api_key))
+        .routes(routes!(admin_tenants::put_tenant_models))
         .routes(routes!(
             admin_issuers::create_issuer,
             admin_issuers::list_issuers

@@ -74,7 +74,7 @@ impl TestServer {
     }
 
     pub async fn start_with(backend: Backend, max_body_bytes: usize) -> Self {
-        Self::start_full(backend, max_body_bytes, &[], Vec::new()).await
+        Self::start_full(backend, max_body_bytes, &[], Vec::new(), None).await
     }
 
     /// A server with outbound endpoints and model aliases, for runs against local providers.
@@ -83,6 +83,7 @@ impl TestServer {
         max_body_bytes: usize,
         endpoints: &[bulkhead_core::config::EndpointConfig],
         models: Vec<bulkhead_core::config::ModelConfig>,
+        default_models: Option<Vec<String>>,
     ) -> Self {
         let (store, db) = match backend {
             Backend::Sqlite => TestDb::sqlite().await,
@@ -98,6 +99,7 @@ impl TestServer {
             ],
             max_body_bytes,
             models,
+            default_models,
             platform_prompts: std::collections::BTreeMap::from([(
                 "safety".to_owned(),
                 "Never reveal credentials.".to_owned(),
