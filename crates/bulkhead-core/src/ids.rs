@@ -212,6 +212,11 @@ pub fn new_run_id() -> String {
     format!("run_{}", random_alphanumeric(24))
 }
 
+/// A new thread id: `thr_` and 24 random lowercase letters and digits.
+pub fn new_thread_id() -> String {
+    format!("thr_{}", random_alphanumeric(24))
+}
+
 pub(crate) fn random_alphanumeric(len: usize) -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";

@@ -12,7 +12,7 @@ use bulkhead_store::{AgentRecord, RunEnd, RunRecord, StoreError, TenantStore};
 use serde_json::json;
 
 use crate::agents::{AgentSpec, SCRIPTED_MODEL, ScriptStep};
-use crate::prompts::{AgentVars, PromptLibrary, PromptVariables, TenantVars, render};
+use crate::prompts::{AgentVars, MemoryTurn, PromptLibrary, PromptVariables, TenantVars, render};
 use crate::providers::{
     self, ChatMessage, ChatRequest, ChatResponse, ProviderError, ToolCall, Usage,
 };
@@ -30,7 +30,28 @@ pub struct Runner {
 #[derive(Debug, Clone)]
 pub struct RunInput {
     pub input: String,
+    /// The end user the run acts for; threads are scoped to it.
     pub user: Option<String>,
+    /// Continue this thread (it must be this tenant's and this end user's).
+    pub thread_id: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The thread does not exist, or is another tenant's or another end user's: all answer
+    /// alike, so thread ids cannot be probed.
+    #[error("no such thread")]
+    ThreadNotFound,
+}
+
+/// What a run has produced so far, kept whether it completes or fails.
+#[derive(Default)]
+struct Progress {
+    transcript: Vec<ChatMessage>,
+    usage: Usage,
+    steps: i64,
 }
 
 /// A failure the run records (and the caller sees in the finished run), with a stable code.
@@ -85,39 +106,80 @@ impl Runner {
         Ok(default || store.extra_models().await?.iter().any(|m| m == alias))
     }
 
-    /// Runs `agent` (at the version given) to completion and returns the stored run.
+    /// Runs `agent` (at the version given) to completion and returns the stored run. With a
+    /// thread, the conversation so far comes before the input, and the exchange is appended
+    /// when the run completes; an agent with `memory` and no thread given starts one.
     pub async fn run(
         &self,
         store: &TenantStore<'_>,
         agent: &AgentRecord,
         input: RunInput,
-    ) -> Result<RunRecord, StoreError> {
+    ) -> Result<RunRecord, RunError> {
+        let end_user = input.user.clone().unwrap_or_default();
+        let memory_on =
+            serde_json::from_value::<AgentSpec>(agent.spec.clone()).is_ok_and(|s| s.memory);
+        let (thread_id, memory) = match &input.thread_id {
+            Some(id) => {
+                let messages = store
+                    .thread_messages(id, &end_user)
+                    .await?
+                    .ok_or(RunError::ThreadNotFound)?;
+                (Some(id.clone()), messages)
+            }
+            None if memory_on => {
+                let id = bulkhead_core::ids::new_thread_id();
+                store.create_thread(&id, &end_user).await?;
+                (Some(id), Vec::new())
+            }
+            None => (None, Vec::new()),
+        };
+        let memory: Vec<MemoryTurn> = memory
+            .into_iter()
+            .map(|m| MemoryTurn {
+                role: m.role,
+                content: m.content,
+            })
+            .collect();
         let run_id = bulkhead_core::ids::new_run_id();
         store
-            .start_run(&run_id, &agent.name, agent.version, &input.input)
+            .start_run(
+                &run_id,
+                thread_id.as_deref(),
+                &agent.name,
+                agent.version,
+                &input.input,
+            )
             .await?;
-        let mut transcript = Vec::new();
-        let mut usage = Usage::default();
-        let mut steps = 0;
-        let result = self
-            .drive(store, agent, input, &mut transcript, &mut usage, &mut steps)
-            .await;
+        let mut progress = Progress::default();
+        let user_input = input.input.clone();
+        let result = self.drive(store, agent, input, memory, &mut progress).await;
+        if let (Some(thread), Ok(output)) = (&thread_id, &result) {
+            store
+                .append_thread(
+                    thread,
+                    &[
+                        ("user", user_input.as_str()),
+                        ("assistant", output.as_str()),
+                    ],
+                )
+                .await?;
+        }
         let end = RunEnd {
             error: result
                 .as_ref()
                 .err()
                 .map(|f| (f.code.to_owned(), f.message.clone())),
             output: result.ok(),
-            transcript: serde_json::to_value(&transcript).unwrap_or_default(),
-            steps,
-            input_tokens: i64::try_from(usage.input_tokens).unwrap_or(i64::MAX),
-            output_tokens: i64::try_from(usage.output_tokens).unwrap_or(i64::MAX),
+            transcript: serde_json::to_value(&progress.transcript).unwrap_or_default(),
+            steps: progress.steps,
+            input_tokens: i64::try_from(progress.usage.input_tokens).unwrap_or(i64::MAX),
+            output_tokens: i64::try_from(progress.usage.output_tokens).unwrap_or(i64::MAX),
         };
         store.finish_run(&run_id, &end).await?;
-        store
+        Ok(store
             .run(&run_id)
             .await?
-            .ok_or_else(|| StoreError::Corrupt("run vanished".into()))
+            .ok_or_else(|| StoreError::Corrupt("run vanished".into()))?)
     }
 
     async fn drive(
@@ -125,10 +187,14 @@ impl Runner {
         store: &TenantStore<'_>,
         agent: &AgentRecord,
         input: RunInput,
-        transcript: &mut Vec<ChatMessage>,
-        usage: &mut Usage,
-        steps: &mut i64,
+        memory: Vec<MemoryTurn>,
+        progress: &mut Progress,
     ) -> Result<String, Failure> {
+        let Progress {
+            transcript,
+            usage,
+            steps,
+        } = progress;
         let spec: AgentSpec = serde_json::from_value(agent.spec.clone()).map_err(|e| Failure {
             code: "internal",
             message: format!("stored agent spec: {e}"),
@@ -171,13 +237,16 @@ impl Runner {
             user: input.user,
             input: input.input.clone(),
             context: Vec::new(),
-            memory: Vec::new(),
+            memory: memory.clone(),
         };
         let system = render(&spec.system_prompt, &library, &variables).map_err(|e| Failure {
             code: "template_error",
             message: e.to_string(),
         })?;
         transcript.push(ChatMessage::text("system", system));
+        for turn in memory {
+            transcript.push(ChatMessage::text(&turn.role, turn.content));
+        }
         transcript.push(ChatMessage::text("user", input.input));
         let egress = self.egress.for_tenant(ctx);
         for _ in 0..spec.max_steps {

@@ -206,7 +206,7 @@ async fn runs_fail_with_clear_codes_and_nothing_left_running() {
     server
         .store
         .tenant(&ctx)
-        .start_run("run_crashed", &agent_name, 1, "x")
+        .start_run("run_crashed", None, &agent_name, 1, "x")
         .await
         .unwrap();
     assert_eq!(
@@ -436,5 +436,108 @@ async fn a_tenant_uses_only_the_models_allowed_for_it() {
         )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    server.finish().await;
+}
+
+#[tokio::test]
+async fn threads_carry_a_conversation_for_one_tenant_and_end_user() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    server.create_tenant("acme").await;
+    server.create_tenant("globex").await;
+    let (acme, _) = server.create_key("acme", "developer").await;
+    let (globex, _) = server.create_key("globex", "developer").await;
+    let spec = json!({
+        "model": "scripted",
+        "memory": true,
+        "system_prompt": "Earlier turns: {{ memory | length }}.",
+        "script": [{"reply": "Noted."}],
+    });
+    agent(&server, &acme, "notes", spec.clone()).await;
+    agent(&server, &globex, "notes", spec).await;
+
+    let (_, first) = run(
+        &server,
+        &acme,
+        "notes",
+        json!({"input": "my name is Ada", "end_user": "ada"}),
+    )
+    .await;
+    assert_eq!(first["status"], "completed", "{first}");
+    let thread = first["thread_id"].as_str().unwrap().to_owned();
+    assert!(thread.starts_with("thr_"));
+    let (_, second) = run(
+        &server,
+        &acme,
+        "notes",
+        json!({"input": "what is my name?", "end_user": "ada", "thread_id": thread}),
+    )
+    .await;
+    assert_eq!(second["status"], "completed", "{second}");
+    assert_eq!(second["thread_id"], thread.as_str());
+    let contents: Vec<_> = second["transcript"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        contents,
+        [
+            "Earlier turns: 2.",
+            "my name is Ada",
+            "Noted.",
+            "what is my name?",
+            "Noted."
+        ]
+    );
+
+    let (status, stored) = server
+        .tenant_get(&format!("/v1/threads/{thread}?end_user=ada"), &acme)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(stored["messages"].as_array().unwrap().len(), 4);
+
+    // Another end user of acme, and globex, get the same 404 as for a thread that never existed.
+    let missing = server
+        .tenant_get("/v1/threads/thr_doesnotexist?end_user=ada", &acme)
+        .await;
+    assert_eq!(missing.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        server
+            .tenant_get(&format!("/v1/threads/{thread}?end_user=bob"), &acme)
+            .await,
+        missing
+    );
+    assert_eq!(
+        server
+            .tenant_get(&format!("/v1/threads/{thread}"), &acme)
+            .await,
+        missing
+    );
+    assert_eq!(
+        server
+            .tenant_get(&format!("/v1/threads/{thread}?end_user=ada"), &globex)
+            .await,
+        missing
+    );
+    for (key, user) in [(&acme, "bob"), (&globex, "ada")] {
+        let (status, _) = run(
+            &server,
+            key,
+            "notes",
+            json!({"input": "x", "end_user": user, "thread_id": thread}),
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "a run cannot continue another's thread"
+        );
+    }
+    // The refused attempts appended nothing.
+    let (_, stored) = server
+        .tenant_get(&format!("/v1/threads/{thread}?end_user=ada"), &acme)
+        .await;
+    assert_eq!(stored["messages"].as_array().unwrap().len(), 4);
     server.finish().await;
 }

@@ -23,6 +23,7 @@ mod runs;
 mod tenant;
 #[cfg(feature = "test-support")]
 pub mod testing;
+mod threads;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -40,6 +41,7 @@ pub use records::{
 };
 pub use runs::{RunEnd, RunRecord};
 pub use tenant::TenantStore;
+pub use threads::ThreadMessage;
 
 use crate::backend::Backend;
 use crate::events::EventBatcher;

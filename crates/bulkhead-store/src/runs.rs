@@ -11,6 +11,7 @@ use crate::{AdminStore, StoreError, TenantStore, audit};
 #[derive(Debug, Clone)]
 pub struct RunRecord {
     pub run_id: String,
+    pub thread_id: Option<String>,
     pub agent: String,
     pub agent_version: i64,
     pub status: String,
@@ -29,6 +30,7 @@ pub struct RunRecord {
 #[derive(sqlx::FromRow)]
 struct RunRow {
     run_id: String,
+    thread_id: Option<String>,
     agent: String,
     agent_version: i64,
     status: String,
@@ -61,6 +63,7 @@ impl TenantStore<'_> {
     pub async fn start_run(
         &self,
         run_id: &str,
+        thread_id: Option<&str>,
         agent: &AgentName,
         agent_version: i64,
         input: &str,
@@ -71,14 +74,15 @@ impl TenantStore<'_> {
         execute!(
             &mut tx,
             "INSERT INTO runs (tenant_id, run_id, agent, agent_version, status, input, transcript, steps, \
-             input_tokens, output_tokens, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, 'running', $5, '[]', 0, 0, 0, $6, $6)",
+             input_tokens, output_tokens, created_at, updated_at, thread_id) \
+             VALUES ($1, $2, $3, $4, 'running', $5, '[]', 0, 0, 0, $6, $6, $7)",
             tenant.as_str(),
             run_id,
             agent.as_str(),
             agent_version,
             input,
             now,
+            thread_id,
         )?;
         audit::append(
             &mut tx,
@@ -150,7 +154,7 @@ impl TenantStore<'_> {
         let row = fetch_optional!(
             &mut tx,
             RunRow,
-            "SELECT run_id, agent, agent_version, status, input, output, error_code, error_message, transcript, \
+            "SELECT run_id, thread_id, agent, agent_version, status, input, output, error_code, error_message, transcript, \
              steps, input_tokens, output_tokens, created_at, updated_at FROM runs WHERE tenant_id = $1 AND run_id = $2",
             self.context().tenant_id().as_str(),
             run_id,
@@ -161,6 +165,7 @@ impl TenantStore<'_> {
                 transcript: serde_json::from_str(&r.transcript)
                     .map_err(|e| StoreError::Corrupt(format!("transcript: {e}")))?,
                 run_id: r.run_id,
+                thread_id: r.thread_id,
                 agent: r.agent,
                 agent_version: r.agent_version,
                 status: r.status,

@@ -606,6 +606,16 @@ async fn a_query_without_a_tenant_filter_still_sees_one_tenant(store: &Store, _d
             .put_prompt(&bulkhead_core::PromptName::try_from("p").unwrap(), "x")
             .await
             .unwrap();
+        scoped.create_thread("thr_1", "ada").await.unwrap();
+        scoped
+            .append_thread("thr_1", &[("user", "hi")])
+            .await
+            .unwrap();
+        let agent_name = bulkhead_core::AgentName::try_from("a").unwrap();
+        scoped
+            .start_run("run_1", Some("thr_1"), &agent_name, 1, "hi")
+            .await
+            .unwrap();
         store
             .admin()
             .create_issuer(
@@ -641,6 +651,9 @@ async fn a_query_without_a_tenant_filter_still_sees_one_tenant(store: &Store, _d
                 "agent_versions",
                 "prompts",
                 "tenant_models",
+                "threads",
+                "thread_messages",
+                "runs",
             ] {
                 let seen = scoped.unfiltered_tenant_ids(table).await.unwrap();
                 assert!(

@@ -371,13 +371,17 @@ pub async fn delete_prompt(
 pub struct RunRequest {
     /// The user's message, inserted as data.
     pub input: String,
-    /// The end user the run acts for, as `{{ user }}`.
+    /// The end user the run acts for, as `{{ user }}`. Threads belong to one end user.
     pub end_user: Option<String>,
+    /// Continue this conversation. Another tenant's or another end user's thread is a 404.
+    pub thread_id: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RunView {
     pub id: String,
+    /// The conversation this run belongs to, if any.
+    pub thread_id: Option<String>,
     pub agent: String,
     /// The agent version this run used.
     pub agent_version: i64,
@@ -403,6 +407,7 @@ impl From<bulkhead_store::RunRecord> for RunView {
     fn from(r: bulkhead_store::RunRecord) -> Self {
         Self {
             id: r.run_id,
+            thread_id: r.thread_id,
             agent: r.agent,
             agent_version: r.agent_version,
             status: r.status,
@@ -446,10 +451,18 @@ pub async fn create_run(
         .await?
         .ok_or(ApiError::NotFound)?;
     let input = bulkhead_runtime::runs::RunInput {
+        thread_id: request.thread_id,
         input: request.input,
         user: request.end_user,
     };
-    let run = state.runner().run(&store, &agent, input).await?;
+    let run = state
+        .runner()
+        .run(&store, &agent, input)
+        .await
+        .map_err(|e| match e {
+            bulkhead_runtime::runs::RunError::ThreadNotFound => ApiError::NotFound,
+            bulkhead_runtime::runs::RunError::Store(e) => e.into(),
+        })?;
     Ok(Json(run.into()))
 }
 
@@ -471,4 +484,57 @@ pub async fn get_run(
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(Json(run.into()))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ThreadQuery {
+    /// The end user the thread belongs to (omit for threads without one).
+    pub end_user: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ThreadMessageView {
+    pub seq: i64,
+    pub role: String,
+    pub content: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ThreadView {
+    pub id: String,
+    pub messages: Vec<ThreadMessageView>,
+}
+
+/// A conversation. Another tenant's or another end user's thread answers 404 like a missing one.
+#[utoipa::path(get, path = "/v1/threads/{id}", tag = "tenant-plane",
+    security(("tenant_credential" = [])),
+    params(("id" = String, Path, description = "Thread id"), ThreadQuery),
+    responses((status = 200, body = ThreadView), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub async fn get_thread(
+    State(state): State<AppState>,
+    Authenticated(ctx): Authenticated,
+    ApiPath(id): ApiPath<String>,
+    crate::extract::ApiQuery(query): crate::extract::ApiQuery<ThreadQuery>,
+) -> Result<Json<ThreadView>, ApiError> {
+    require_role(&ctx, RUNNERS)?;
+    let messages = state
+        .store()
+        .tenant(&ctx)
+        .thread_messages(&id, query.end_user.as_deref().unwrap_or_default())
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(ThreadView {
+        id,
+        messages: messages
+            .into_iter()
+            .map(|m| ThreadMessageView {
+                seq: m.seq,
+                role: m.role,
+                content: m.content,
+                created_at: to_rfc3339(m.created_at),
+            })
+            .collect(),
+    }))
 }

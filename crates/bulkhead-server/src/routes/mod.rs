@@ -53,6 +53,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(agents::preview_prompt))
         .routes(routes!(agents::create_run))
         .routes(routes!(agents::get_run))
+        .routes(routes!(agents::get_thread))
         .routes(routes!(agents::list_prompts))
         .routes(routes!(
             agents::put_prompt,

@@ -1,0 +1,138 @@
+//! Conversation threads, scoped to a tenant and an end user (empty string: no end user).
+
+use bulkhead_core::audit::{AuditDraft, Outcome};
+use bulkhead_core::timestamp::now_millis;
+use serde_json::json;
+
+use crate::backend::{Access, execute, fetch_all, fetch_optional};
+use crate::{StoreError, TenantStore, audit};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ThreadMessage {
+    pub seq: i64,
+    pub role: String,
+    pub content: String,
+    pub created_at: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct ThreadRow {
+    end_user: String,
+}
+
+impl TenantStore<'_> {
+    /// Creates an empty thread for `end_user`.
+    pub async fn create_thread(&self, thread_id: &str, end_user: &str) -> Result<(), StoreError> {
+        let tenant = self.context().tenant_id();
+        let mut tx = self.begin(Access::Write).await?;
+        let now = now_millis();
+        execute!(
+            &mut tx,
+            "INSERT INTO threads (tenant_id, thread_id, end_user, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)",
+            tenant.as_str(),
+            thread_id,
+            end_user,
+            now,
+        )?;
+        audit::append(
+            &mut tx,
+            tenant,
+            &self.origin(),
+            AuditDraft {
+                action: "thread.created",
+                resource: format!("thread/{thread_id}"),
+                outcome: Outcome::Success,
+                details: json!({"end_user": end_user}),
+            },
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    /// The thread's messages, oldest first; `None` if the thread does not exist, belongs to
+    /// another tenant, or belongs to another end user: all three answer alike.
+    pub async fn thread_messages(
+        &self,
+        thread_id: &str,
+        end_user: &str,
+    ) -> Result<Option<Vec<ThreadMessage>>, StoreError> {
+        let tenant = self.context().tenant_id();
+        let mut tx = self.begin(Access::Read).await?;
+        let thread = fetch_optional!(
+            &mut tx,
+            ThreadRow,
+            "SELECT end_user FROM threads WHERE tenant_id = $1 AND thread_id = $2",
+            tenant.as_str(),
+            thread_id,
+        )?;
+        if thread.is_none_or(|t| t.end_user != end_user) {
+            return Ok(None);
+        }
+        let messages = fetch_all!(
+            &mut tx,
+            ThreadMessage,
+            "SELECT seq, role, content, created_at FROM thread_messages \
+             WHERE tenant_id = $1 AND thread_id = $2 ORDER BY seq",
+            tenant.as_str(),
+            thread_id,
+        )?;
+        tx.commit().await?;
+        Ok(Some(messages))
+    }
+
+    /// Appends messages to a thread (the caller has checked it is this end user's).
+    pub async fn append_thread(
+        &self,
+        thread_id: &str,
+        messages: &[(&str, &str)],
+    ) -> Result<(), StoreError> {
+        let tenant = self.context().tenant_id();
+        let mut tx = self.begin(Access::Write).await?;
+        #[derive(sqlx::FromRow)]
+        struct Next {
+            next: i64,
+        }
+        let mut seq = fetch_optional!(
+            &mut tx,
+            Next,
+            "SELECT COALESCE(MAX(seq), 0) + 1 AS next FROM thread_messages WHERE tenant_id = $1 AND thread_id = $2",
+            tenant.as_str(),
+            thread_id,
+        )?
+        .map_or(1, |n| n.next);
+        let now = now_millis();
+        for (role, content) in messages {
+            execute!(
+                &mut tx,
+                "INSERT INTO thread_messages (tenant_id, thread_id, seq, role, content, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                tenant.as_str(),
+                thread_id,
+                seq,
+                *role,
+                *content,
+                now,
+            )?;
+            seq += 1;
+        }
+        execute!(
+            &mut tx,
+            "UPDATE threads SET updated_at = $3 WHERE tenant_id = $1 AND thread_id = $2",
+            tenant.as_str(),
+            thread_id,
+            now,
+        )?;
+        audit::append(
+            &mut tx,
+            tenant,
+            &self.origin(),
+            AuditDraft {
+                action: "thread.appended",
+                resource: format!("thread/{thread_id}"),
+                outcome: Outcome::Success,
+                details: json!({"messages": messages.len()}),
+            },
+        )
+        .await?;
+        tx.commit().await
+    }
+}
