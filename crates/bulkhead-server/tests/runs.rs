@@ -227,8 +227,9 @@ async fn runs_fail_with_clear_codes_and_nothing_left_running() {
 }
 
 /// A local server speaking OpenAI's Chat Completions, answering with the key it received so the
-/// test can see whose key each run carried.
-async fn fake_openai() -> String {
+/// test can see whose key each run carried; returns the endpoint that reaches it with each
+/// tenant's `openai` credential.
+async fn fake_openai() -> bulkhead_core::config::EndpointConfig {
     use axum::http::HeaderMap;
     async fn completions(
         headers: HeaderMap,
@@ -249,25 +250,22 @@ async fn fake_openai() -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/v1", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    base
+    bulkhead_core::config::EndpointConfig {
+        name: "openai".into(),
+        base_url: base,
+        region: bulkhead_core::RegionName::try_from("eu-west").unwrap(),
+        kind: bulkhead_core::config::EndpointKind::Model,
+        connector: Some(bulkhead_core::ConnectorName::try_from("openai").unwrap()),
+        auth: bulkhead_core::config::AuthScheme::Bearer {},
+        timeout_ms: 5_000,
+        max_retries: 0,
+    }
 }
 
 #[tokio::test]
 async fn runs_call_the_configured_provider_with_each_tenants_own_key() {
-    use bulkhead_core::config::{
-        AuthScheme, EndpointConfig, EndpointKind, ModelConfig, ProviderKind,
-    };
-    let base = fake_openai().await;
-    let endpoint = EndpointConfig {
-        name: "openai".into(),
-        base_url: base,
-        region: bulkhead_core::RegionName::try_from("eu-west").unwrap(),
-        kind: EndpointKind::Model,
-        connector: Some(bulkhead_core::ConnectorName::try_from("openai").unwrap()),
-        auth: AuthScheme::Bearer {},
-        timeout_ms: 5_000,
-        max_retries: 0,
-    };
+    use bulkhead_core::config::{ModelConfig, ProviderKind};
+    let endpoint = fake_openai().await;
     let model = ModelConfig {
         alias: "fast".into(),
         provider: ProviderKind::Openai,
@@ -330,20 +328,8 @@ async fn runs_call_the_configured_provider_with_each_tenants_own_key() {
 
 #[tokio::test]
 async fn a_tenant_uses_only_the_models_allowed_for_it() {
-    use bulkhead_core::config::{
-        AuthScheme, EndpointConfig, EndpointKind, ModelConfig, ProviderKind,
-    };
-    let base = fake_openai().await;
-    let endpoint = EndpointConfig {
-        name: "openai".into(),
-        base_url: base,
-        region: bulkhead_core::RegionName::try_from("eu-west").unwrap(),
-        kind: EndpointKind::Model,
-        connector: Some(bulkhead_core::ConnectorName::try_from("openai").unwrap()),
-        auth: AuthScheme::Bearer {},
-        timeout_ms: 5_000,
-        max_retries: 0,
-    };
+    use bulkhead_core::config::{ModelConfig, ProviderKind};
+    let endpoint = fake_openai().await;
     let model = |alias: &str| ModelConfig {
         alias: alias.into(),
         provider: ProviderKind::Openai,
