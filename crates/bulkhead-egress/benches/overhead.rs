@@ -8,11 +8,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bulkhead_core::audit::Origin;
 use bulkhead_core::config::{AuthScheme, EndpointConfig, EndpointKind};
-use bulkhead_core::{ConnectorName, Isolation, RegionName, Role, TenantContext, TenantId};
+use bulkhead_core::{ConnectorName, RegionName, Role, TenantContext};
 use bulkhead_egress::{Egress, OutboundRequest};
-use bulkhead_store::NewTenant;
 use bulkhead_store::testing::TestDb;
 use bulkhead_vault::{LocalKeyProvider, Vault};
 use secrecy::SecretString;
@@ -80,20 +78,7 @@ fn main() {
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
         let (store, db) = TestDb::sqlite().await;
-        let tenant = store
-            .admin()
-            .create_tenant(
-                NewTenant {
-                    id: TenantId::try_from("acme").unwrap(),
-                    name: "Acme".into(),
-                    region: RegionName::try_from("local").unwrap(),
-                    allowed_regions: Vec::new(),
-                    isolation: Isolation::Shared,
-                },
-                &Origin::cli(),
-            )
-            .await
-            .unwrap();
+        let tenant = bulkhead_store::testing::create_tenant(&store, "acme", "local").await;
         let ctx = TenantContext::for_tests(&tenant, &[Role::Owner]);
         let key = SecretString::from("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".to_owned());
         let vault = Vault::new(Arc::new(LocalKeyProvider::from_base64(&key).unwrap()));

@@ -14,10 +14,10 @@ use axum::response::IntoResponse;
 use axum::routing::any;
 use bulkhead_core::audit::Origin;
 use bulkhead_core::config::{AuthScheme, EndpointConfig, EndpointKind};
-use bulkhead_core::{ConnectorName, Isolation, RegionName, Role, TenantContext, TenantId};
+use bulkhead_core::{ConnectorName, RegionName, Role, TenantContext, TenantId};
 use bulkhead_egress::{Egress, EgressError, OutboundRequest, check_credential_owner};
 use bulkhead_store::testing::TestDb;
-use bulkhead_store::{NewTenant, Store, TenantPatch};
+use bulkhead_store::{Store, TenantPatch};
 use bulkhead_vault::{Credential, LocalKeyProvider, Vault};
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -155,20 +155,7 @@ impl World {
         let vault = Vault::new(Arc::new(LocalKeyProvider::from_base64(&key).unwrap()));
         let (base, up) = upstream().await;
         for (id, secret) in [("acme", "acme-secret-111"), ("globex", "globex-secret-222")] {
-            let tenant = store
-                .admin()
-                .create_tenant(
-                    NewTenant {
-                        id: TenantId::try_from(id).unwrap(),
-                        name: id.into(),
-                        region: RegionName::try_from("eu-west").unwrap(),
-                        allowed_regions: Vec::new(),
-                        isolation: Isolation::Shared,
-                    },
-                    &Origin::cli(),
-                )
-                .await
-                .unwrap();
+            let tenant = bulkhead_store::testing::create_tenant(&store, id, "eu-west").await;
             let ctx = TenantContext::for_tests(&tenant, &[Role::Owner]);
             vault
                 .put(

@@ -10,13 +10,11 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use bulkhead_core::audit::Origin;
 use bulkhead_core::config::{AuthScheme, EndpointConfig, EndpointKind};
-use bulkhead_core::{ConnectorName, Isolation, RegionName, Role, TenantContext, TenantId};
+use bulkhead_core::{ConnectorName, RegionName, Role, TenantContext};
 use bulkhead_egress::Egress;
 use bulkhead_runtime::providers::openai::chat;
 use bulkhead_runtime::providers::{ChatMessage, ChatRequest, ProviderError, ToolSpec};
-use bulkhead_store::NewTenant;
 use bulkhead_store::testing::TestDb;
 use bulkhead_vault::{LocalKeyProvider, Vault};
 use secrecy::SecretString;
@@ -115,20 +113,7 @@ async fn serve_and_connect(
     let vault = Vault::new(Arc::new(LocalKeyProvider::from_base64(&key).unwrap()));
     let mut contexts = Vec::new();
     for id in ["acme", "globex"] {
-        let tenant = store
-            .admin()
-            .create_tenant(
-                NewTenant {
-                    id: TenantId::try_from(id).unwrap(),
-                    name: id.into(),
-                    region: RegionName::try_from("local").unwrap(),
-                    allowed_regions: Vec::new(),
-                    isolation: Isolation::Shared,
-                },
-                &Origin::cli(),
-            )
-            .await
-            .unwrap();
+        let tenant = bulkhead_store::testing::create_tenant(&store, id, "local").await;
         let ctx = TenantContext::for_tests(&tenant, &[Role::Owner]);
         vault
             .put(

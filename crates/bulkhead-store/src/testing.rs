@@ -123,6 +123,24 @@ impl TestDb {
     }
 }
 
+/// Creates a shared-tier tenant named after its id, in `region`, as the CLI would.
+pub async fn create_tenant(store: &Store, id: &str, region: &str) -> bulkhead_core::Tenant {
+    store
+        .admin()
+        .create_tenant(
+            crate::NewTenant {
+                id: bulkhead_core::TenantId::try_from(id).unwrap(),
+                name: id.to_owned(),
+                region: bulkhead_core::RegionName::try_from(region).unwrap(),
+                allowed_regions: Vec::new(),
+                isolation: bulkhead_core::Isolation::Shared,
+            },
+            &bulkhead_core::audit::Origin::cli(),
+        )
+        .await
+        .unwrap()
+}
+
 /// Runs each listed `async fn name(&Store, &TestDb)` of the calling module twice, as
 /// `sqlite::name` and `postgres::name`, each on a fresh database: the one way every suite
 /// proves the two backends behave the same.

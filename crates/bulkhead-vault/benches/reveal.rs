@@ -6,9 +6,7 @@
 
 use std::sync::Arc;
 
-use bulkhead_core::audit::Origin;
-use bulkhead_core::{ConnectorName, Isolation, RegionName, Role, TenantContext, TenantId};
-use bulkhead_store::NewTenant;
+use bulkhead_core::{ConnectorName, Role, TenantContext};
 use bulkhead_store::testing::TestDb;
 use bulkhead_vault::{LocalKeyProvider, Vault};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -19,20 +17,7 @@ fn bench_reveal(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (store, db, ctx, vault) = runtime.block_on(async {
         let (store, db) = TestDb::sqlite().await;
-        let tenant = store
-            .admin()
-            .create_tenant(
-                NewTenant {
-                    id: TenantId::try_from("acme").unwrap(),
-                    name: "Acme".into(),
-                    region: RegionName::try_from("local").unwrap(),
-                    allowed_regions: Vec::new(),
-                    isolation: Isolation::Shared,
-                },
-                &Origin::cli(),
-            )
-            .await
-            .unwrap();
+        let tenant = bulkhead_store::testing::create_tenant(&store, "acme", "local").await;
         let ctx = TenantContext::for_tests(&tenant, &[Role::Owner]);
         let key = SecretString::from("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".to_owned());
         let vault = Vault::new(Arc::new(LocalKeyProvider::from_base64(&key).unwrap()));

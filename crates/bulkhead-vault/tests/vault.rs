@@ -6,9 +6,9 @@
 use std::sync::Arc;
 
 use bulkhead_core::audit::Origin;
-use bulkhead_core::{ConnectorName, Isolation, RegionName, Role, Tenant, TenantContext, TenantId};
+use bulkhead_core::{ConnectorName, Role, Tenant, TenantContext};
+use bulkhead_store::Store;
 use bulkhead_store::testing::TestDb;
-use bulkhead_store::{NewTenant, Store};
 use bulkhead_vault::{LocalKeyProvider, Vault, VaultError};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
@@ -29,20 +29,7 @@ bulkhead_store::on_both_backends!(
 const CANARY: &str = "canary-7f3a9c1e-5b2d-4e8f-a6c0-d9b8e7f6a5b4";
 
 async fn tenant(store: &Store, id: &str) -> Tenant {
-    store
-        .admin()
-        .create_tenant(
-            NewTenant {
-                id: TenantId::try_from(id).unwrap(),
-                name: id.into(),
-                region: RegionName::try_from("local").unwrap(),
-                isolation: Isolation::Shared,
-                allowed_regions: Vec::new(),
-            },
-            &Origin::cli(),
-        )
-        .await
-        .unwrap()
+    bulkhead_store::testing::create_tenant(store, id, "local").await
 }
 
 fn vault() -> Vault {
