@@ -233,48 +233,112 @@ pub struct TenantEgress<'a> {
 }
 
 impl TenantEgress<'_> {
-    /// Sends `request` to endpoint `name` with this tenant's credential.
+    /// Sends `request` to endpoint `name` with this tenant's credential and reads the whole
+    /// answer (capped).
     pub async fn send(
         &self,
         name: &str,
         request: OutboundRequest,
     ) -> Result<OutboundResponse, EgressError> {
-        let started = Instant::now();
-        let endpoint = self
-            .egress
-            .inner
-            .endpoints
-            .get(name)
-            .ok_or_else(|| EgressError::UnknownEndpoint(name.to_owned()))?;
-        let method = request.method.to_string();
-        let request_bytes = request.body.as_ref().map_or(0, Vec::len);
-        let path_only = request
-            .path
-            .split('?')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        let result = self.send_to(endpoint, request).await;
-        let (outcome, details) = match &result {
-            Ok(response) => (
-                if response.status < 400 {
+        let call = CallFacts::new(name, &request);
+        let result = match self.send_to(name, request).await {
+            Ok((endpoint, response, attempts)) => {
+                let status = response.status().as_u16();
+                let headers = header_pairs(response.headers());
+                read_capped(response, &endpoint.config.name)
+                    .await
+                    .map(|body| OutboundResponse {
+                        status,
+                        headers,
+                        body,
+                        attempts,
+                    })
+            }
+            Err(error) => Err(error),
+        };
+        let summary = result
+            .as_ref()
+            .map(|r| (r.status, r.attempts, Some(r.body.len())));
+        self.audit(call, summary.as_ref().map_err(|e| *e)).await?;
+        result
+    }
+
+    /// Sends `request` and hands back the answer as soon as its headers arrive, for
+    /// server-sent events. A 2xx body is read chunk by chunk by the caller; any other status
+    /// has its body read here (capped) so the caller can map the error. The call is audited
+    /// when the headers arrive: status, attempts and time to first byte.
+    pub async fn send_streaming(
+        &self,
+        name: &str,
+        request: OutboundRequest,
+    ) -> Result<StreamingResponse, EgressError> {
+        let call = CallFacts::new(name, &request);
+        let result = match self.send_to(name, request).await {
+            Ok((endpoint, response, attempts)) => {
+                let status = response.status().as_u16();
+                if (200..300).contains(&status) {
+                    Ok(StreamingResponse {
+                        status,
+                        attempts,
+                        endpoint: endpoint.config.name.clone(),
+                        body: StreamBody::Live(response),
+                    })
+                } else {
+                    read_capped(response, &endpoint.config.name)
+                        .await
+                        .map(|body| StreamingResponse {
+                            status,
+                            attempts,
+                            endpoint: endpoint.config.name.clone(),
+                            body: StreamBody::Read(Some(body)),
+                        })
+                }
+            }
+            Err(error) => Err(error),
+        };
+        let summary = result.as_ref().map(|r| (r.status, r.attempts, None));
+        self.audit(call, summary.as_ref().map_err(|e| *e)).await?;
+        result
+    }
+
+    async fn audit(
+        &self,
+        call: CallFacts,
+        result: Result<&(u16, u32, Option<usize>), &EgressError>,
+    ) -> Result<(), EgressError> {
+        let CallFacts {
+            name,
+            method,
+            path,
+            request_bytes,
+            started,
+        } = call;
+        let (outcome, mut details) = match result {
+            Ok((status, attempts, response_bytes)) => {
+                let mut details = json!({"status": status, "attempts": attempts});
+                match response_bytes {
+                    Some(bytes) => details["response_bytes"] = json!(bytes),
+                    None => details["streamed"] = json!(true),
+                }
+                let outcome = if *status < 400 {
                     Outcome::Success
                 } else {
                     Outcome::Failure
-                },
-                json!({"status": response.status, "attempts": response.attempts, "response_bytes": response.body.len()}),
-            ),
+                };
+                (outcome, details)
+            }
             Err(error) => (Outcome::Failure, json!({"error": error.code()})),
         };
-        let mut details = details;
+        if let Some(endpoint) = self.egress.inner.endpoints.get(&name) {
+            details["region"] = json!(endpoint.config.region);
+        }
         details["endpoint"] = json!(name);
-        details["region"] = json!(endpoint.config.region);
-        details["path"] = json!(path_only);
+        details["path"] = json!(path);
         details["method"] = json!(method);
         details["request_bytes"] = json!(request_bytes);
         details["latency_ms"] =
             json!(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
-        let action = match &result {
+        let action = match result {
             Err(EgressError::ResidencyViolation { .. }) => "egress.denied",
             Err(EgressError::CrossTenantCredential) => "security.cross_tenant_credential",
             _ => "egress.call",
@@ -290,17 +354,25 @@ impl TenantEgress<'_> {
                 details,
             })
             .await?;
-        if let Err(error) = &result {
+        if let Err(error) = result {
             tracing::warn!(tenant.id = %self.ctx.tenant_id(), endpoint = name, code = error.code(), "outbound call failed");
         }
-        result
+        Ok(())
     }
 
+    /// Checks residency, injects the credential and sends with retries; answers the response
+    /// whose headers have arrived and the number of attempts it took.
     async fn send_to(
         &self,
-        endpoint: &Endpoint,
+        name: &str,
         request: OutboundRequest,
-    ) -> Result<OutboundResponse, EgressError> {
+    ) -> Result<(&Endpoint, reqwest::Response, u32), EgressError> {
+        let endpoint = self
+            .egress
+            .inner
+            .endpoints
+            .get(name)
+            .ok_or_else(|| EgressError::UnknownEndpoint(name.to_owned()))?;
         let config = &endpoint.config;
         if !self.ctx.may_use_region(&config.region) {
             return Err(EgressError::ResidencyViolation {
@@ -348,18 +420,7 @@ impl TenantEgress<'_> {
                         tokio::time::sleep(backoff(attempts, response.headers())).await;
                         continue;
                     }
-                    let headers = response
-                        .headers()
-                        .iter()
-                        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_owned())))
-                        .collect();
-                    let body = read_capped(response, &config.name).await?;
-                    return Ok(OutboundResponse {
-                        status,
-                        headers,
-                        body,
-                        attempts,
-                    });
+                    return Ok((endpoint, response, attempts));
                 }
                 Err(error) => {
                     self.record(endpoint, false);
@@ -473,6 +534,79 @@ impl TenantEgress<'_> {
     }
 }
 
+/// What the audit event of a call records about its request.
+struct CallFacts {
+    name: String,
+    method: String,
+    /// Without the query string, which may carry a credential.
+    path: String,
+    request_bytes: usize,
+    started: Instant,
+}
+
+impl CallFacts {
+    fn new(name: &str, request: &OutboundRequest) -> Self {
+        Self {
+            name: name.to_owned(),
+            method: request.method.to_string(),
+            path: request
+                .path
+                .split('?')
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+            request_bytes: request.body.as_ref().map_or(0, Vec::len),
+            started: Instant::now(),
+        }
+    }
+}
+
+/// An answer whose body is read as it arrives.
+pub struct StreamingResponse {
+    pub status: u16,
+    pub attempts: u32,
+    endpoint: String,
+    body: StreamBody,
+}
+
+enum StreamBody {
+    Live(reqwest::Response),
+    /// A non-2xx answer, read whole; handed out as one chunk.
+    Read(Option<Vec<u8>>),
+}
+
+impl StreamingResponse {
+    /// The next piece of the body, `None` at its end. The endpoint's timeout covers the whole
+    /// answer, so a stalled stream ends in [`EgressError::Timeout`].
+    pub async fn chunk(&mut self) -> Result<Option<Vec<u8>>, EgressError> {
+        match &mut self.body {
+            StreamBody::Read(body) => Ok(body.take()),
+            StreamBody::Live(response) => match response.chunk().await {
+                Ok(chunk) => Ok(chunk.map(|c| c.to_vec())),
+                Err(error) => Err(read_error(error, &self.endpoint)),
+            },
+        }
+    }
+}
+
+fn header_pairs(headers: &reqwest::header::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_owned())))
+        .collect()
+}
+
+fn read_error(error: reqwest::Error, endpoint: &str) -> EgressError {
+    if error.is_timeout() {
+        EgressError::Timeout(endpoint.to_owned())
+    } else {
+        EgressError::Transport {
+            endpoint: endpoint.to_owned(),
+            message: error.without_url().to_string(),
+        }
+    }
+}
+
 /// Appends `path` to the base URL and checks the result stays on the base's scheme, host and
 /// port, under its path prefix: a caller-chosen path can never redirect the tenant's
 /// credential to another server.
@@ -521,15 +655,7 @@ async fn read_capped(response: reqwest::Response, endpoint: &str) -> Result<Vec<
                 body.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(body),
-            Err(error) if error.is_timeout() => {
-                return Err(EgressError::Timeout(endpoint.to_owned()));
-            }
-            Err(error) => {
-                return Err(EgressError::Transport {
-                    endpoint: endpoint.to_owned(),
-                    message: error.without_url().to_string(),
-                });
-            }
+            Err(error) => return Err(read_error(error, endpoint)),
         }
     }
 }

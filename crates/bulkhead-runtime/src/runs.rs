@@ -8,14 +8,60 @@ use std::collections::BTreeMap;
 
 use bulkhead_core::config::{ModelConfig, ProviderKind};
 use bulkhead_egress::Egress;
-use bulkhead_store::{AgentRecord, RunEnd, RunRecord, StoreError, TenantStore};
+use bulkhead_store::{AgentRecord, RunEnd, RunProgress, RunRecord, StoreError, TenantStore};
+use serde::Serialize;
 use serde_json::json;
 
 use crate::agents::{AgentSpec, SCRIPTED_MODEL, ScriptStep};
 use crate::prompts::{AgentVars, MemoryTurn, PromptLibrary, PromptVariables, TenantVars, render};
 use crate::providers::{
-    self, ChatMessage, ChatRequest, ChatResponse, ProviderError, ToolCall, Usage,
+    self, ChatMessage, ChatRequest, ChatResponse, Delta, ProviderError, ToolCall, Usage,
 };
+
+/// What a streaming run reports as it goes. The HTTP layer sends each as a server-sent event
+/// named by its `type`, then `run.completed` or `run.failed` with the stored run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type")]
+pub enum RunEvent {
+    #[serde(rename = "run.started")]
+    Started {
+        run_id: String,
+        agent: String,
+        agent_version: i64,
+        thread_id: Option<String>,
+    },
+    /// Text of the model's answer as it arrives.
+    #[serde(rename = "message.delta")]
+    MessageDelta { step: i64, text: String },
+    #[serde(rename = "tool.called")]
+    ToolCalled {
+        step: i64,
+        id: String,
+        name: String,
+        arguments: String,
+    },
+    #[serde(rename = "tool.result")]
+    ToolResult {
+        step: i64,
+        id: String,
+        content: String,
+    },
+}
+
+impl RunEvent {
+    /// The server-sent event name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RunEvent::Started { .. } => "run.started",
+            RunEvent::MessageDelta { .. } => "message.delta",
+            RunEvent::ToolCalled { .. } => "tool.called",
+            RunEvent::ToolResult { .. } => "tool.result",
+        }
+    }
+}
+
+/// Where a run sends its events; a run that nobody streams gets a sink that drops them.
+pub type EventSink<'a> = &'a mut (dyn FnMut(RunEvent) + Send);
 
 /// Runs agents for any tenant; each run is bound to the tenant of the store handle given.
 #[derive(Clone)]
@@ -52,6 +98,13 @@ struct Progress {
     transcript: Vec<ChatMessage>,
     usage: Usage,
     steps: i64,
+}
+
+/// The run being driven and where its events go.
+struct Turn<'a, 'e> {
+    run_id: &'a str,
+    streaming: bool,
+    events: EventSink<'e>,
 }
 
 /// A failure the run records (and the caller sees in the finished run), with a stable code.
@@ -109,12 +162,22 @@ impl Runner {
     /// Runs `agent` (at the version given) to completion and returns the stored run. With a
     /// thread, the conversation so far comes before the input, and the exchange is appended
     /// when the run completes; an agent with `memory` and no thread given starts one.
+    ///
+    /// With `events`, the run streams: model answers are requested as streams and every
+    /// delta, tool call and tool result is reported as it happens.
     pub async fn run(
         &self,
         store: &TenantStore<'_>,
         agent: &AgentRecord,
         input: RunInput,
+        events: Option<EventSink<'_>>,
     ) -> Result<RunRecord, RunError> {
+        let streaming = events.is_some();
+        let mut ignore = |_: RunEvent| {};
+        let events: EventSink<'_> = match events {
+            Some(sink) => sink,
+            None => &mut ignore,
+        };
         let end_user = input.user.clone().unwrap_or_default();
         let memory_on =
             serde_json::from_value::<AgentSpec>(agent.spec.clone()).is_ok_and(|s| s.memory);
@@ -150,9 +213,22 @@ impl Runner {
                 &input.input,
             )
             .await?;
+        events(RunEvent::Started {
+            run_id: run_id.clone(),
+            agent: agent.name.to_string(),
+            agent_version: agent.version,
+            thread_id: thread_id.clone(),
+        });
         let mut progress = Progress::default();
         let user_input = input.input.clone();
-        let result = self.drive(store, agent, input, memory, &mut progress).await;
+        let mut turn = Turn {
+            run_id: &run_id,
+            streaming,
+            events,
+        };
+        let result = self
+            .drive(store, agent, input, memory, &mut progress, &mut turn)
+            .await;
         if let (Some(thread), Ok(output)) = (&thread_id, &result) {
             store
                 .append_thread(
@@ -189,6 +265,7 @@ impl Runner {
         input: RunInput,
         memory: Vec<MemoryTurn>,
         progress: &mut Progress,
+        turn: &mut Turn<'_, '_>,
     ) -> Result<String, Failure> {
         let Progress {
             transcript,
@@ -257,7 +334,9 @@ impl Runner {
                 tools: Vec::new(),
                 max_tokens: Some(spec.max_output_tokens),
             };
-            let response = self.call_model(&egress, &spec, request, *steps).await?;
+            let response = self
+                .call_model(&egress, &spec, request, *steps, turn)
+                .await?;
             usage.input_tokens += response.usage.input_tokens;
             usage.output_tokens += response.usage.output_tokens;
             let calls = response.message.tool_calls.clone();
@@ -266,13 +345,40 @@ impl Runner {
                 return Ok(response.message.content.unwrap_or_default());
             }
             for call in calls {
+                (turn.events)(RunEvent::ToolCalled {
+                    step: *steps,
+                    id: call.id.clone(),
+                    name: call.name.clone(),
+                    arguments: call.arguments.clone(),
+                });
+                let content =
+                    json!({"error": format!("tool {} is not available to this agent", call.name)})
+                        .to_string();
+                (turn.events)(RunEvent::ToolResult {
+                    step: *steps,
+                    id: call.id.clone(),
+                    content: content.clone(),
+                });
                 transcript.push(ChatMessage {
                     role: "tool".into(),
-                    content: Some(json!({"error": format!("tool {} is not available to this agent", call.name)}).to_string()),
+                    content: Some(content),
                     tool_calls: Vec::new(),
                     tool_call_id: Some(call.id),
                 });
             }
+            let saved = RunProgress {
+                transcript: serde_json::to_value(&*transcript).unwrap_or_default(),
+                steps: *steps,
+                input_tokens: i64::try_from(usage.input_tokens).unwrap_or(i64::MAX),
+                output_tokens: i64::try_from(usage.output_tokens).unwrap_or(i64::MAX),
+            };
+            store
+                .record_run_progress(turn.run_id, &saved)
+                .await
+                .map_err(|e| Failure {
+                    code: "internal",
+                    message: e.to_string(),
+                })?;
         }
         Err(Failure {
             code: "max_steps_exceeded",
@@ -289,9 +395,14 @@ impl Runner {
         spec: &AgentSpec,
         mut request: ChatRequest,
         step: i64,
+        turn: &mut Turn<'_, '_>,
     ) -> Result<ChatResponse, Failure> {
         if spec.model == SCRIPTED_MODEL {
-            return scripted(spec, step);
+            let response = scripted(spec, step)?;
+            if let Some(text) = response.message.content.clone() {
+                (turn.events)(RunEvent::MessageDelta { step, text });
+            }
+            return Ok(response);
         }
         let model = self
             .models
@@ -305,12 +416,30 @@ impl Runner {
             .upstream_model
             .clone()
             .unwrap_or_else(|| model.alias.clone());
+        if !turn.streaming {
+            let response = match model.provider {
+                ProviderKind::Openai => {
+                    providers::openai::chat(egress, &model.endpoint, &request).await?
+                }
+                ProviderKind::Anthropic => {
+                    providers::anthropic::chat(egress, &model.endpoint, &request).await?
+                }
+            };
+            return Ok(response);
+        }
+        let events = &mut *turn.events;
+        let mut sink = |delta: Delta| {
+            if let Delta::Text(text) = delta {
+                events(RunEvent::MessageDelta { step, text });
+            }
+        };
         let response = match model.provider {
             ProviderKind::Openai => {
-                providers::openai::chat(egress, &model.endpoint, &request).await?
+                providers::openai::chat_stream(egress, &model.endpoint, &request, &mut sink).await?
             }
             ProviderKind::Anthropic => {
-                providers::anthropic::chat(egress, &model.endpoint, &request).await?
+                providers::anthropic::chat_stream(egress, &model.endpoint, &request, &mut sink)
+                    .await?
             }
         };
         Ok(response)

@@ -298,3 +298,76 @@ async fn anthropic_messages_go_through_egress_with_the_tenants_key() {
     );
     db.finish(store).await;
 }
+
+/// Streams from both providers through egress: text and tool-call deltas split across
+/// chunks are assembled, usage is read from the stream, and errors keep their codes.
+#[tokio::test]
+async fn streamed_answers_assemble_tool_call_deltas_and_usage() {
+    use bulkhead_runtime::providers::{Delta, anthropic, openai};
+    for (api, path, auth) in [
+        ("openai", "/v1", AuthScheme::Bearer {}),
+        (
+            "anthropic",
+            "",
+            AuthScheme::Header {
+                name: "x-api-key".into(),
+            },
+        ),
+    ] {
+        let app = bulkhead_testkit::fake_llm::router(None);
+        let (egress, contexts, store, db) = serve_and_connect(app, path, auth).await;
+        let egress = egress.for_tenant(&contexts[0]);
+        let stream = |text: &'static str| {
+            let egress = &egress;
+            async move {
+                let mut deltas = Vec::new();
+                let mut sink = |d: Delta| deltas.push(d);
+                let result = if api == "openai" {
+                    openai::chat_stream(egress, "provider", &request(text), &mut sink).await
+                } else {
+                    anthropic::chat_stream(egress, "provider", &request(text), &mut sink).await
+                };
+                (result, deltas)
+            }
+        };
+        let (response, deltas) = stream("what is the weather").await;
+        let response = response.unwrap();
+        let call = &response.message.tool_calls[0];
+        assert_eq!(call.name, "lookup", "{api}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&call.arguments).unwrap(),
+            json!({"city": "Oslo"}),
+            "{api}"
+        );
+        assert_eq!(response.finish_reason, "tool_calls");
+        let argument_pieces = deltas
+            .iter()
+            .filter(|d| matches!(d, Delta::ToolCall { arguments, .. } if !arguments.is_empty()))
+            .count();
+        assert!(argument_pieces >= 3, "{api}: {deltas:?}");
+        assert_eq!(response.usage.input_tokens, 11);
+
+        let (response, deltas) = stream("hello").await;
+        let response = response.unwrap();
+        let text: String = deltas
+            .iter()
+            .filter_map(|d| match d {
+                Delta::Text(t) => Some(t.as_str()),
+                Delta::ToolCall { .. } => None,
+            })
+            .collect();
+        assert_eq!(response.message.content.as_deref(), Some(text.as_str()));
+        assert!(text.starts_with("answered with"), "{api}: {text}");
+
+        for (input, code) in [
+            ("truncate", "upstream_malformed"),
+            ("status-429", "provider_rate_limited"),
+            ("status-401", "provider_unauthorized"),
+            ("status-500", "upstream_error"),
+        ] {
+            let (result, _) = stream(input).await;
+            assert_eq!(result.unwrap_err().code(), code, "{api} {input}");
+        }
+        db.finish(store).await;
+    }
+}

@@ -226,40 +226,15 @@ async fn runs_fail_with_clear_codes_and_nothing_left_running() {
     server.finish().await;
 }
 
-/// A local server speaking OpenAI's Chat Completions, answering with the key it received so the
-/// test can see whose key each run carried; returns the endpoint that reaches it with each
-/// tenant's `openai` credential.
+/// The fake OpenAI-compatible provider, as endpoint `openai`.
 async fn fake_openai() -> bulkhead_core::config::EndpointConfig {
-    use axum::http::HeaderMap;
-    async fn completions(
-        headers: HeaderMap,
-        axum::Json(body): axum::Json<Value>,
-    ) -> axum::Json<Value> {
-        let key = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        axum::Json(json!({
-            "id": "chatcmpl-1", "object": "chat.completion", "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("answered with {key}")}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}
-        }))
-    }
-    let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(completions));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    bulkhead_core::config::EndpointConfig {
-        name: "openai".into(),
-        base_url: base,
-        region: bulkhead_core::RegionName::try_from("eu-west").unwrap(),
-        kind: bulkhead_core::config::EndpointKind::Model,
-        connector: Some(bulkhead_core::ConnectorName::try_from("openai").unwrap()),
-        auth: bulkhead_core::config::AuthScheme::Bearer {},
-        timeout_ms: 5_000,
-        max_retries: 0,
-    }
+    let fake = bulkhead_testkit::fake_llm::FakeLlm::start().await.unwrap();
+    common::model_endpoint(
+        "openai",
+        format!("{}/v1", fake.base),
+        bulkhead_core::config::AuthScheme::Bearer {},
+        5_000,
+    )
 }
 
 #[tokio::test]
@@ -304,7 +279,7 @@ async fn runs_call_the_configured_provider_with_each_tenants_own_key() {
                 finished["input_tokens"].as_i64(),
                 finished["output_tokens"].as_i64()
             ),
-            (Some(11), Some(3))
+            (Some(11), Some(4))
         );
     }
     // A tenant without the credential gets a clear failure, not another tenant's key.

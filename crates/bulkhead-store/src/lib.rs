@@ -39,7 +39,7 @@ pub use credentials::{CredentialRecord, CredentialWrite, DataKeyRecord};
 pub use records::{
     ApiKeyInfo, DeletionReceipt, IssuerRecord, NewIssuer, NewTenant, Page, TenantPatch,
 };
-pub use runs::{RunEnd, RunRecord};
+pub use runs::{RunEnd, RunProgress, RunRecord};
 pub use tenant::TenantStore;
 pub use threads::ThreadMessage;
 

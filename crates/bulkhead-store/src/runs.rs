@@ -27,6 +27,15 @@ pub struct RunRecord {
     pub updated_at: i64,
 }
 
+/// A running run's transcript, steps and token use so far.
+#[derive(Debug, Clone)]
+pub struct RunProgress {
+    pub transcript: Value,
+    pub steps: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+}
+
 #[derive(sqlx::FromRow)]
 struct RunRow {
     run_id: String,
@@ -96,6 +105,29 @@ impl TenantStore<'_> {
             },
         )
         .await?;
+        tx.commit().await
+    }
+
+    /// Saves what a running run has produced so far, after each step, so a run cut off by a
+    /// crash keeps its transcript. Not audited: the model and tool calls of the step are.
+    pub async fn record_run_progress(
+        &self,
+        run_id: &str,
+        progress: &RunProgress,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin(Access::Write).await?;
+        execute!(
+            &mut tx,
+            "UPDATE runs SET transcript = $3, steps = $4, input_tokens = $5, output_tokens = $6, updated_at = $7 \
+             WHERE tenant_id = $1 AND run_id = $2 AND status = 'running'",
+            self.context().tenant_id().as_str(),
+            run_id,
+            progress.transcript.to_string(),
+            progress.steps,
+            progress.input_tokens,
+            progress.output_tokens,
+            now_millis(),
+        )?;
         tx.commit().await
     }
 

@@ -4,8 +4,11 @@ use bulkhead_core::audit::{AuditDraft, Outcome};
 use bulkhead_core::timestamp::now_millis;
 use serde_json::json;
 
-use crate::backend::{Access, execute, fetch_all, fetch_optional};
-use crate::{StoreError, TenantStore, audit};
+use bulkhead_core::TenantId;
+use bulkhead_core::audit::Origin;
+
+use crate::backend::{Access, Scope, execute, fetch_all, fetch_optional};
+use crate::{AdminStore, StoreError, TenantStore, audit};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ThreadMessage {
@@ -134,5 +137,64 @@ impl TenantStore<'_> {
         )
         .await?;
         tx.commit().await
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ExpiredCount {
+    tenant_id: String,
+    threads: i64,
+}
+
+impl AdminStore<'_> {
+    /// Deletes every thread untouched since `cutoff` (milliseconds since the epoch), with its
+    /// messages, and appends a `thread.expired` event with the count to each tenant's chain in
+    /// the same transaction. Returns how many threads went.
+    pub async fn expire_threads(&self, cutoff: i64) -> Result<u64, StoreError> {
+        let mut tx = self
+            .backend()
+            .begin(Access::Write, Scope::ControlPlane)
+            .await?;
+        let counts = fetch_all!(
+            &mut tx,
+            ExpiredCount,
+            "SELECT tenant_id, COUNT(*) AS threads FROM threads WHERE updated_at < $1 GROUP BY tenant_id",
+            cutoff,
+        )?;
+        if counts.is_empty() {
+            tx.commit().await?;
+            return Ok(0);
+        }
+        // Messages go by the foreign key's cascade on SQLite only when foreign keys are on;
+        // delete them explicitly so both backends behave alike.
+        execute!(
+            &mut tx,
+            "DELETE FROM thread_messages WHERE (tenant_id, thread_id) IN \
+             (SELECT tenant_id, thread_id FROM threads WHERE updated_at < $1)",
+            cutoff,
+        )?;
+        let deleted = execute!(&mut tx, "DELETE FROM threads WHERE updated_at < $1", cutoff,)?;
+        let origin = Origin {
+            actor: "retention".to_owned(),
+            request_id: None,
+        };
+        for count in &counts {
+            let tenant = TenantId::try_from(count.tenant_id.as_str())
+                .map_err(|e| StoreError::Corrupt(format!("tenant id in threads: {e}")))?;
+            audit::append(
+                &mut tx,
+                &tenant,
+                &origin,
+                AuditDraft {
+                    action: "thread.expired",
+                    resource: "threads".to_owned(),
+                    outcome: Outcome::Success,
+                    details: json!({"threads": count.threads, "untouched_before": cutoff}),
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(deleted)
     }
 }

@@ -193,3 +193,19 @@ fn the_checks_see_dev_dependencies_as_allowed() {
     );
     assert!(graph.direct(server).contains("bulkhead-store"));
 }
+
+#[test]
+fn no_shipped_crate_depends_on_the_test_kit() {
+    let graph = graph();
+    for member in &graph.members {
+        let name = &graph.names[member];
+        if name == "bulkhead-testkit" {
+            continue;
+        }
+        let reached = graph.reachable_avoiding(member, "");
+        assert!(
+            !reached.contains("bulkhead-testkit"),
+            "{name} depends on bulkhead-testkit; only tests and benches may"
+        );
+    }
+}

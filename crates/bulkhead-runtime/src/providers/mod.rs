@@ -3,6 +3,7 @@
 
 pub mod anthropic;
 pub mod openai;
+pub mod sse;
 
 use serde::{Deserialize, Serialize};
 
@@ -68,6 +69,94 @@ pub struct ChatResponse {
     pub usage: Usage,
 }
 
+/// A piece of an answer as it streams in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delta {
+    Text(String),
+    /// The tool call at `index` begins (with its id and name) or its arguments grow.
+    ToolCall {
+        index: usize,
+        id: Option<String>,
+        name: Option<String>,
+        arguments: String,
+    },
+}
+
+/// Where a streaming call hands its deltas, as they arrive.
+pub type DeltaSink<'a> = &'a mut (dyn FnMut(Delta) + Send);
+
+/// Builds the final response of a streamed answer from its deltas, so streaming and
+/// non-streaming calls end in the same [`ChatResponse`].
+#[derive(Debug, Default)]
+pub struct Accumulator {
+    text: String,
+    calls: Vec<ToolCall>,
+    pub usage: Usage,
+    pub finish_reason: Option<String>,
+}
+
+impl Accumulator {
+    /// Records `delta` and passes it on to `sink`.
+    pub fn apply(&mut self, delta: Delta, sink: DeltaSink<'_>) {
+        match &delta {
+            Delta::Text(text) => self.text.push_str(text),
+            Delta::ToolCall {
+                index,
+                id,
+                name,
+                arguments,
+            } => {
+                while self.calls.len() <= *index {
+                    self.calls.push(ToolCall {
+                        id: String::new(),
+                        name: String::new(),
+                        arguments: String::new(),
+                    });
+                }
+                let call = &mut self.calls[*index];
+                if let Some(id) = id {
+                    call.id.clone_from(id);
+                }
+                if let Some(name) = name {
+                    call.name.push_str(name);
+                }
+                call.arguments.push_str(arguments);
+            }
+        }
+        sink(delta);
+    }
+
+    pub fn finish(self) -> Result<ChatResponse, ProviderError> {
+        if let Some(call) = self
+            .calls
+            .iter()
+            .find(|c| c.id.is_empty() || c.name.is_empty())
+        {
+            return Err(ProviderError::Malformed(format!(
+                "a streamed tool call has no id or name (arguments {:?})",
+                call.arguments
+            )));
+        }
+        let finish_reason = self.finish_reason.unwrap_or_else(|| {
+            if self.calls.is_empty() {
+                "stop".into()
+            } else {
+                "tool_calls".into()
+            }
+        });
+        Ok(ChatResponse {
+            message: ChatMessage {
+                role: "assistant".into(),
+                content: (!self.text.is_empty() || self.calls.is_empty()).then_some(self.text),
+                tool_calls: self.calls,
+                tool_call_id: None,
+            },
+            finish_reason,
+            usage: self.usage,
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
     #[error(transparent)]
@@ -104,8 +193,8 @@ struct WireError {
 }
 
 #[derive(Deserialize)]
-struct WireErrorBody {
-    message: String,
+pub(crate) struct WireErrorBody {
+    pub(crate) message: String,
 }
 
 /// Maps a non-2xx provider answer to a typed error. OpenAI and Anthropic both send

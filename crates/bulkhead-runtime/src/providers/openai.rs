@@ -1,12 +1,14 @@
-//! OpenAI-compatible Chat Completions (non-streaming): the wire format of OpenAI's
-//! `POST /chat/completions`, spoken by many providers and gateways.
+//! OpenAI-compatible Chat Completions: the wire format of OpenAI's `POST /chat/completions`,
+//! spoken by many providers and gateways, whole or streamed as server-sent events.
 
 use bulkhead_egress::{OutboundRequest, TenantEgress};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::sse::read_events;
 use super::{
-    ChatMessage, ChatRequest, ChatResponse, ProviderError, ToolCall, Usage, error_from_status,
+    Accumulator, ChatMessage, ChatRequest, ChatResponse, Delta, DeltaSink, ProviderError, ToolCall,
+    Usage, WireErrorBody, error_from_status,
 };
 
 /// The request body, in OpenAI's shape.
@@ -134,6 +136,119 @@ pub async fn chat(
     parse_response(response.status, &response.body)
 }
 
+/// Like [`chat`], streamed: deltas go to `sink` as they arrive (tool-call arguments in pieces),
+/// and the assembled response, usage included, is answered at the end.
+pub async fn chat_stream(
+    egress: &TenantEgress<'_>,
+    endpoint: &str,
+    request: &ChatRequest,
+    sink: DeltaSink<'_>,
+) -> Result<ChatResponse, ProviderError> {
+    let mut body = request_body(request);
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let mut response = egress
+        .send_streaming(
+            endpoint,
+            OutboundRequest::post_json("/chat/completions", &body),
+        )
+        .await?;
+    if !(200..300).contains(&response.status) {
+        let body = response.chunk().await?.unwrap_or_default();
+        return Err(error_from_status(response.status, &body));
+    }
+    let mut accumulator = Accumulator::default();
+    read_events(&mut response, |event| {
+        apply_chunk(&event.data, &mut accumulator, &mut *sink)
+    })
+    .await?;
+    accumulator.finish()
+}
+
+#[derive(Deserialize)]
+struct WireChunk {
+    #[serde(default)]
+    choices: Vec<WireChunkChoice>,
+    usage: Option<WireUsage>,
+    error: Option<WireErrorBody>,
+}
+
+#[derive(Deserialize)]
+struct WireChunkChoice {
+    #[serde(default)]
+    delta: WireDelta,
+    finish_reason: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+struct WireDelta {
+    content: Option<String>,
+    #[serde(default)]
+    tool_calls: Vec<WireToolCallDelta>,
+}
+
+#[derive(Deserialize)]
+struct WireToolCallDelta {
+    index: usize,
+    id: Option<String>,
+    function: Option<WireFunctionDelta>,
+}
+
+#[derive(Deserialize)]
+struct WireFunctionDelta {
+    name: Option<String>,
+    arguments: Option<String>,
+}
+
+/// Applies one `data:` payload of a Chat Completions stream; answers `true` at `[DONE]`. An
+/// `error` object inside the stream (some providers send one after a 200) is an upstream error.
+pub fn apply_chunk(
+    data: &str,
+    accumulator: &mut Accumulator,
+    sink: DeltaSink<'_>,
+) -> Result<bool, ProviderError> {
+    if data.trim() == "[DONE]" {
+        return Ok(true);
+    }
+    let chunk: WireChunk = serde_json::from_str(data)
+        .map_err(|e| ProviderError::Malformed(format!("stream chunk: {e}")))?;
+    if let Some(error) = chunk.error {
+        return Err(ProviderError::Upstream {
+            status: 200,
+            message: error.message,
+        });
+    }
+    if let Some(usage) = chunk.usage {
+        accumulator.usage = Usage {
+            input_tokens: usage.prompt_tokens,
+            output_tokens: usage.completion_tokens,
+        };
+    }
+    for choice in chunk.choices {
+        if let Some(text) = choice.delta.content.filter(|t| !t.is_empty()) {
+            accumulator.apply(Delta::Text(text), &mut *sink);
+        }
+        for call in choice.delta.tool_calls {
+            let (name, arguments) = call
+                .function
+                .map_or((None, None), |f| (f.name, f.arguments));
+            accumulator.apply(
+                Delta::ToolCall {
+                    index: call.index,
+                    id: call.id,
+                    name,
+                    arguments: arguments.unwrap_or_default(),
+                },
+                &mut *sink,
+            );
+        }
+        if let Some(reason) = choice.finish_reason {
+            accumulator.finish_reason = Some(reason);
+        }
+    }
+    Ok(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +296,49 @@ mod tests {
         );
         assert_eq!(
             parse_response(200, br#"{"choices":[]}"#)
+                .unwrap_err()
+                .code(),
+            "upstream_malformed"
+        );
+    }
+
+    #[test]
+    fn assembles_streamed_text_and_tool_call_deltas() {
+        let chunks = [
+            r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#,
+            r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"Look"},"finish_reason":null}]}"#,
+            r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_9","type":"function","function":{"name":"search","arguments":""}}]},"finish_reason":null}]}"#,
+            r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"q\":"}}]},"finish_reason":null}]}"#,
+            r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\"tea\"}"}}]},"finish_reason":null}]}"#,
+            r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
+            r#"{"id":"c","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":30,"completion_tokens":9,"total_tokens":39}}"#,
+            "[DONE]",
+        ];
+        let mut accumulator = Accumulator::default();
+        let mut seen = Vec::new();
+        let mut sink = |d: Delta| seen.push(d);
+        let mut done = false;
+        for chunk in chunks {
+            done = apply_chunk(chunk, &mut accumulator, &mut sink).unwrap();
+        }
+        assert!(done);
+        let response = accumulator.finish().unwrap();
+        assert_eq!(response.message.content.as_deref(), Some("Look"));
+        assert_eq!(response.message.tool_calls[0].id, "call_9");
+        assert_eq!(response.message.tool_calls[0].arguments, r#"{"q":"tea"}"#);
+        assert_eq!(response.finish_reason, "tool_calls");
+        assert_eq!(response.usage.output_tokens, 9);
+        assert_eq!(seen.len(), 4);
+
+        let mut accumulator = Accumulator::default();
+        let error = apply_chunk(
+            r#"{"error":{"message":"overloaded"}}"#,
+            &mut accumulator,
+            &mut |_| {},
+        );
+        assert_eq!(error.unwrap_err().code(), "upstream_error");
+        assert_eq!(
+            apply_chunk("{not json", &mut accumulator, &mut |_| {})
                 .unwrap_err()
                 .code(),
             "upstream_malformed"

@@ -20,7 +20,7 @@ use crate::extract::{ApiJson, ApiPath};
 use crate::routes::dto::deleted;
 
 const WRITERS: &[Role] = &[Role::Owner, Role::Admin, Role::Developer];
-const READERS: &[Role] = &[
+pub(crate) const READERS: &[Role] = &[
     Role::Owner,
     Role::Admin,
     Role::Developer,
@@ -49,7 +49,7 @@ fn agent_view(record: AgentRecord) -> Result<AgentView, ApiError> {
     })
 }
 
-fn path_agent(name: &str) -> Result<AgentName, ApiError> {
+pub(crate) fn path_agent(name: &str) -> Result<AgentName, ApiError> {
     AgentName::try_from(name).map_err(|_| ApiError::NotFound)
 }
 
@@ -364,177 +364,4 @@ pub async fn delete_prompt(
             .delete_prompt(&path_prompt(&name)?)
             .await?,
     )
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RunRequest {
-    /// The user's message, inserted as data.
-    pub input: String,
-    /// The end user the run acts for, as `{{ user }}`. Threads belong to one end user.
-    pub end_user: Option<String>,
-    /// Continue this conversation. Another tenant's or another end user's thread is a 404.
-    pub thread_id: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RunView {
-    pub id: String,
-    /// The conversation this run belongs to, if any.
-    pub thread_id: Option<String>,
-    pub agent: String,
-    /// The agent version this run used.
-    pub agent_version: i64,
-    /// `running`, `completed` or `failed`.
-    pub status: String,
-    pub input: String,
-    pub output: Option<String>,
-    /// Stable code of the failure, such as `max_steps_exceeded`, `template_error`,
-    /// `provider_unauthorized`, `residency_violation` or `interrupted`.
-    pub error_code: Option<String>,
-    pub error_message: Option<String>,
-    pub steps: i64,
-    pub input_tokens: i64,
-    pub output_tokens: i64,
-    /// The messages exchanged with the model, system prompt first.
-    #[schema(value_type = Vec<Object>)]
-    pub transcript: serde_json::Value,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
-impl From<bulkhead_store::RunRecord> for RunView {
-    fn from(r: bulkhead_store::RunRecord) -> Self {
-        Self {
-            id: r.run_id,
-            thread_id: r.thread_id,
-            agent: r.agent,
-            agent_version: r.agent_version,
-            status: r.status,
-            input: r.input,
-            output: r.output,
-            error_code: r.error_code,
-            error_message: r.error_message,
-            steps: r.steps,
-            input_tokens: r.input_tokens,
-            output_tokens: r.output_tokens,
-            transcript: r.transcript,
-            created_at: to_rfc3339(r.created_at),
-            updated_at: to_rfc3339(r.updated_at),
-        }
-    }
-}
-
-const RUNNERS: &[Role] = &[Role::Owner, Role::Admin, Role::Developer, Role::Agent];
-
-/// Runs the agent's current version to completion and answers the finished run (a failed run
-/// is still a 200, with `status` `failed` and an `error_code`).
-#[utoipa::path(post, path = "/v1/agents/{name}/runs", tag = "tenant-plane",
-    security(("tenant_credential" = [])),
-    params(("name" = String, Path, description = "Agent name")),
-    request_body = RunRequest,
-    responses((status = 200, body = RunView), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 404, body = Problem), (status = 422, body = Problem)))]
-pub async fn create_run(
-    State(state): State<AppState>,
-    Authenticated(ctx): Authenticated,
-    ApiPath(name): ApiPath<String>,
-    ApiJson(request): ApiJson<RunRequest>,
-) -> Result<Json<RunView>, ApiError> {
-    require_role(&ctx, RUNNERS)?;
-    if request.input.len() > 256 * 1024 {
-        return Err(ApiError::invalid("input", "must be at most 256 KiB"));
-    }
-    let store = state.store().tenant(&ctx);
-    let agent = store
-        .agent(&path_agent(&name)?)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    let input = bulkhead_runtime::runs::RunInput {
-        thread_id: request.thread_id,
-        input: request.input,
-        user: request.end_user,
-    };
-    let run = state
-        .runner()
-        .run(&store, &agent, input)
-        .await
-        .map_err(|e| match e {
-            bulkhead_runtime::runs::RunError::ThreadNotFound => ApiError::NotFound,
-            bulkhead_runtime::runs::RunError::Store(e) => e.into(),
-        })?;
-    Ok(Json(run.into()))
-}
-
-/// One of the tenant's runs. Another tenant's run id answers 404 like a missing one.
-#[utoipa::path(get, path = "/v1/runs/{id}", tag = "tenant-plane",
-    security(("tenant_credential" = [])),
-    params(("id" = String, Path, description = "Run id")),
-    responses((status = 200, body = RunView), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
-pub async fn get_run(
-    State(state): State<AppState>,
-    Authenticated(ctx): Authenticated,
-    ApiPath(id): ApiPath<String>,
-) -> Result<Json<RunView>, ApiError> {
-    require_role(&ctx, READERS)?;
-    let run = state
-        .store()
-        .tenant(&ctx)
-        .run(&id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    Ok(Json(run.into()))
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct ThreadQuery {
-    /// The end user the thread belongs to (omit for threads without one).
-    pub end_user: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ThreadMessageView {
-    pub seq: i64,
-    pub role: String,
-    pub content: String,
-    pub created_at: String,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ThreadView {
-    pub id: String,
-    pub messages: Vec<ThreadMessageView>,
-}
-
-/// A conversation. Another tenant's or another end user's thread answers 404 like a missing one.
-#[utoipa::path(get, path = "/v1/threads/{id}", tag = "tenant-plane",
-    security(("tenant_credential" = [])),
-    params(("id" = String, Path, description = "Thread id"), ThreadQuery),
-    responses((status = 200, body = ThreadView), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
-pub async fn get_thread(
-    State(state): State<AppState>,
-    Authenticated(ctx): Authenticated,
-    ApiPath(id): ApiPath<String>,
-    crate::extract::ApiQuery(query): crate::extract::ApiQuery<ThreadQuery>,
-) -> Result<Json<ThreadView>, ApiError> {
-    require_role(&ctx, RUNNERS)?;
-    let messages = state
-        .store()
-        .tenant(&ctx)
-        .thread_messages(&id, query.end_user.as_deref().unwrap_or_default())
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    Ok(Json(ThreadView {
-        id,
-        messages: messages
-            .into_iter()
-            .map(|m| ThreadMessageView {
-                seq: m.seq,
-                role: m.role,
-                content: m.content,
-                created_at: to_rfc3339(m.created_at),
-            })
-            .collect(),
-    }))
 }

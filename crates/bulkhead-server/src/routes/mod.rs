@@ -8,6 +8,7 @@ pub(crate) mod agents;
 pub(crate) mod credentials;
 pub(crate) mod dto;
 pub(crate) mod ops;
+pub(crate) mod runs;
 pub(crate) mod tenant;
 
 use utoipa_axum::router::OpenApiRouter;
@@ -51,9 +52,9 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
             agents::delete_agent
         ))
         .routes(routes!(agents::preview_prompt))
-        .routes(routes!(agents::create_run))
-        .routes(routes!(agents::get_run))
-        .routes(routes!(agents::get_thread))
+        .routes(routes!(runs::create_run))
+        .routes(routes!(runs::get_run))
+        .routes(routes!(runs::get_thread))
         .routes(routes!(agents::list_prompts))
         .routes(routes!(
             agents::put_prompt,

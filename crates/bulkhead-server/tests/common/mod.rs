@@ -210,3 +210,55 @@ impl TestServer {
         )
     }
 }
+
+/// An endpoint named `name` reaching a (fake) provider with each tenant's credential for the
+/// connector of the same name, in region `eu-west`, without retries.
+pub fn model_endpoint(
+    name: &str,
+    base_url: String,
+    auth: bulkhead_core::config::AuthScheme,
+    timeout_ms: u64,
+) -> bulkhead_core::config::EndpointConfig {
+    bulkhead_core::config::EndpointConfig {
+        name: name.into(),
+        base_url,
+        region: RegionName::try_from("eu-west").unwrap(),
+        kind: bulkhead_core::config::EndpointKind::Model,
+        connector: Some(bulkhead_core::ConnectorName::try_from(name).unwrap()),
+        auth,
+        timeout_ms,
+        max_retries: 0,
+    }
+}
+
+/// Stores `secret` as the tenant's credential for `connector`.
+pub async fn put_credential(server: &TestServer, key: &str, connector: &str, secret: &str) {
+    let (status, body) = server
+        .send(
+            server
+                .request(
+                    reqwest::Method::PUT,
+                    &format!("/v1/credentials/{connector}"),
+                    Some(key),
+                )
+                .json(&serde_json::json!({"secret": secret})),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+}
+
+/// Puts agent `name` with `spec`.
+pub async fn put_agent(server: &TestServer, key: &str, name: &str, spec: serde_json::Value) {
+    let (status, body) = server
+        .send(
+            server
+                .request(
+                    reqwest::Method::PUT,
+                    &format!("/v1/agents/{name}"),
+                    Some(key),
+                )
+                .json(&spec),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+}

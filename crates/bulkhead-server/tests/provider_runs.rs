@@ -1,0 +1,264 @@
+//! Runs against local providers that speak OpenAI's and Anthropic's real wire formats:
+//! streamed runs, many interleaved runs of two tenants on one endpoint, and upstreams that
+//! stall, fail or answer garbage.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use bulkhead_core::config::{AuthScheme, ModelConfig, ProviderKind};
+use bulkhead_testkit::fake_llm::FakeLlm;
+use common::{Backend, TestServer, model_endpoint, put_agent, put_credential};
+use futures_util::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// A server with model `fast` (OpenAI-compatible) and `claude` (Anthropic), both on `fake`.
+async fn server_on(fake: &FakeLlm, backend: Backend, timeout_ms: u64) -> TestServer {
+    let endpoints = [
+        model_endpoint(
+            "openai",
+            format!("{}/v1", fake.base),
+            AuthScheme::Bearer {},
+            timeout_ms,
+        ),
+        model_endpoint(
+            "anthropic",
+            fake.base.clone(),
+            AuthScheme::Header {
+                name: "x-api-key".into(),
+            },
+            timeout_ms,
+        ),
+    ];
+    let models = vec![
+        ModelConfig {
+            alias: "fast".into(),
+            provider: ProviderKind::Openai,
+            endpoint: "openai".into(),
+            upstream_model: Some("gpt-4o-mini".into()),
+        },
+        ModelConfig {
+            alias: "claude".into(),
+            provider: ProviderKind::Anthropic,
+            endpoint: "anthropic".into(),
+            upstream_model: Some("claude-3-5-haiku-latest".into()),
+        },
+    ];
+    TestServer::start_full(backend, 64 * 1024, &endpoints, models, None).await
+}
+
+/// A tenant with both provider keys and agents `gpt` and `haiku`; answers its API key.
+async fn tenant(server: &TestServer, id: &str) -> String {
+    server.create_tenant(id).await;
+    let (key, _) = server.create_key(id, "owner").await;
+    put_credential(server, &key, "openai", &format!("sk-{id}")).await;
+    put_credential(server, &key, "anthropic", &format!("ak-{id}")).await;
+    for (agent, model) in [("gpt", "fast"), ("haiku", "claude")] {
+        put_agent(
+            server,
+            &key,
+            agent,
+            json!({"model": model, "system_prompt": "You help {{ tenant.name }}."}),
+        )
+        .await;
+    }
+    key
+}
+
+async fn run(server: &TestServer, key: &str, agent: &str, input: &str) -> Value {
+    let (status, run) = server
+        .send(
+            server
+                .request(Method::POST, &format!("/v1/agents/{agent}/runs"), Some(key))
+                .json(&json!({"input": input})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{run}");
+    run
+}
+
+/// Posts a run with `Accept: text/event-stream` and answers its events, in order.
+async fn run_streamed(
+    server: &TestServer,
+    key: &str,
+    agent: &str,
+    input: &str,
+) -> Vec<(String, Value)> {
+    let response = server
+        .request(Method::POST, &format!("/v1/agents/{agent}/runs"), Some(key))
+        .header("accept", "text/event-stream")
+        .json(&json!({"input": input}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let text = response.text().await.unwrap();
+    text.split("\n\n")
+        .filter(|block| !block.trim().is_empty() && !block.starts_with(':'))
+        .map(|block| {
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned()
+            };
+            (
+                field("event:"),
+                serde_json::from_str(&field("data:")).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn streamed_runs_send_deltas_then_the_stored_run_on_both_providers() {
+    let fake = FakeLlm::start().await.unwrap();
+    let server = server_on(&fake, Backend::Sqlite, 5_000).await;
+    let key = tenant(&server, "acme").await;
+    for (agent, expected) in [
+        ("gpt", "answered with Bearer sk-acme"),
+        ("haiku", "answered with ak-acme"),
+    ] {
+        let events = run_streamed(&server, &key, agent, "hello there").await;
+        let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names.first(), Some(&"run.started"), "{names:?}");
+        assert_eq!(names.last(), Some(&"run.completed"), "{names:?}");
+        let deltas: Vec<&str> = events
+            .iter()
+            .filter(|(n, _)| n == "message.delta")
+            .map(|(_, d)| d["text"].as_str().unwrap())
+            .collect();
+        assert!(deltas.len() > 1, "the answer arrives in pieces: {deltas:?}");
+        assert_eq!(deltas.concat(), expected);
+        let (_, finished) = events.last().unwrap();
+        assert_eq!(finished["output"], expected);
+        assert_eq!(finished["input_tokens"], 11, "usage comes from the stream");
+        assert_eq!(
+            finished["output_tokens"],
+            expected.split_whitespace().count()
+        );
+        let run_id = events[0].1["run_id"].as_str().unwrap();
+        assert_eq!(finished["id"], run_id);
+        let (_, stored) = server.tenant_get(&format!("/v1/runs/{run_id}"), &key).await;
+        assert_eq!(stored["status"], "completed");
+        assert_eq!(stored["output"], expected);
+    }
+    assert!(
+        fake.seen().iter().all(|s| s.stream),
+        "streamed upstream calls"
+    );
+
+    // A refused run is an HTTP error before any stream starts.
+    let other = tenant(&server, "globex").await;
+    let response = server
+        .request(Method::POST, "/v1/agents/gpt/runs", Some(&other))
+        .header("accept", "text/event-stream")
+        .json(&json!({"input": "x", "thread_id": "thr_not_yours"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    server.finish().await;
+}
+
+#[tokio::test]
+async fn five_hundred_interleaved_runs_of_two_tenants_each_carry_their_own_key() {
+    let fake = FakeLlm::start().await.unwrap();
+    let server = server_on(&fake, Backend::Sqlite, 10_000).await;
+    let acme = tenant(&server, "acme").await;
+    let globex = tenant(&server, "globex").await;
+    let runs = futures_util::stream::iter(0..500)
+        .map(|i| {
+            let (id, key) = if i % 2 == 0 {
+                ("acme", &acme)
+            } else {
+                ("globex", &globex)
+            };
+            let agent = if i % 3 == 0 { "haiku" } else { "gpt" };
+            let server = &server;
+            async move {
+                let input = format!("{id} run {i}");
+                let output = if i % 5 == 0 {
+                    let events = run_streamed(server, key, agent, &input).await;
+                    events.last().unwrap().1["output"].clone()
+                } else {
+                    run(server, key, agent, &input).await["output"].clone()
+                };
+                (id, agent, output)
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    assert_eq!(runs.len(), 500);
+    for (id, agent, output) in runs {
+        let expected = if agent == "gpt" {
+            format!("answered with Bearer sk-{id}")
+        } else {
+            format!("answered with ak-{id}")
+        };
+        assert_eq!(output, expected);
+    }
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 500);
+    let wrong = seen
+        .iter()
+        .filter(|s| {
+            let tenant = s.input.split_whitespace().next().unwrap_or_default();
+            !s.credential.ends_with(&format!("k-{tenant}"))
+        })
+        .count();
+    assert_eq!(
+        wrong, 0,
+        "every upstream request carried its own tenant's key"
+    );
+    server.finish().await;
+}
+
+#[tokio::test]
+async fn upstreams_that_stall_fail_or_answer_garbage_fail_the_run_clearly() {
+    let fake = FakeLlm::start().await.unwrap();
+    let server = server_on(&fake, Backend::Sqlite, 700).await;
+    let key = tenant(&server, "acme").await;
+    for agent in ["gpt", "haiku"] {
+        for (input, code) in [
+            ("stall", "upstream_timeout"),
+            ("garbage", "upstream_malformed"),
+            ("status-429", "provider_rate_limited"),
+            ("status-401", "provider_unauthorized"),
+            ("status-500", "upstream_error"),
+        ] {
+            let finished = run(&server, &key, agent, input).await;
+            assert_eq!(
+                (finished["status"].as_str(), finished["error_code"].as_str()),
+                (Some("failed"), Some(code)),
+                "{agent} {input}: {finished}"
+            );
+        }
+        for (input, code) in [
+            ("truncate", "upstream_malformed"),
+            ("stall", "upstream_timeout"),
+            ("status-429", "provider_rate_limited"),
+        ] {
+            let events = run_streamed(&server, &key, agent, input).await;
+            let (name, finished) = events.last().unwrap();
+            assert_eq!(name, "run.failed");
+            assert_eq!(finished["error_code"], code, "{agent} {input} streamed");
+            let (_, stored) = server
+                .tenant_get(
+                    &format!("/v1/runs/{}", finished["id"].as_str().unwrap()),
+                    &key,
+                )
+                .await;
+            assert_eq!(stored["status"], "failed", "nothing left running");
+        }
+    }
+    server.finish().await;
+}
