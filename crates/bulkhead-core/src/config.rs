@@ -46,6 +46,7 @@ pub struct Config {
     /// Platform prompt snippets, included by any tenant's templates as `platform/<name>` and
     /// read-only to tenants.
     pub platform_prompts: std::collections::BTreeMap<String, String>,
+    pub threads: ThreadsConfig,
 }
 
 impl Default for Config {
@@ -67,7 +68,23 @@ impl Default for Config {
             platform_prompts: std::collections::BTreeMap::new(),
             models: Vec::new(),
             default_models: None,
+            threads: ThreadsConfig::default(),
         }
+    }
+}
+
+/// Conversation memory.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThreadsConfig {
+    /// A thread untouched for this many days is deleted with its messages (checked at start
+    /// and hourly). 0 keeps threads forever.
+    pub retention_days: u32,
+}
+
+impl Default for ThreadsConfig {
+    fn default() -> Self {
+        Self { retention_days: 30 }
     }
 }
 

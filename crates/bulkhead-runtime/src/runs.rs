@@ -66,8 +66,8 @@ pub type EventSink<'a> = &'a mut (dyn FnMut(RunEvent) + Send);
 /// Runs agents for any tenant; each run is bound to the tenant of the store handle given.
 #[derive(Clone)]
 pub struct Runner {
-    egress: Egress,
-    models: Vec<ModelConfig>,
+    pub(crate) egress: Egress,
+    pub(crate) models: Vec<ModelConfig>,
     /// Aliases every tenant may use; `None` means all of `models`.
     default_models: Option<Vec<String>>,
     platform_prompts: BTreeMap<String, String>,
@@ -179,8 +179,8 @@ impl Runner {
             None => &mut ignore,
         };
         let end_user = input.user.clone().unwrap_or_default();
-        let memory_on =
-            serde_json::from_value::<AgentSpec>(agent.spec.clone()).is_ok_and(|s| s.memory);
+        let spec = serde_json::from_value::<AgentSpec>(agent.spec.clone()).ok();
+        let memory_on = spec.as_ref().is_some_and(|s| s.memory);
         let (thread_id, memory) = match &input.thread_id {
             Some(id) => {
                 let messages = store
@@ -252,6 +252,13 @@ impl Runner {
             output_tokens: i64::try_from(progress.usage.output_tokens).unwrap_or(i64::MAX),
         };
         store.finish_run(&run_id, &end).await?;
+        if let Some(spec) = spec.filter(|_| progress.steps > 0) {
+            store.record_usage(
+                &spec.model,
+                progress.usage.input_tokens,
+                progress.usage.output_tokens,
+            );
+        }
         Ok(store
             .run(&run_id)
             .await?

@@ -15,6 +15,7 @@ use crate::routes;
     tags(
         (name = "control-plane", description = "Tenants, their API keys and JWT issuers; admin token"),
         (name = "tenant-plane", description = "Acts for the tenant named by the credential"),
+        (name = "gateway", description = "OpenAI-compatible Chat Completions for outside agent frameworks, with a tenant API key as the OpenAI key"),
         (name = "operations", description = "Health, readiness and this document"),
     )
 )]

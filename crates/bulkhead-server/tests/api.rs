@@ -542,6 +542,8 @@ async fn the_openapi_document_covers_every_route() {
         ("/v1/agents/{name}/runs", "post"),
         ("/v1/runs/{id}", "get"),
         ("/v1/threads/{id}", "get"),
+        ("/v1/chat/completions", "post"),
+        ("/v1/usage", "get"),
         ("/v1/prompts", "get"),
         ("/v1/prompts/{name}", "put"),
         ("/v1/prompts/{name}", "get"),

@@ -24,6 +24,7 @@ mod tenant;
 #[cfg(feature = "test-support")]
 pub mod testing;
 mod threads;
+mod usage;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -45,6 +46,8 @@ pub use threads::ThreadMessage;
 
 use crate::backend::Backend;
 use crate::events::EventBatcher;
+use crate::usage::UsageMeter;
+pub use usage::{UsageCounts, UsageRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -74,6 +77,7 @@ pub enum BackendKind {
 pub struct Store {
     backend: Backend,
     events: EventBatcher,
+    usage: UsageMeter,
 }
 
 #[derive(Debug, Clone)]
@@ -138,6 +142,7 @@ impl Store {
     fn with_backend(backend: Backend) -> Self {
         Self {
             events: EventBatcher::start(backend.clone()),
+            usage: UsageMeter::start(backend.clone()),
             backend,
         }
     }
@@ -157,7 +162,7 @@ impl Store {
 
     /// The handle for one tenant, taken from an authenticated context.
     pub fn tenant<'a>(&'a self, ctx: &'a TenantContext) -> TenantStore<'a> {
-        TenantStore::new(&self.backend, &self.events, ctx)
+        TenantStore::new(&self.backend, &self.events, &self.usage, ctx)
     }
 
     /// Checks that the database answers.
@@ -170,7 +175,15 @@ impl Store {
         self.backend.size_bytes().await
     }
 
+    /// Writes the usage counted in memory so far (the meter does so every second anyway).
+    pub async fn flush_usage(&self) -> Result<(), StoreError> {
+        self.usage.flush(&self.backend).await
+    }
+
     pub async fn close(&self) {
+        if let Err(error) = self.flush_usage().await {
+            tracing::warn!(%error, "usage counts of the last second were not written");
+        }
         self.backend.close().await;
     }
 }

@@ -11,10 +11,12 @@ use crate::events::EventBatcher;
 use crate::records::{
     API_KEY_COLUMNS, ApiKeyInfo, ApiKeyRow, TENANT_COLUMNS, TenantRow, convert_all,
 };
+use crate::usage::UsageMeter;
 
 pub struct TenantStore<'a> {
     backend: &'a Backend,
     pub(crate) events: &'a EventBatcher,
+    pub(crate) usage: &'a UsageMeter,
     ctx: &'a TenantContext,
 }
 
@@ -22,13 +24,19 @@ impl<'a> TenantStore<'a> {
     pub(crate) fn new(
         backend: &'a Backend,
         events: &'a EventBatcher,
+        usage: &'a UsageMeter,
         ctx: &'a TenantContext,
     ) -> Self {
         Self {
             backend,
             events,
+            usage,
             ctx,
         }
+    }
+
+    pub(crate) fn backend(&self) -> &Backend {
+        self.backend
     }
 
     pub fn context(&self) -> &TenantContext {

@@ -24,6 +24,8 @@ bulkhead_store::on_both_backends!(
     a_query_without_a_tenant_filter_still_sees_one_tenant,
     group_committed_events_keep_each_tenants_chain,
     agents_are_versioned_and_prompts_are_per_tenant,
+    usage_is_counted_per_tenant_and_model,
+    expired_threads_go_with_an_audit_event,
 );
 
 fn id(s: &str) -> TenantId {
@@ -616,6 +618,8 @@ async fn a_query_without_a_tenant_filter_still_sees_one_tenant(store: &Store, _d
             .start_run("run_1", Some("thr_1"), &agent_name, 1, "hi")
             .await
             .unwrap();
+        scoped.record_usage("fast", 10, 2);
+        store.flush_usage().await.unwrap();
         store
             .admin()
             .create_issuer(
@@ -654,6 +658,7 @@ async fn a_query_without_a_tenant_filter_still_sees_one_tenant(store: &Store, _d
                 "threads",
                 "thread_messages",
                 "runs",
+                "usage_daily",
             ] {
                 let seen = scoped.unfiltered_tenant_ids(table).await.unwrap();
                 assert!(
@@ -813,4 +818,57 @@ async fn agents_are_versioned_and_prompts_are_per_tenant(store: &Store, _db: &Te
         actions.contains(&"agent.written".to_owned())
             && actions.contains(&"prompt.deleted".to_owned())
     );
+}
+
+async fn usage_is_counted_per_tenant_and_model(store: &Store, _db: &TestDb) {
+    let acme = TenantContext::for_tests(&create(store, "acme").await, &[Role::Owner]);
+    let globex = TenantContext::for_tests(&create(store, "globex").await, &[Role::Owner]);
+    let (a, g) = (store.tenant(&acme), store.tenant(&globex));
+    a.record_usage("fast", 10, 2);
+    a.record_usage("fast", 5, 1);
+    store.flush_usage().await.unwrap();
+    // Counts after a flush add to the same row.
+    a.record_usage("fast", 1, 1);
+    a.record_usage("claude", 7, 3);
+    g.record_usage("fast", 100, 50);
+    let usage = a.usage().await.unwrap();
+    let line = |model: &str| usage.iter().find(|r| r.model == model).cloned().unwrap();
+    assert_eq!(usage.len(), 2);
+    assert_eq!(
+        (
+            line("fast").requests,
+            line("fast").input_tokens,
+            line("fast").output_tokens
+        ),
+        (3, 16, 4)
+    );
+    assert_eq!(line("claude").requests, 1);
+    let theirs = g.usage().await.unwrap();
+    assert_eq!(theirs.len(), 1);
+    assert_eq!(theirs[0].input_tokens, 100);
+}
+
+async fn expired_threads_go_with_an_audit_event(store: &Store, _db: &TestDb) {
+    let acme = TenantContext::for_tests(&create(store, "acme").await, &[Role::Owner]);
+    let globex = TenantContext::for_tests(&create(store, "globex").await, &[Role::Owner]);
+    let (a, g) = (store.tenant(&acme), store.tenant(&globex));
+    a.create_thread("thr_old", "").await.unwrap();
+    a.append_thread("thr_old", &[("user", "hi")]).await.unwrap();
+    let cutoff = bulkhead_core::timestamp::now_millis() + 1;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    g.create_thread("thr_new", "").await.unwrap();
+    assert_eq!(store.admin().expire_threads(cutoff).await.unwrap(), 1);
+    assert!(a.thread_messages("thr_old", "").await.unwrap().is_none());
+    assert!(g.thread_messages("thr_new", "").await.unwrap().is_some());
+    let events = store
+        .admin()
+        .audit_events(acme.tenant_id(), 0, 100)
+        .await
+        .unwrap();
+    assert!(
+        events.iter().any(|e| e.action == "thread.expired"),
+        "{events:?}"
+    );
+    verify_chain(&id("acme"), &events).unwrap();
+    assert_eq!(store.admin().expire_threads(cutoff).await.unwrap(), 0);
 }

@@ -46,6 +46,9 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
             "marked runs cut off by the last stop as failed"
         );
     }
+    if config.threads.retention_days > 0 {
+        tokio::spawn(expire_threads(store.clone(), config.threads.retention_days));
+    }
     let state = app_state(&config, &store, admin_token_hash).await?;
     let listener = TcpListener::bind(config.listen)
         .await
@@ -64,6 +67,21 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("shut down; closing the database");
     store.close().await;
     Ok(())
+}
+
+/// Deletes threads past their retention at start and every hour after.
+async fn expire_threads(store: Store, retention_days: u32) {
+    let retention_ms = i64::from(retention_days) * 24 * 60 * 60 * 1000;
+    let mut hourly = tokio::time::interval(std::time::Duration::from_secs(60 * 60));
+    loop {
+        hourly.tick().await;
+        let cutoff = bulkhead_core::timestamp::now_millis() - retention_ms;
+        match store.admin().expire_threads(cutoff).await {
+            Ok(0) => {}
+            Ok(expired) => tracing::info!(threads = expired, retention_days, "expired threads"),
+            Err(error) => tracing::warn!(%error, "expiring threads failed; will retry in an hour"),
+        }
+    }
 }
 
 /// Everything the HTTP application needs, built from configuration: the vault with its KEK,

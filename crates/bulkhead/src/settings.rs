@@ -32,6 +32,7 @@ const ENV_KEYS: &[&str] = &[
     "platform_prompts",
     "models",
     "default_models",
+    "threads",
 ];
 
 pub fn load(global: &GlobalArgs) -> anyhow::Result<Config> {

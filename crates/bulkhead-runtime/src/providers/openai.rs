@@ -159,7 +159,7 @@ pub async fn chat_stream(
     }
     let mut accumulator = Accumulator::default();
     read_events(&mut response, |event| {
-        apply_chunk(&event.data, &mut accumulator, &mut *sink)
+        Ok(apply_chunk(&event.data, &mut accumulator, &mut *sink)? == ChunkKind::Done)
     })
     .await?;
     accumulator.finish()
@@ -200,15 +200,26 @@ struct WireFunctionDelta {
     arguments: Option<String>,
 }
 
-/// Applies one `data:` payload of a Chat Completions stream; answers `true` at `[DONE]`. An
-/// `error` object inside the stream (some providers send one after a 200) is an upstream error.
+/// What one `data:` payload of a stream was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkKind {
+    /// `[DONE]`: the stream is over.
+    Done,
+    /// A chunk with choices (deltas, a finish reason).
+    Choices,
+    /// The chunk that carries only usage (`stream_options.include_usage`).
+    UsageOnly,
+}
+
+/// Applies one `data:` payload of a Chat Completions stream. An `error` object inside the
+/// stream (some providers send one after a 200) is an upstream error.
 pub fn apply_chunk(
     data: &str,
     accumulator: &mut Accumulator,
     sink: DeltaSink<'_>,
-) -> Result<bool, ProviderError> {
+) -> Result<ChunkKind, ProviderError> {
     if data.trim() == "[DONE]" {
-        return Ok(true);
+        return Ok(ChunkKind::Done);
     }
     let chunk: WireChunk = serde_json::from_str(data)
         .map_err(|e| ProviderError::Malformed(format!("stream chunk: {e}")))?;
@@ -218,12 +229,17 @@ pub fn apply_chunk(
             message: error.message,
         });
     }
-    if let Some(usage) = chunk.usage {
+    if let Some(usage) = &chunk.usage {
         accumulator.usage = Usage {
             input_tokens: usage.prompt_tokens,
             output_tokens: usage.completion_tokens,
         };
     }
+    let kind = if chunk.choices.is_empty() && chunk.usage.is_some() {
+        ChunkKind::UsageOnly
+    } else {
+        ChunkKind::Choices
+    };
     for choice in chunk.choices {
         if let Some(text) = choice.delta.content.filter(|t| !t.is_empty()) {
             accumulator.apply(Delta::Text(text), &mut *sink);
@@ -246,7 +262,168 @@ pub fn apply_chunk(
             accumulator.finish_reason = Some(reason);
         }
     }
-    Ok(false)
+    Ok(kind)
+}
+
+/// The `usage` object of Chat Completions.
+pub fn usage_json(usage: Usage) -> Value {
+    json!({
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+    })
+}
+
+/// A whole `chat.completion` answer, for answers that did not come from an OpenAI-compatible
+/// upstream (an Anthropic model, a hosted agent).
+pub fn completion_json(id: &str, model: &str, created: i64, response: &ChatResponse) -> Value {
+    let mut message = json!({"role": "assistant", "content": response.message.content});
+    if !response.message.tool_calls.is_empty() {
+        message["tool_calls"] = response
+            .message
+            .tool_calls
+            .iter()
+            .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+            .collect();
+    }
+    json!({
+        "id": id, "object": "chat.completion", "created": created, "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": response.finish_reason}],
+        "usage": usage_json(response.usage),
+    })
+}
+
+/// One `chat.completion.chunk` of a stream.
+pub fn chunk_json(
+    id: &str,
+    model: &str,
+    created: i64,
+    delta: Value,
+    finish: Option<&str>,
+) -> Value {
+    json!({
+        "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+    })
+}
+
+/// The chunk that carries a streamed delta.
+pub fn delta_json(delta: &Delta) -> Value {
+    match delta {
+        Delta::Text(text) => json!({"content": text}),
+        Delta::ToolCall {
+            index,
+            id,
+            name,
+            arguments,
+        } => {
+            let mut call = json!({"index": index, "function": {"arguments": arguments}});
+            if let Some(id) = id {
+                call["id"] = json!(id);
+                call["type"] = json!("function");
+            }
+            if let Some(name) = name {
+                call["function"]["name"] = json!(name);
+            }
+            json!({"tool_calls": [call]})
+        }
+    }
+}
+
+/// Reads a Chat Completions request body into the provider-neutral shape, for sending it to
+/// a provider of another format. Text content parts are joined; other parts are refused.
+pub fn request_from_json(body: &Value) -> Result<ChatRequest, String> {
+    let model = body["model"].as_str().ok_or("model must be a string")?;
+    let messages = body["messages"]
+        .as_array()
+        .ok_or("messages must be an array")?
+        .iter()
+        .enumerate()
+        .map(|(i, m)| message_from_json(m).map_err(|e| format!("messages[{i}]: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tools = match body.get("tools") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(tools)) => tools
+            .iter()
+            .map(|t| {
+                let f = &t["function"];
+                Ok(super::ToolSpec {
+                    name: f["name"]
+                        .as_str()
+                        .ok_or("tools[].function.name must be a string")?
+                        .to_owned(),
+                    description: f["description"].as_str().unwrap_or_default().to_owned(),
+                    parameters: f
+                        .get("parameters")
+                        .cloned()
+                        .unwrap_or_else(|| json!({"type": "object"})),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?,
+        Some(_) => return Err("tools must be an array".into()),
+    };
+    let max_tokens = body
+        .get("max_completion_tokens")
+        .or_else(|| body.get("max_tokens"))
+        .and_then(Value::as_u64)
+        .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+    Ok(ChatRequest {
+        model: model.to_owned(),
+        messages,
+        tools,
+        max_tokens,
+    })
+}
+
+fn message_from_json(message: &Value) -> Result<ChatMessage, String> {
+    let role = message["role"].as_str().ok_or("role must be a string")?;
+    let role = if role == "developer" { "system" } else { role };
+    if !matches!(role, "system" | "user" | "assistant" | "tool") {
+        return Err(format!("unknown role {role:?}"));
+    }
+    let content = match &message["content"] {
+        Value::Null => None,
+        Value::String(text) => Some(text.clone()),
+        Value::Array(parts) => Some(
+            parts
+                .iter()
+                .map(|p| match (p["type"].as_str(), p["text"].as_str()) {
+                    (Some("text"), Some(text)) => Ok(text),
+                    _ => Err("only text content parts are supported"),
+                })
+                .collect::<Result<Vec<_>, _>>()?
+                .concat(),
+        ),
+        _ => return Err("content must be a string, an array of parts or null".into()),
+    };
+    let tool_calls = match &message["tool_calls"] {
+        Value::Array(calls) => calls
+            .iter()
+            .map(|c| {
+                Ok(ToolCall {
+                    id: c["id"]
+                        .as_str()
+                        .ok_or("tool_calls[].id must be a string")?
+                        .to_owned(),
+                    name: c["function"]["name"]
+                        .as_str()
+                        .ok_or("tool_calls[].function.name must be a string")?
+                        .to_owned(),
+                    arguments: c["function"]["arguments"]
+                        .as_str()
+                        .unwrap_or("{}")
+                        .to_owned(),
+                })
+            })
+            .collect::<Result<Vec<_>, &str>>()?,
+        _ => Vec::new(),
+    };
+    Ok(ChatMessage {
+        role: role.to_owned(),
+        content,
+        tool_calls,
+        tool_call_id: message["tool_call_id"].as_str().map(str::to_owned),
+    })
 }
 
 #[cfg(test)]
@@ -317,11 +494,12 @@ mod tests {
         let mut accumulator = Accumulator::default();
         let mut seen = Vec::new();
         let mut sink = |d: Delta| seen.push(d);
-        let mut done = false;
-        for chunk in chunks {
-            done = apply_chunk(chunk, &mut accumulator, &mut sink).unwrap();
-        }
-        assert!(done);
+        let kinds: Vec<ChunkKind> = chunks
+            .iter()
+            .map(|chunk| apply_chunk(chunk, &mut accumulator, &mut sink).unwrap())
+            .collect();
+        assert_eq!(kinds[6], ChunkKind::UsageOnly);
+        assert_eq!(kinds[7], ChunkKind::Done);
         let response = accumulator.finish().unwrap();
         assert_eq!(response.message.content.as_deref(), Some("Look"));
         assert_eq!(response.message.tool_calls[0].id, "call_9");

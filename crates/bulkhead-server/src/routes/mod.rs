@@ -7,6 +7,7 @@ pub(crate) mod admin_tenants;
 pub(crate) mod agents;
 pub(crate) mod credentials;
 pub(crate) mod dto;
+pub(crate) mod gateway;
 pub(crate) mod ops;
 pub(crate) mod runs;
 pub(crate) mod tenant;
@@ -53,6 +54,8 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(agents::preview_prompt))
         .routes(routes!(runs::create_run))
+        .routes(routes!(gateway::chat_completions))
+        .routes(routes!(tenant::usage))
         .routes(routes!(runs::get_run))
         .routes(routes!(runs::get_thread))
         .routes(routes!(agents::list_prompts))

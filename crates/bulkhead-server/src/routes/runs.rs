@@ -80,7 +80,7 @@ impl From<bulkhead_store::RunRecord> for RunView {
     }
 }
 
-const RUNNERS: &[Role] = &[Role::Owner, Role::Admin, Role::Developer, Role::Agent];
+pub(crate) const RUNNERS: &[Role] = &[Role::Owner, Role::Admin, Role::Developer, Role::Agent];
 
 /// Runs the agent's current version to completion and answers the finished run (a failed run
 /// is still a 200, with `status` `failed` and an `error_code`).
@@ -195,7 +195,7 @@ fn sse_event(item: RunStreamItem) -> Event {
         .data(data.unwrap_or_else(|e| json!({"error": e.to_string()}).to_string()))
 }
 
-fn run_error(error: RunError) -> ApiError {
+pub(crate) fn run_error(error: RunError) -> ApiError {
     match error {
         RunError::ThreadNotFound => ApiError::NotFound,
         RunError::Store(e) => e.into(),

@@ -78,3 +78,55 @@ pub async fn get_own_api_key(
         .ok_or(ApiError::NotFound)?;
     Ok(Json(key.into()))
 }
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageLine {
+    /// UTC day, `YYYY-MM-DD`.
+    pub day: String,
+    /// The model alias used (by the gateway or by an agent's runs).
+    pub model: String,
+    pub requests: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageReport {
+    pub lines: Vec<UsageLine>,
+    pub requests: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+}
+
+const USAGE_READERS: &[Role] = &[Role::Owner, Role::Admin, Role::Viewer];
+
+/// The tenant's token usage by day and model, up to this moment. Owner, admin or viewer.
+#[utoipa::path(get, path = "/v1/usage", tag = "tenant-plane",
+    security(("tenant_credential" = [])),
+    responses((status = 200, body = UsageReport), (status = 401, body = Problem), (status = 403, body = Problem)))]
+pub async fn usage(
+    State(state): State<AppState>,
+    Authenticated(ctx): Authenticated,
+) -> Result<Json<UsageReport>, ApiError> {
+    require_role(&ctx, USAGE_READERS)?;
+    let rows = state.store().tenant(&ctx).usage().await?;
+    let mut report = UsageReport {
+        lines: Vec::with_capacity(rows.len()),
+        requests: 0,
+        input_tokens: 0,
+        output_tokens: 0,
+    };
+    for row in rows {
+        report.requests += row.requests;
+        report.input_tokens += row.input_tokens;
+        report.output_tokens += row.output_tokens;
+        report.lines.push(UsageLine {
+            day: row.day,
+            model: row.model,
+            requests: row.requests,
+            input_tokens: row.input_tokens,
+            output_tokens: row.output_tokens,
+        });
+    }
+    Ok(Json(report))
+}

@@ -1,0 +1,124 @@
+//! The OpenAI-compatible gateway, driven by the real `openai` Python package (installed by
+//! `scripts/test` from `tests/python/requirements.txt`), against a local provider that speaks
+//! OpenAI's and Anthropic's wire formats.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use bulkhead_core::config::{AuthScheme, ModelConfig, ProviderKind};
+use bulkhead_testkit::fake_llm::FakeLlm;
+use common::{Backend, TestServer, model_endpoint, put_agent, put_credential};
+use serde_json::json;
+
+fn model(alias: &str, provider: ProviderKind, endpoint: &str) -> ModelConfig {
+    ModelConfig {
+        alias: alias.into(),
+        provider,
+        endpoint: endpoint.into(),
+        upstream_model: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_python_client_uses_the_gateway_in_both_modes() {
+    let fake = FakeLlm::start().await.unwrap();
+    let endpoints = [
+        model_endpoint(
+            "openai",
+            format!("{}/v1", fake.base),
+            AuthScheme::Bearer {},
+            5_000,
+        ),
+        model_endpoint(
+            "anthropic",
+            fake.base.clone(),
+            AuthScheme::Header {
+                name: "x-api-key".into(),
+            },
+            5_000,
+        ),
+    ];
+    let models = vec![
+        model("fast", ProviderKind::Openai, "openai"),
+        model("claude", ProviderKind::Anthropic, "anthropic"),
+        model("premium", ProviderKind::Openai, "openai"),
+    ];
+    let server = TestServer::start_full(
+        Backend::Sqlite,
+        64 * 1024,
+        &endpoints,
+        models,
+        Some(vec!["fast".into(), "claude".into()]),
+    )
+    .await;
+    let mut keys = Vec::new();
+    for tenant in ["acme", "globex"] {
+        server.create_tenant(tenant).await;
+        let (key, _) = server.create_key(tenant, "owner").await;
+        put_credential(&server, &key, "openai", &format!("sk-{tenant}")).await;
+        put_credential(&server, &key, "anthropic", &format!("ak-{tenant}")).await;
+        put_agent(
+            &server,
+            &key,
+            "helper",
+            json!({"model": "fast", "system_prompt": "Help {{ tenant.name }}."}),
+        )
+        .await;
+        keys.push(key);
+    }
+    put_agent(
+        &server,
+        &keys[0],
+        "acme-only",
+        json!({"model": "fast", "system_prompt": "Acme's secret agent."}),
+    )
+    .await;
+
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/gateway_client.py"
+    );
+    let base = server.base.clone();
+    let (acme, globex) = (keys[0].clone(), keys[1].clone());
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args([script, &base, &acme, &globex])
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the openai client's checks failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("all gateway checks passed"), "{stdout}");
+
+    // Usage is recorded per tenant and model; globex sees only its own.
+    let (_, usage) = server.tenant_get("/v1/usage", &keys[0]).await;
+    let requests = |report: &serde_json::Value, model: &str| {
+        report["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["model"] == model)
+            .map(|l| l["requests"].as_i64().unwrap())
+            .sum::<i64>()
+    };
+    assert!(requests(&usage, "fast") >= 6, "{usage}");
+    assert_eq!(requests(&usage, "claude"), 2, "{usage}");
+    let (_, theirs) = server.tenant_get("/v1/usage", &keys[1]).await;
+    assert_eq!(requests(&theirs, "fast"), 1, "{theirs}");
+    assert_eq!(requests(&theirs, "claude"), 0);
+    // Every upstream call carried the key of the tenant that made it.
+    for seen in fake.seen() {
+        assert!(
+            seen.credential.ends_with("-acme") || seen.credential.ends_with("-globex"),
+            "{seen:?}"
+        );
+    }
+    server.finish().await;
+}
