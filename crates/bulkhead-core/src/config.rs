@@ -195,10 +195,31 @@ pub struct VaultConfig {
 pub struct ModelConfig {
     pub alias: String,
     pub provider: ProviderKind,
-    /// The name of an `[[endpoints]]` entry.
+    /// The name of an `[[endpoints]]` entry (not for `local`).
+    #[serde(default)]
     pub endpoint: String,
     /// The model name the provider expects; defaults to the alias.
     pub upstream_model: Option<String>,
+    /// For `local`: the GGUF file (from `scripts/fetch-models`).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+impl ModelConfig {
+    /// Checks that the fields the provider needs are there.
+    pub fn validate(&self) -> Result<(), String> {
+        match (self.provider, &self.path, self.endpoint.is_empty()) {
+            (ProviderKind::Local, None, _) => Err(format!(
+                "model {}: provider \"local\" needs `path` (the GGUF file)",
+                self.alias
+            )),
+            (ProviderKind::Openai | ProviderKind::Anthropic, _, true) => Err(format!(
+                "model {}: provider needs `endpoint` (an [[endpoints]] name)",
+                self.alias
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -208,6 +229,8 @@ pub enum ProviderKind {
     Openai,
     /// Anthropic Messages.
     Anthropic,
+    /// A small model run in-process on the CPU (offline; for demos and tests).
+    Local,
 }
 
 /// One outbound endpoint. Tenants call it by `name`; egress adds the tenant's credential

@@ -3,7 +3,8 @@
 //!
 //! An OpenAI-compatible upstream gets the client's body as it came (only `model` replaced), and
 //! its answer goes back as it came, so every field the client and upstream agree on passes.
-//! An Anthropic upstream gets the request translated, and its answer is translated back.
+//! An Anthropic upstream or a `local` model gets the request translated, and its answer is
+//! translated back.
 
 use bulkhead_core::config::{ModelConfig, ProviderKind};
 use bulkhead_egress::OutboundRequest;
@@ -14,9 +15,7 @@ use serde_json::{Value, json};
 use crate::agents::SCRIPTED_MODEL;
 use crate::providers::openai::ChunkKind;
 use crate::providers::sse::read_events;
-use crate::providers::{
-    Accumulator, Delta, ProviderError, Usage, anthropic, error_from_status, openai,
-};
+use crate::providers::{Accumulator, Delta, ProviderError, Usage, error_from_status, openai};
 use crate::runs::Runner;
 
 #[derive(Debug, thiserror::Error)]
@@ -128,11 +127,11 @@ impl Runner {
                     usage,
                 })
             }
-            ProviderKind::Anthropic => {
+            ProviderKind::Anthropic | ProviderKind::Local => {
                 let mut request =
                     openai::request_from_json(&body).map_err(GatewayError::InvalidRequest)?;
                 request.model = upstream_name(model).to_owned();
-                let response = anthropic::chat(&egress, &model.endpoint, &request).await?;
+                let response = self.provider_chat(&egress, model, &request, None).await?;
                 let id = format!("chatcmpl-{}", bulkhead_core::ids::new_run_id());
                 let body = openai::completion_json(&id, &alias, now_seconds(), &response);
                 Ok(Completion {
@@ -183,7 +182,7 @@ impl Runner {
                 .await?;
                 Ok(accumulator.usage)
             }
-            ProviderKind::Anthropic => {
+            ProviderKind::Anthropic | ProviderKind::Local => {
                 let mut request =
                     openai::request_from_json(&body).map_err(GatewayError::InvalidRequest)?;
                 request.model = upstream_name(model).to_owned();
@@ -194,9 +193,9 @@ impl Runner {
                 };
                 sink(chunk(json!({"role": "assistant", "content": ""}), None));
                 let mut forward = |delta: Delta| sink(chunk(openai::delta_json(&delta), None));
-                let response =
-                    anthropic::chat_stream(&egress, &model.endpoint, &request, &mut forward)
-                        .await?;
+                let response = self
+                    .provider_chat(&egress, model, &request, Some(&mut forward))
+                    .await?;
                 sink(chunk(json!({}), Some(&response.finish_reason)));
                 if client_wants_usage {
                     let mut last = openai::chunk_json(&id, &alias, created, json!({}), None);

@@ -14,8 +14,9 @@ use serde_json::json;
 
 use crate::agents::{AgentSpec, SCRIPTED_MODEL, ScriptStep};
 use crate::prompts::{AgentVars, MemoryTurn, PromptLibrary, PromptVariables, TenantVars, render};
+use crate::providers::local::LocalModels;
 use crate::providers::{
-    self, ChatMessage, ChatRequest, ChatResponse, Delta, ProviderError, ToolCall, Usage,
+    self, ChatMessage, ChatRequest, ChatResponse, Delta, DeltaSink, ProviderError, ToolCall, Usage,
 };
 
 /// What a streaming run reports as it goes. The HTTP layer sends each as a server-sent event
@@ -71,6 +72,7 @@ pub struct Runner {
     /// Aliases every tenant may use; `None` means all of `models`.
     default_models: Option<Vec<String>>,
     platform_prompts: BTreeMap<String, String>,
+    local: LocalModels,
 }
 
 #[derive(Debug, Clone)]
@@ -128,12 +130,46 @@ impl Runner {
         models: Vec<ModelConfig>,
         default_models: Option<Vec<String>>,
         platform_prompts: BTreeMap<String, String>,
+        local: LocalModels,
     ) -> Self {
         Self {
             egress,
             models,
             default_models,
             platform_prompts,
+            local,
+        }
+    }
+
+    /// Sends `request` (its `model` already the upstream name) to `model`'s provider; with a
+    /// sink, as a stream whose deltas go there.
+    pub(crate) async fn provider_chat(
+        &self,
+        egress: &bulkhead_egress::TenantEgress<'_>,
+        model: &ModelConfig,
+        request: &ChatRequest,
+        sink: Option<DeltaSink<'_>>,
+    ) -> Result<ChatResponse, ProviderError> {
+        let endpoint = &model.endpoint;
+        match (model.provider, sink) {
+            (ProviderKind::Openai, None) => {
+                providers::openai::chat(egress, endpoint, request).await
+            }
+            (ProviderKind::Openai, Some(sink)) => {
+                providers::openai::chat_stream(egress, endpoint, request, sink).await
+            }
+            (ProviderKind::Anthropic, None) => {
+                providers::anthropic::chat(egress, endpoint, request).await
+            }
+            (ProviderKind::Anthropic, Some(sink)) => {
+                providers::anthropic::chat_stream(egress, endpoint, request, sink).await
+            }
+            (ProviderKind::Local, sink) => {
+                let local = self.local.get(&model.alias).ok_or_else(|| {
+                    ProviderError::Local(format!("model {} is not loaded", model.alias))
+                })?;
+                providers::local::chat(local, request, sink).await
+            }
         }
     }
 
@@ -424,15 +460,7 @@ impl Runner {
             .clone()
             .unwrap_or_else(|| model.alias.clone());
         if !turn.streaming {
-            let response = match model.provider {
-                ProviderKind::Openai => {
-                    providers::openai::chat(egress, &model.endpoint, &request).await?
-                }
-                ProviderKind::Anthropic => {
-                    providers::anthropic::chat(egress, &model.endpoint, &request).await?
-                }
-            };
-            return Ok(response);
+            return Ok(self.provider_chat(egress, model, &request, None).await?);
         }
         let events = &mut *turn.events;
         let mut sink = |delta: Delta| {
@@ -440,16 +468,9 @@ impl Runner {
                 events(RunEvent::MessageDelta { step, text });
             }
         };
-        let response = match model.provider {
-            ProviderKind::Openai => {
-                providers::openai::chat_stream(egress, &model.endpoint, &request, &mut sink).await?
-            }
-            ProviderKind::Anthropic => {
-                providers::anthropic::chat_stream(egress, &model.endpoint, &request, &mut sink)
-                    .await?
-            }
-        };
-        Ok(response)
+        Ok(self
+            .provider_chat(egress, model, &request, Some(&mut sink))
+            .await?)
     }
 }
 

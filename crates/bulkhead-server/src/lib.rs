@@ -59,6 +59,8 @@ pub struct ServerSettings {
     pub models: Vec<bulkhead_core::config::ModelConfig>,
     /// Aliases every tenant may use; `None` means all of `models`.
     pub default_models: Option<Vec<String>>,
+    /// The `local` models of `models`, loaded.
+    pub local_models: bulkhead_runtime::providers::local::LocalModels,
 }
 
 impl AppState {
@@ -72,6 +74,7 @@ impl AppState {
                     settings.models,
                     settings.default_models,
                     settings.platform_prompts.clone(),
+                    settings.local_models,
                 ),
                 egress,
                 admin_token_hash: settings.admin_token_hash,

@@ -17,6 +17,7 @@ fn model(alias: &str, provider: ProviderKind, endpoint: &str) -> ModelConfig {
         provider,
         endpoint: endpoint.into(),
         upstream_model: None,
+        path: None,
     }
 }
 

@@ -37,12 +37,14 @@ async fn server_on(fake: &FakeLlm, backend: Backend, timeout_ms: u64) -> TestSer
             provider: ProviderKind::Openai,
             endpoint: "openai".into(),
             upstream_model: Some("gpt-4o-mini".into()),
+            path: None,
         },
         ModelConfig {
             alias: "claude".into(),
             provider: ProviderKind::Anthropic,
             endpoint: "anthropic".into(),
             upstream_model: Some("claude-3-5-haiku-latest".into()),
+            path: None,
         },
     ];
     TestServer::start_full(backend, 64 * 1024, &endpoints, models, None).await
@@ -260,5 +262,67 @@ async fn upstreams_that_stall_fail_or_answer_garbage_fail_the_run_clearly() {
             assert_eq!(stored["status"], "failed", "nothing left running");
         }
     }
+    server.finish().await;
+}
+
+#[tokio::test]
+async fn the_local_model_answers_runs_and_the_gateway_offline() {
+    let local = ModelConfig {
+        alias: "local".into(),
+        provider: ProviderKind::Local,
+        endpoint: String::new(),
+        upstream_model: None,
+        path: Some(bulkhead_testkit::local_chat_model()),
+    };
+    let server = TestServer::start_full(Backend::Sqlite, 64 * 1024, &[], vec![local], None).await;
+    server.create_tenant("acme").await;
+    let (key, _) = server.create_key("acme", "owner").await;
+    put_agent(
+        &server,
+        &key,
+        "geo",
+        json!({"model": "local", "system_prompt": "You are a helpful assistant for {{ tenant.name }}. Answer in one short sentence.",
+            "max_output_tokens": 24}),
+    )
+    .await;
+    let events = run_streamed(&server, &key, "geo", "What is the capital of France?").await;
+    let (name, finished) = events.last().unwrap();
+    assert_eq!(name, "run.completed", "{finished}");
+    let deltas: String = events
+        .iter()
+        .filter(|(n, _)| n == "message.delta")
+        .map(|(_, d)| d["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(finished["output"].as_str().unwrap(), deltas);
+    assert!(deltas.contains("Paris"), "{deltas}");
+    assert!(finished["input_tokens"].as_i64().unwrap() > 10);
+    assert!((1..=24).contains(&finished["output_tokens"].as_i64().unwrap()));
+
+    // The gateway translates for it, and nothing went out: no outbound call was audited.
+    let (status, completion) = server
+        .send(
+            server
+                .request(Method::POST, "/v1/chat/completions", Some(&key))
+                .json(&json!({"model": "local", "max_tokens": 8,
+                    "messages": [{"role": "user", "content": "Say hello."}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{completion}");
+    assert_eq!(completion["object"], "chat.completion");
+    assert!(completion["usage"]["completion_tokens"].as_i64().unwrap() <= 8);
+    let tenant = server
+        .store
+        .admin()
+        .get_tenant(&bulkhead_core::TenantId::try_from("acme").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let events = server
+        .store
+        .admin()
+        .audit_events(&tenant.id, 0, 1000)
+        .await
+        .unwrap();
+    assert!(events.iter().all(|e| e.action != "egress.call"));
     server.finish().await;
 }

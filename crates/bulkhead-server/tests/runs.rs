@@ -246,6 +246,7 @@ async fn runs_call_the_configured_provider_with_each_tenants_own_key() {
         provider: ProviderKind::Openai,
         endpoint: "openai".into(),
         upstream_model: Some("gpt-4o-mini".into()),
+        path: None,
     };
     let server =
         TestServer::start_full(Backend::Sqlite, 64 * 1024, &[endpoint], vec![model], None).await;
@@ -310,6 +311,7 @@ async fn a_tenant_uses_only_the_models_allowed_for_it() {
         provider: ProviderKind::Openai,
         endpoint: "openai".into(),
         upstream_model: None,
+        path: None,
     };
     // Everyone may use "fast"; "premium" only where granted.
     let server = TestServer::start_full(

@@ -3,3 +3,24 @@
 //! only test and bench targets use it.
 
 pub mod fake_llm;
+
+use std::path::PathBuf;
+
+/// The offline models' directory: `$BULKHEAD_MODELS_DIR`, else `models/` in the workspace,
+/// where `scripts/fetch-models` puts them.
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("BULKHEAD_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models")))
+}
+
+/// The local chat model's GGUF file. Tests fail, not skip, without it: CI fetches it.
+pub fn local_chat_model() -> PathBuf {
+    let path = models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/fetch-models",
+        path.display()
+    );
+    path
+}

@@ -165,6 +165,11 @@ pub async fn server_settings(
             Some(binding)
         }
     };
+    for model in &config.models {
+        model
+            .validate()
+            .map_err(|e| anyhow::anyhow!("[[models]]: {e}"))?;
+    }
     for (name, source) in &config.platform_prompts {
         bulkhead_core::PromptName::try_from(name.as_str())
             .map_err(|e| anyhow::anyhow!("platform_prompts: {name:?}: {e}"))?;
@@ -174,6 +179,7 @@ pub async fn server_settings(
     Ok(ServerSettings {
         admin_token_hash,
         platform_prompts: config.platform_prompts.clone(),
+        local_models: load_local_models(&config.models).await?,
         models: config.models.clone(),
         default_models: config.default_models.clone(),
         platform_issuer,
@@ -181,6 +187,15 @@ pub async fn server_settings(
         regions: config.regions.clone(),
         max_body_bytes: config.max_body_bytes,
     })
+}
+
+async fn load_local_models(
+    models: &[bulkhead_core::config::ModelConfig],
+) -> anyhow::Result<bulkhead_runtime::providers::local::LocalModels> {
+    let models = models.to_vec();
+    tokio::task::spawn_blocking(move || bulkhead_runtime::providers::local::load(&models))
+        .await?
+        .map_err(|e| anyhow::anyhow!("[[models]]: {e}"))
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM; the server then stops accepting and finishes

@@ -2,6 +2,7 @@
 //! tenant's own key, stays in the tenant's regions and is audited.
 
 pub mod anthropic;
+pub mod local;
 pub mod openai;
 pub mod sse;
 
@@ -171,6 +172,8 @@ pub enum ProviderError {
     Upstream { status: u16, message: String },
     #[error("the provider's answer is not valid: {0}")]
     Malformed(String),
+    #[error("the local model failed: {0}")]
+    Local(String),
 }
 
 impl ProviderError {
@@ -183,6 +186,7 @@ impl ProviderError {
             ProviderError::BadRequest { .. } => "provider_bad_request",
             ProviderError::Upstream { .. } => "upstream_error",
             ProviderError::Malformed(_) => "upstream_malformed",
+            ProviderError::Local(_) => "local_model_failed",
         }
     }
 }

@@ -98,6 +98,7 @@ impl TestServer {
                 RegionName::try_from("us-east").unwrap(),
             ],
             max_body_bytes,
+            local_models: bulkhead_runtime::providers::local::load(&models).unwrap(),
             models,
             default_models,
             platform_prompts: std::collections::BTreeMap::from([(
