@@ -1,13 +1,17 @@
-//! `bulkhead demo`: provisions two tenants through the real HTTP application and shows, step
-//! by step, that each tenant's key sees only its own tenant.
+//! `bulkhead demo`: two customer organisations on one runtime, driven through the real HTTP
+//! application: their own keys, credentials, documents and agents on the offline `local`
+//! model, each answer drawn from its own tenant's data, cross-tenant attempts refused, usage
+//! per tenant, and verified audit chains.
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use bulkhead_core::audit::verify_chain;
+use bulkhead_core::config::{ModelConfig, ProviderKind};
 use bulkhead_core::{TenantId, auth::generate_admin_token};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -20,7 +24,37 @@ pub struct DemoArgs {
     /// Keep serving on this address after the walkthrough, so you can try the API yourself.
     #[arg(long)]
     serve: Option<SocketAddr>,
+    /// Where `scripts/fetch-models` put the offline models.
+    #[arg(long, env = "BULKHEAD_MODELS_DIR", default_value = "models")]
+    models_dir: PathBuf,
 }
+
+const LOCAL_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// What each demo tenant is and knows: its documents reach its own agent only.
+struct DemoTenant {
+    id: &'static str,
+    name: &'static str,
+    region: &'static str,
+    documents: &'static str,
+}
+
+const TENANTS: [DemoTenant; 2] = [
+    DemoTenant {
+        id: "acme",
+        name: "Acme Corp",
+        region: "eu-central",
+        documents: "- Orders can be returned within 30 days.\n- Support hours: 9:00 to 17:00 CET, Monday to Friday.\n- Shipping within the EU is free.",
+    },
+    DemoTenant {
+        id: "globex",
+        name: "Globex Inc",
+        region: "us-east",
+        documents: "- Orders can be returned within 90 days.\n- Support hours: 8:00 to 20:00 EST, every day.\n- Shipping costs 5 dollars.",
+    },
+];
+
+const QUESTION: &str = "How many days do I have to return an order?";
 
 struct Walkthrough {
     app: axum::Router,
@@ -61,6 +95,54 @@ impl Walkthrough {
         Ok((status, value))
     }
 
+    /// Posts a run with `Accept: text/event-stream` and prints the answer as it streams;
+    /// answers the finished run.
+    async fn run_streamed(
+        &mut self,
+        path: &str,
+        bearer: &str,
+        body: Value,
+    ) -> anyhow::Result<Value> {
+        use futures_util::StreamExt;
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header("authorization", format!("Bearer {bearer}"))
+            .header("accept", "text/event-stream")
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))?;
+        let response = self.app.clone().oneshot(request).await?;
+        expect(response.status(), StatusCode::OK, "streamed run")?;
+        let mut body = response.into_body().into_data_stream();
+        let mut buffer = String::new();
+        let mut finished = Value::Null;
+        while let Some(chunk) = body.next().await {
+            buffer.push_str(&String::from_utf8_lossy(&chunk?));
+            while let Some(end) = buffer.find("\n\n") {
+                let event: String = buffer.drain(..end + 2).collect();
+                let name = event
+                    .lines()
+                    .find_map(|l| l.strip_prefix("event: "))
+                    .unwrap_or_default();
+                let data = event
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data: "))
+                    .unwrap_or("null");
+                let data: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+                match name {
+                    "message.delta" => {
+                        write!(self.out, "{}", data["text"].as_str().unwrap_or_default())?;
+                        self.out.flush()?;
+                    }
+                    "run.completed" | "run.failed" => finished = data,
+                    _ => {}
+                }
+            }
+        }
+        writeln!(self.out)?;
+        Ok(finished)
+    }
+
     fn say(&mut self, line: &str) -> anyhow::Result<()> {
         writeln!(self.out, "{line}")?;
         Ok(())
@@ -88,6 +170,28 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<()> {
         global.data_dir = Some(scratch.path().to_path_buf());
     }
     let mut config = settings::load(&global)?;
+    let model_path = args.models_dir.join(LOCAL_MODEL_FILE);
+    if !model_path.exists() {
+        bail!(
+            "the local model {} is missing: run scripts/fetch-models first (or pass --models-dir)",
+            model_path.display()
+        );
+    }
+    if !config.models.iter().any(|m| m.alias == "local") {
+        config.models.push(ModelConfig {
+            alias: "local".into(),
+            provider: ProviderKind::Local,
+            endpoint: String::new(),
+            upstream_model: None,
+            path: Some(model_path),
+        });
+    }
+    for tenant in &TENANTS {
+        let region = bulkhead_core::RegionName::try_from(tenant.region)?;
+        if !config.regions.contains(&region) {
+            config.regions.push(region);
+        }
+    }
     let token = generate_admin_token();
     config.admin_token = Some(token.clone());
     let store = settings::open_store(&config).await?;
@@ -100,32 +204,29 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<()> {
         out: std::io::stdout(),
     };
 
-    w.say("Bulkhead demo: two tenants, one key each, and nothing crosses between them.")?;
+    w.say("Bulkhead demo: two customer organisations share one runtime, and nothing crosses between them.")?;
     w.say(&format!(
-        "Database: {}\n",
+        "Database: {}. Model: `local`, SmolLM2-135M-Instruct run in this process, offline.\n",
         settings::redact_url(&settings::database_url(&config)?)
     ))?;
 
-    w.say("1. The platform operator creates two tenants (admin token):")?;
+    w.say("1. The platform operator creates two tenants, each in its home region, with an owner API key:")?;
     let mut keys = Vec::new();
-    for (id, name) in [("acme", "Acme Corp"), ("globex", "Globex Inc")] {
+    for tenant in &TENANTS {
         let (status, _) = w
             .call(
                 Method::POST,
                 "/admin/v1/tenants",
                 &admin,
                 None,
-                Some(json!({"id": id, "name": name, "isolation": "shared"})),
+                Some(json!({"id": tenant.id, "name": tenant.name, "region": tenant.region, "isolation": "shared"})),
             )
             .await?;
         expect(status, StatusCode::CREATED, "create tenant")?;
-    }
-    w.say("\n2. ...and gives each an owner API key (shown once, stored hashed):")?;
-    for id in ["acme", "globex"] {
         let (status, body) = w
             .call(
                 Method::POST,
-                &format!("/admin/v1/tenants/{id}/api-keys"),
+                &format!("/admin/v1/tenants/{}/api-keys", tenant.id),
                 &admin,
                 None,
                 Some(json!({"name": "demo", "role": "owner"})),
@@ -133,58 +234,34 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<()> {
             .await?;
         expect(status, StatusCode::CREATED, "create key")?;
         let key = field(&body, "key")?.to_owned();
-        let key_id = field(&body, "id")?.to_owned();
-        w.say(&format!("     {id}: {}...", &key[..key.len().min(24)]))?;
-        keys.push((id, key, key_id));
+        w.say(&format!(
+            "     {} ({}): key {}... (shown once, stored hashed)",
+            tenant.name,
+            tenant.region,
+            &key[..key.len().min(20)]
+        ))?;
+        keys.push(key);
     }
-    let (acme_key, acme_key_id) = (keys[0].1.clone(), keys[0].2.clone());
-    let (globex_key, globex_key_id) = (keys[1].1.clone(), keys[1].2.clone());
 
-    w.say("\n3. Each key authenticates as its own tenant, and only that one:")?;
-    for (id, key, _) in &keys {
+    w.say("\n2. Each key authenticates as its own tenant; a header naming another tenant changes nothing:")?;
+    for (tenant, key) in TENANTS.iter().zip(&keys) {
         let (status, body) = w.call(Method::GET, "/v1/whoami", key, None, None).await?;
         expect(status, StatusCode::OK, "whoami")?;
         let seen = field(&body, "tenant_id")?;
         w.say(&format!(
-            "     {id}'s key -> tenant {seen}, principal {}",
-            field(&body, "principal")?
+            "     {}'s key -> tenant {seen}, region {}",
+            tenant.id,
+            field(&body, "region")?
         ))?;
-        if seen != *id {
-            bail!("{id}'s key authenticated as {seen}");
+        if seen != tenant.id {
+            bail!("{}'s key authenticated as {seen}", tenant.id);
         }
     }
-
-    w.say(
-        "\n4. Acme tries to read Globex's key by id: the same 404 as for a key that never existed:",
-    )?;
-    let (status, body) = w
-        .call(
-            Method::GET,
-            &format!("/v1/api-keys/{globex_key_id}"),
-            &acme_key,
-            None,
-            None,
-        )
-        .await?;
-    expect(status, StatusCode::NOT_FOUND, "cross-tenant read")?;
-    w.say(&format!("     code: {}", field(&body, "code")?))?;
-    let (status, _) = w
-        .call(
-            Method::GET,
-            &format!("/v1/api-keys/{acme_key_id}"),
-            &acme_key,
-            None,
-            None,
-        )
-        .await?;
-    expect(status, StatusCode::OK, "own key read")?;
-
-    w.say("\n5. Acme sends `X-Tenant-ID: globex`: headers never choose the tenant:")?;
     let (status, body) = w
         .call(
             Method::GET,
             "/v1/whoami",
-            &acme_key,
+            &keys[0],
             Some(("x-tenant-id", "globex")),
             None,
         )
@@ -195,22 +272,16 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<()> {
         bail!("a header changed the tenant");
     }
 
-    w.say("\n6. Each tenant stores a secret (write-only), a prompt snippet and an agent, and runs it:")?;
-    let mut runs = Vec::new();
-    for (id, key, motto) in [
-        ("acme", &acme_key, "Acme builds rockets."),
-        ("globex", &globex_key, "Globex sells globes."),
-    ] {
-        let secret = format!("sk-demo-{id}-0123456789");
+    w.say("\n3. Each tenant stores its own data: a write-only credential, its policy documents and a support agent:")?;
+    for (tenant, key) in TENANTS.iter().zip(&keys) {
+        let secret = format!("sk-demo-{}-0123456789", tenant.id);
         let (status, body) = w
             .call(
                 Method::PUT,
-                "/v1/credentials/openai",
+                "/v1/credentials/crm",
                 key,
                 None,
-                Some(
-                    json!({"secret": secret, "fields": {"base_url": "https://api.openai.com/v1"}}),
-                ),
+                Some(json!({"secret": secret})),
             )
             .await?;
         expect(status, StatusCode::CREATED, "store credential")?;
@@ -220,51 +291,66 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<()> {
         let (status, _) = w
             .call(
                 Method::PUT,
-                "/v1/prompts/motto",
+                "/v1/prompts/policies",
                 key,
                 None,
-                Some(json!({"template": motto})),
+                Some(json!({"template": tenant.documents})),
             )
             .await?;
-        expect(status, StatusCode::CREATED, "store snippet")?;
+        expect(status, StatusCode::CREATED, "store documents")?;
         let agent = json!({
-            "model": "scripted",
-            "system_prompt": "You work for {{ tenant.name }}. {% include 'motto' %}",
-            "script": [
-                {"tool_call": {"name": "lookup", "arguments": {"q": "orders"}}},
-                {"reply": format!("Hello from {id}'s agent.")}
-            ],
+            "model": "local",
+            "system_prompt": "You are the support assistant of {{ tenant.name }}. Answer the customer in one sentence, using only these facts:\n{% include 'policies' %}",
+            "memory": true,
+            "max_output_tokens": 48,
         });
         let (status, _) = w
-            .call(Method::PUT, "/v1/agents/helper", key, None, Some(agent))
+            .call(Method::PUT, "/v1/agents/support", key, None, Some(agent))
             .await?;
         expect(status, StatusCode::CREATED, "define agent")?;
-        let (status, run) = w
-            .call(
-                Method::POST,
-                "/v1/agents/helper/runs",
+    }
+
+    w.say("\n4. The same question to each tenant's agent; the answers stream as the model writes them:")?;
+    let mut finished_runs = Vec::new();
+    for (tenant, key) in TENANTS.iter().zip(&keys) {
+        w.say(&format!("     [{}] customer: {QUESTION}", tenant.id))?;
+        write!(w.out, "     [{}] agent:    ", tenant.id)?;
+        let run = w
+            .run_streamed(
+                "/v1/agents/support/runs",
                 key,
-                None,
-                Some(json!({"input": "What do we do? {{ tenant.id }}"})),
+                json!({"input": QUESTION, "end_user": "customer-1"}),
             )
             .await?;
-        expect(status, StatusCode::OK, "run agent")?;
+        if run["status"] != "completed" {
+            bail!("{}'s run failed: {run}", tenant.id);
+        }
+        let prompt = run["transcript"][0]["content"].as_str().unwrap_or_default();
+        let others_leaked = TENANTS
+            .iter()
+            .filter(|t| t.id != tenant.id)
+            .any(|t| prompt.contains(t.documents) || prompt.contains(t.name));
+        if others_leaked || !prompt.contains(tenant.documents) {
+            bail!(
+                "{}'s prompt does not hold exactly its own documents: {prompt}",
+                tenant.id
+            );
+        }
         w.say(&format!(
-            "     {id}: run {} {} in {} steps; system prompt {:?}; answer {:?}",
-            field(&run, "id")?,
-            field(&run, "status")?,
-            run["steps"],
-            run["transcript"][0]["content"].as_str().unwrap_or_default(),
-            field(&run, "output")?,
+            "     (run {}: the prompt held {}'s documents and no other tenant's; {} tokens in, {} out)",
+            field(&run, "id")?, tenant.name, run["input_tokens"], run["output_tokens"]
         ))?;
-        runs.push(field(&run, "id")?.to_owned());
+        finished_runs.push(run);
     }
-    w.say("     (the scripted model is a demo aid that replays the agent's script; input like {{ tenant.id }} stays text)")?;
+
+    w.say("\n5. Globex tries Acme's run and Acme's conversation by id: the same 404 as for ids that never existed:")?;
+    let acme_run = field(&finished_runs[0], "id")?.to_owned();
+    let acme_thread = field(&finished_runs[0], "thread_id")?.to_owned();
     let (status, body) = w
         .call(
             Method::GET,
-            &format!("/v1/runs/{}", runs[0]),
-            &globex_key,
+            &format!("/v1/runs/{acme_run}"),
+            &keys[1],
             None,
             None,
         )
@@ -274,8 +360,41 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<()> {
         "     globex asks for acme's run: {}",
         field(&body, "code")?
     ))?;
+    let (status, body) = w
+        .call(Method::POST, "/v1/agents/support/runs", &keys[1], None,
+            Some(json!({"input": "And shipping?", "thread_id": acme_thread, "end_user": "customer-1"})))
+        .await?;
+    expect(status, StatusCode::NOT_FOUND, "cross-tenant thread")?;
+    w.say(&format!(
+        "     globex continues acme's conversation: {}",
+        field(&body, "code")?
+    ))?;
 
-    w.say("\n7. The operator suspends Globex; its key stops working on the very next request:")?;
+    w.say("\n6. An outside framework reaches the same agent through the OpenAI-compatible gateway, with Acme's key:")?;
+    let (status, completion) = w
+        .call(Method::POST, "/v1/chat/completions", &keys[0], None,
+            Some(json!({"model": "agent/support", "messages": [{"role": "user", "content": "When is support open?"}]})))
+        .await?;
+    expect(status, StatusCode::OK, "gateway")?;
+    w.say(&format!(
+        "     {}: {:?}",
+        completion["object"].as_str().unwrap_or_default(),
+        completion["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or_default()
+    ))?;
+
+    w.say("\n7. Each tenant's usage, metered per model:")?;
+    for (tenant, key) in TENANTS.iter().zip(&keys) {
+        let (status, usage) = w.call(Method::GET, "/v1/usage", key, None, None).await?;
+        expect(status, StatusCode::OK, "usage")?;
+        w.say(&format!(
+            "     {}: requests {}, tokens in {}, tokens out {}",
+            tenant.id, usage["requests"], usage["input_tokens"], usage["output_tokens"]
+        ))?;
+    }
+
+    w.say("\n8. The operator suspends Globex; its key stops working on the very next request:")?;
     let (status, _) = w
         .call(
             Method::PATCH,
@@ -287,25 +406,20 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<()> {
         .await?;
     expect(status, StatusCode::OK, "suspend")?;
     let (status, body) = w
-        .call(Method::GET, "/v1/whoami", &globex_key, None, None)
+        .call(Method::GET, "/v1/whoami", &keys[1], None, None)
         .await?;
     expect(status, StatusCode::UNAUTHORIZED, "suspended tenant")?;
     w.say(&format!("     code: {}", field(&body, "code")?))?;
 
-    w.say("\n8. Every change above is in its tenant's hash-chained audit trail:")?;
-    for id in ["acme", "globex"] {
-        let tenant = TenantId::try_from(id)?;
-        let events = store.admin().audit_events(&tenant, 0, 1000).await?;
-        let head = verify_chain(&tenant, &events)?;
-        let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
-        let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
-        for action in actions {
-            *counts.entry(action).or_default() += 1;
-        }
+    w.say("\n9. Every change above is in its tenant's hash-chained audit trail:")?;
+    for tenant in &TENANTS {
+        let id = TenantId::try_from(tenant.id)?;
+        let events = store.admin().audit_events(&id, 0, 1000).await?;
+        let head = verify_chain(&id, &events)?;
         w.say(&format!(
-            "     {id}: {} events {:?}, chain verified, head {}",
+            "     {}: {} events, chain verified, head {}",
+            tenant.id,
             head.events,
-            counts,
             &head.head_hash[..16]
         ))?;
     }
@@ -319,9 +433,13 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {address}"))?;
             let address = listener.local_addr()?;
+            let acme_key = &keys[0];
             w.say(&format!("\nServing on http://{address} until Ctrl-C. Try:"))?;
             w.say(&format!(
                 "  curl -s http://{address}/v1/whoami -H 'authorization: Bearer {acme_key}'"
+            ))?;
+            w.say(&format!(
+                "  curl -sN http://{address}/v1/agents/support/runs -H 'authorization: Bearer {acme_key}' \\\n       -H 'accept: text/event-stream' -H 'content-type: application/json' -d '{{\"input\":\"When is support open?\"}}'"
             ))?;
             w.say(&format!(
                 "  curl -s http://{address}/admin/v1/tenants -H 'authorization: Bearer {admin}'"
