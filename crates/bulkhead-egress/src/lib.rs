@@ -94,6 +94,10 @@ pub struct OutboundRequest {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: Option<Vec<u8>>,
+    /// Set by a caller that knows a repeated request does no harm (a model completion: no
+    /// side effect upstream), so failures are retried even though the method is not
+    /// idempotent.
+    pub retry_safe: bool,
 }
 
 impl OutboundRequest {
@@ -103,6 +107,7 @@ impl OutboundRequest {
             path: path.into(),
             headers: Vec::new(),
             body: None,
+            retry_safe: false,
         }
     }
 
@@ -112,14 +117,22 @@ impl OutboundRequest {
             path: path.into(),
             headers: vec![("content-type".into(), "application/json".into())],
             body: Some(body.to_string().into_bytes()),
+            retry_safe: false,
         }
     }
 
+    /// Marks the request as safe to repeat (see [`OutboundRequest::retry_safe`]).
+    pub fn retry_safe(mut self) -> Self {
+        self.retry_safe = true;
+        self
+    }
+
     fn idempotent(&self) -> bool {
-        matches!(
-            self.method,
-            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
-        )
+        self.retry_safe
+            || matches!(
+                self.method,
+                Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+            )
     }
 }
 

@@ -416,6 +416,17 @@ async fn retries_honour_idempotency_and_retry_after() {
         .await
         .unwrap();
     assert_eq!((response.status, response.attempts), (503, 1));
+    // ...unless the caller marks it safe to repeat, as model completions are.
+    world.up.flaky_left.store(1, Ordering::SeqCst);
+    let response = egress
+        .for_tenant(&acme)
+        .send(
+            "tool",
+            OutboundRequest::post_json("/flaky", &json!({})).retry_safe(),
+        )
+        .await
+        .unwrap();
+    assert_eq!((response.status, response.attempts), (200, 2));
 
     // 429 is retried for any method, after the upstream's Retry-After.
     world.up.limited_left.store(1, Ordering::SeqCst);

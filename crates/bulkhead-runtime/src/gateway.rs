@@ -109,7 +109,7 @@ impl Runner {
                 let response = egress
                     .send(
                         &model.endpoint,
-                        OutboundRequest::post_json("/chat/completions", &body),
+                        OutboundRequest::post_json("/chat/completions", &body).retry_safe(),
                     )
                     .await?;
                 if !(200..300).contains(&response.status) {
@@ -163,7 +163,7 @@ impl Runner {
                 let mut response = egress
                     .send_streaming(
                         &model.endpoint,
-                        OutboundRequest::post_json("/chat/completions", &body),
+                        OutboundRequest::post_json("/chat/completions", &body).retry_safe(),
                     )
                     .await?;
                 if !(200..300).contains(&response.status) {

@@ -136,7 +136,8 @@ pub async fn chat(
     endpoint: &str,
     request: &ChatRequest,
 ) -> Result<ChatResponse, ProviderError> {
-    let mut outbound = OutboundRequest::post_json("/v1/messages", &request_body(request)?);
+    let mut outbound =
+        OutboundRequest::post_json("/v1/messages", &request_body(request)?).retry_safe();
     outbound
         .headers
         .push(("anthropic-version".into(), API_VERSION.into()));
@@ -153,7 +154,7 @@ pub async fn chat_stream(
 ) -> Result<ChatResponse, ProviderError> {
     let mut body = request_body(request)?;
     body["stream"] = json!(true);
-    let mut outbound = OutboundRequest::post_json("/v1/messages", &body);
+    let mut outbound = OutboundRequest::post_json("/v1/messages", &body).retry_safe();
     outbound
         .headers
         .push(("anthropic-version".into(), API_VERSION.into()));

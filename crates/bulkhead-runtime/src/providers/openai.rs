@@ -130,7 +130,7 @@ pub async fn chat(
     let response = egress
         .send(
             endpoint,
-            OutboundRequest::post_json("/chat/completions", &request_body(request)),
+            OutboundRequest::post_json("/chat/completions", &request_body(request)).retry_safe(),
         )
         .await?;
     parse_response(response.status, &response.body)
@@ -150,7 +150,7 @@ pub async fn chat_stream(
     let mut response = egress
         .send_streaming(
             endpoint,
-            OutboundRequest::post_json("/chat/completions", &body),
+            OutboundRequest::post_json("/chat/completions", &body).retry_safe(),
         )
         .await?;
     if !(200..300).contains(&response.status) {
