@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::agents::SCRIPTED_MODEL;
 use crate::providers::openai::ChunkKind;
-use crate::providers::sse::read_events;
+use crate::providers::sse::{expect_stream, read_events};
 use crate::providers::{Accumulator, Delta, ProviderError, Usage, error_from_status, openai};
 use crate::runs::Runner;
 
@@ -160,16 +160,13 @@ impl Runner {
                 body["model"] = json!(upstream_name(model));
                 body["stream"] = json!(true);
                 body["stream_options"] = json!({"include_usage": true});
-                let mut response = egress
+                let response = egress
                     .send_streaming(
                         &model.endpoint,
                         OutboundRequest::post_json("/chat/completions", &body).retry_safe(),
                     )
                     .await?;
-                if !(200..300).contains(&response.status) {
-                    let body = response.chunk().await?.unwrap_or_default();
-                    return Err(error_from_status(response.status, &body).into());
-                }
+                let mut response = expect_stream(response).await?;
                 let mut accumulator = Accumulator::default();
                 read_events(&mut response, |event| {
                     match openai::apply_chunk(&event.data, &mut accumulator, &mut |_| {})? {

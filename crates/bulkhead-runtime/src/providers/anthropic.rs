@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use std::collections::HashMap;
 
-use super::sse::read_events;
+use super::sse::{expect_stream, read_events};
 use super::{
     Accumulator, ChatMessage, ChatRequest, ChatResponse, Delta, DeltaSink, ProviderError, ToolCall,
     Usage, WireErrorBody, error_from_status,
@@ -158,11 +158,8 @@ pub async fn chat_stream(
     outbound
         .headers
         .push(("anthropic-version".into(), API_VERSION.into()));
-    let mut response = egress.send_streaming(endpoint, outbound).await?;
-    if !(200..300).contains(&response.status) {
-        let body = response.chunk().await?.unwrap_or_default();
-        return Err(error_from_status(response.status, &body));
-    }
+    let response = egress.send_streaming(endpoint, outbound).await?;
+    let mut response = expect_stream(response).await?;
     let mut stream = StreamState::default();
     read_events(&mut response, |event| stream.apply(&event.data, &mut *sink)).await?;
     stream.accumulator.finish()

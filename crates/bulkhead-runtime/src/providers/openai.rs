@@ -5,7 +5,7 @@ use bulkhead_egress::{OutboundRequest, TenantEgress};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::sse::read_events;
+use super::sse::{expect_stream, read_events};
 use super::{
     Accumulator, ChatMessage, ChatRequest, ChatResponse, Delta, DeltaSink, ProviderError, ToolCall,
     Usage, WireErrorBody, error_from_status,
@@ -147,16 +147,13 @@ pub async fn chat_stream(
     let mut body = request_body(request);
     body["stream"] = json!(true);
     body["stream_options"] = json!({"include_usage": true});
-    let mut response = egress
+    let response = egress
         .send_streaming(
             endpoint,
             OutboundRequest::post_json("/chat/completions", &body).retry_safe(),
         )
         .await?;
-    if !(200..300).contains(&response.status) {
-        let body = response.chunk().await?.unwrap_or_default();
-        return Err(error_from_status(response.status, &body));
-    }
+    let mut response = expect_stream(response).await?;
     let mut accumulator = Accumulator::default();
     read_events(&mut response, |event| {
         Ok(apply_chunk(&event.data, &mut accumulator, &mut *sink)? == ChunkKind::Done)

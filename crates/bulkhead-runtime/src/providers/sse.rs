@@ -5,7 +5,7 @@
 
 use bulkhead_egress::StreamingResponse;
 
-use super::ProviderError;
+use super::{ProviderError, error_from_status};
 
 /// One dispatched event: its `event:` name (if any) and its `data:` lines joined by `\n`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +85,18 @@ impl SseDecoder {
         }
         Ok(None)
     }
+}
+
+/// Passes a 2xx streaming answer on; any other status becomes the provider's typed error,
+/// read from its (whole, capped) body.
+pub async fn expect_stream(
+    mut response: StreamingResponse,
+) -> Result<StreamingResponse, ProviderError> {
+    if (200..300).contains(&response.status) {
+        return Ok(response);
+    }
+    let body = response.chunk().await?.unwrap_or_default();
+    Err(error_from_status(response.status, &body))
 }
 
 /// Reads `response` to its end, handing each event to `on_event` until it answers `true`
