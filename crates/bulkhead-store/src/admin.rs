@@ -521,7 +521,7 @@ impl<'a> AdminStore<'a> {
         &self,
         key: &ApiKeyId,
     ) -> Result<Option<(StoredApiKey, Tenant)>, StoreError> {
-        let mut tx = self.begin(Access::Read).await?;
+        let mut tx = self.begin(Access::SingleRead).await?;
         let row = fetch_optional!(
             &mut tx,
             KeyForAuthRow,

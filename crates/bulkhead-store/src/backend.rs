@@ -5,6 +5,7 @@
 //! below run it on whichever transaction is open.
 
 use bulkhead_core::TenantId;
+use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 
 use crate::StoreError;
@@ -20,6 +21,8 @@ pub(crate) enum Backend {
 
 pub(crate) enum Tx {
     Sqlite(Transaction<'static, Sqlite>),
+    /// A read-only SQLite connection outside any transaction: see [`Access::SingleRead`].
+    SqliteStatement(PoolConnection<Sqlite>),
     Postgres(Transaction<'static, Postgres>),
 }
 
@@ -28,6 +31,13 @@ pub(crate) enum Tx {
 pub(crate) enum Access {
     Read,
     Write,
+    /// One SELECT, on the hot path of every request (authentication, revealing a
+    /// credential). On SQLite it runs without BEGIN and COMMIT: a single statement reads one
+    /// consistent snapshot on its own, and each of those two statements is a round trip
+    /// through sqlx-sqlite's worker thread. On PostgreSQL it is a transaction as always,
+    /// because the role and tenant settings that row-level security reads are
+    /// transaction-local.
+    SingleRead,
 }
 
 /// Whom a PostgreSQL transaction acts as. Both are non-owner roles without BYPASSRLS; the
@@ -47,6 +57,7 @@ impl Backend {
                 let tx = match access {
                     Access::Write => writer.begin_with("BEGIN IMMEDIATE").await?,
                     Access::Read => reader.begin().await?,
+                    Access::SingleRead => return Ok(Tx::SqliteStatement(reader.acquire().await?)),
                 };
                 Ok(Tx::Sqlite(tx))
             }
@@ -138,6 +149,7 @@ impl Tx {
     pub(crate) async fn commit(self) -> Result<(), StoreError> {
         match self {
             Tx::Sqlite(tx) => tx.commit().await?,
+            Tx::SqliteStatement(_) => {}
             Tx::Postgres(tx) => tx.commit().await?,
         }
         Ok(())
@@ -149,6 +161,8 @@ macro_rules! execute {
     ($tx:expr, $sql:expr $(, $arg:expr)* $(,)?) => {
         match $tx {
             $crate::backend::Tx::Sqlite(tx) => sqlx::query($sql)$(.bind($arg))*
+                .execute(&mut **tx).await.map(|r| r.rows_affected()),
+            $crate::backend::Tx::SqliteStatement(tx) => sqlx::query($sql)$(.bind($arg))*
                 .execute(&mut **tx).await.map(|r| r.rows_affected()),
             $crate::backend::Tx::Postgres(tx) => sqlx::query($sql)$(.bind($arg))*
                 .execute(&mut **tx).await.map(|r| r.rows_affected()),
@@ -162,6 +176,8 @@ macro_rules! fetch_optional {
         match $tx {
             $crate::backend::Tx::Sqlite(tx) => sqlx::query_as::<_, $row>($sql)$(.bind($arg))*
                 .fetch_optional(&mut **tx).await,
+            $crate::backend::Tx::SqliteStatement(tx) => sqlx::query_as::<_, $row>($sql)$(.bind($arg))*
+                .fetch_optional(&mut **tx).await,
             $crate::backend::Tx::Postgres(tx) => sqlx::query_as::<_, $row>($sql)$(.bind($arg))*
                 .fetch_optional(&mut **tx).await,
         }
@@ -173,6 +189,8 @@ macro_rules! fetch_all {
     ($tx:expr, $row:ty, $sql:expr $(, $arg:expr)* $(,)?) => {
         match $tx {
             $crate::backend::Tx::Sqlite(tx) => sqlx::query_as::<_, $row>($sql)$(.bind($arg))*
+                .fetch_all(&mut **tx).await,
+            $crate::backend::Tx::SqliteStatement(tx) => sqlx::query_as::<_, $row>($sql)$(.bind($arg))*
                 .fetch_all(&mut **tx).await,
             $crate::backend::Tx::Postgres(tx) => sqlx::query_as::<_, $row>($sql)$(.bind($arg))*
                 .fetch_all(&mut **tx).await,

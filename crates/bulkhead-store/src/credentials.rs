@@ -298,7 +298,7 @@ impl TenantStore<'_> {
             kek_id: Option<String>,
             wrapped_dek: Option<Vec<u8>>,
         }
-        let mut tx = self.begin(Access::Read).await?;
+        let mut tx = self.begin(Access::SingleRead).await?;
         let row = fetch_optional!(
             &mut tx,
             Row,

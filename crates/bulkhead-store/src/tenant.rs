@@ -123,7 +123,7 @@ impl<'a> TenantStore<'a> {
         let mut tx = self.begin(Access::Read).await?;
         let row = match &mut tx {
             Tx::Postgres(_) => fetch_optional!(&mut tx, Row, "SELECT current_user::text AS role")?,
-            Tx::Sqlite(_) => None,
+            Tx::Sqlite(_) | Tx::SqliteStatement(_) => None,
         };
         tx.commit().await?;
         Ok(row.map(|r| r.role))
