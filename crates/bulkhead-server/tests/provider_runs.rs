@@ -121,8 +121,17 @@ async fn run_streamed(
 
 #[tokio::test]
 async fn streamed_runs_send_deltas_then_the_stored_run_on_both_providers() {
+    streamed_runs(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn streamed_runs_send_deltas_then_the_stored_run_on_postgres() {
+    streamed_runs(Backend::Postgres).await;
+}
+
+async fn streamed_runs(backend: Backend) {
     let fake = FakeLlm::start().await.unwrap();
-    let server = server_on(&fake, Backend::Sqlite, 5_000).await;
+    let server = server_on(&fake, backend, 5_000).await;
     let key = tenant(&server, "acme").await;
     for (agent, expected) in [
         ("gpt", "answered with Bearer sk-acme"),

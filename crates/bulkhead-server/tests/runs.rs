@@ -32,7 +32,16 @@ async fn run(server: &TestServer, key: &str, name: &str, body: Value) -> (Status
 
 #[tokio::test]
 async fn a_scripted_run_calls_a_tool_then_answers_and_is_stored() {
-    let server = TestServer::start(Backend::Sqlite).await;
+    scripted_run_calls_a_tool_then_answers(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_scripted_run_calls_a_tool_then_answers_and_is_stored_on_postgres() {
+    scripted_run_calls_a_tool_then_answers(Backend::Postgres).await;
+}
+
+async fn scripted_run_calls_a_tool_then_answers(backend: Backend) {
+    let server = TestServer::start(backend).await;
     server.create_tenant("acme").await;
     server.create_tenant("globex").await;
     let (acme, _) = server.create_key("acme", "developer").await;
@@ -404,7 +413,16 @@ async fn a_tenant_uses_only_the_models_allowed_for_it() {
 
 #[tokio::test]
 async fn threads_carry_a_conversation_for_one_tenant_and_end_user() {
-    let server = TestServer::start(Backend::Sqlite).await;
+    threads_carry_a_conversation(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn threads_carry_a_conversation_for_one_tenant_and_end_user_on_postgres() {
+    threads_carry_a_conversation(Backend::Postgres).await;
+}
+
+async fn threads_carry_a_conversation(backend: Backend) {
+    let server = TestServer::start(backend).await;
     server.create_tenant("acme").await;
     server.create_tenant("globex").await;
     let (acme, _) = server.create_key("acme", "developer").await;
