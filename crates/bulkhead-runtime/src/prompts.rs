@@ -95,6 +95,33 @@ pub struct PromptVariables {
     pub memory: Vec<MemoryTurn>,
 }
 
+impl PromptVariables {
+    /// What a render of `agent`'s prompt for the tenant of `ctx` sees, before retrieved
+    /// passages and memory, which the caller adds when it has them. Runs and the prompt
+    /// preview both start here, so a preview renders exactly what a run would.
+    pub fn for_agent(
+        ctx: &bulkhead_core::TenantContext,
+        agent: &bulkhead_store::AgentRecord,
+        user: Option<String>,
+        input: String,
+    ) -> Self {
+        Self {
+            tenant: TenantVars {
+                id: ctx.tenant_id().to_string(),
+                name: ctx.tenant_name().to_owned(),
+            },
+            agent: AgentVars {
+                name: agent.name.to_string(),
+                version: agent.version,
+            },
+            user,
+            input,
+            context: Vec::new(),
+            memory: Vec::new(),
+        }
+    }
+}
+
 fn environment(library: Arc<PromptLibrary>) -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);

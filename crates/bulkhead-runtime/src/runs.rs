@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::agents::{AgentSpec, SCRIPTED_MODEL, ScriptStep};
-use crate::prompts::{AgentVars, MemoryTurn, PromptLibrary, PromptVariables, TenantVars, render};
+use crate::prompts::{MemoryTurn, PromptLibrary, PromptVariables, render};
 use crate::providers::local::LocalModels;
 use crate::providers::{
     self, ChatMessage, ChatRequest, ChatResponse, Delta, DeltaSink, ProviderError, ToolCall, Usage,
@@ -102,17 +102,39 @@ struct Progress {
     steps: i64,
 }
 
+impl Progress {
+    /// The stored form.
+    fn saved(&self) -> RunProgress {
+        RunProgress {
+            transcript: serde_json::to_value(&self.transcript).unwrap_or_default(),
+            steps: self.steps,
+            input_tokens: i64::try_from(self.usage.input_tokens).unwrap_or(i64::MAX),
+            output_tokens: i64::try_from(self.usage.output_tokens).unwrap_or(i64::MAX),
+        }
+    }
+}
+
 /// The run being driven and where its events go.
 struct Turn<'a, 'e> {
     run_id: &'a str,
     streaming: bool,
     events: EventSink<'e>,
+    progress: Progress,
 }
 
 /// A failure the run records (and the caller sees in the finished run), with a stable code.
 struct Failure {
     code: &'static str,
     message: String,
+}
+
+impl From<StoreError> for Failure {
+    fn from(error: StoreError) -> Self {
+        Failure {
+            code: "internal",
+            message: error.to_string(),
+        }
+    }
 }
 
 impl From<ProviderError> for Failure {
@@ -139,6 +161,25 @@ impl Runner {
             platform_prompts,
             local,
         }
+    }
+
+    /// The platform's snippets, read-only to tenants.
+    pub fn platform_prompts(&self) -> &BTreeMap<String, String> {
+        &self.platform_prompts
+    }
+
+    /// What the tenant of `store`'s templates may include: its own snippets and the
+    /// platform's.
+    pub async fn prompt_library(
+        &self,
+        store: &TenantStore<'_>,
+    ) -> Result<PromptLibrary, StoreError> {
+        let own = store
+            .prompts()
+            .await?
+            .into_iter()
+            .map(|p| (p.name, p.template));
+        Ok(PromptLibrary::new(own, &self.platform_prompts))
     }
 
     /// Sends `request` (its `model` already the upstream name) to `model`'s provider; with a
@@ -215,8 +256,10 @@ impl Runner {
             None => &mut ignore,
         };
         let end_user = input.user.clone().unwrap_or_default();
-        let spec = serde_json::from_value::<AgentSpec>(agent.spec.clone()).ok();
-        let memory_on = spec.as_ref().is_some_and(|s| s.memory);
+        // A stored spec that no longer parses still gets a run, recorded as failed.
+        let spec = serde_json::from_value::<AgentSpec>(agent.spec.clone())
+            .map_err(|e| format!("stored agent spec: {e}"));
+        let memory_on = spec.as_ref().is_ok_and(|s| s.memory);
         let (thread_id, memory) = match &input.thread_id {
             Some(id) => {
                 let messages = store
@@ -255,16 +298,24 @@ impl Runner {
             agent_version: agent.version,
             thread_id: thread_id.clone(),
         });
-        let mut progress = Progress::default();
         let user_input = input.input.clone();
         let mut turn = Turn {
             run_id: &run_id,
             streaming,
             events,
+            progress: Progress::default(),
         };
-        let result = self
-            .drive(store, agent, input, memory, &mut progress, &mut turn)
-            .await;
+        let result = match &spec {
+            Ok(spec) => {
+                self.drive(store, agent, spec, input, memory, &mut turn)
+                    .await
+            }
+            Err(message) => Err(Failure {
+                code: "internal",
+                message: message.clone(),
+            }),
+        };
+        let progress = turn.progress;
         if let (Some(thread), Ok(output)) = (&thread_id, &result) {
             store
                 .append_thread(
@@ -282,13 +333,10 @@ impl Runner {
                 .err()
                 .map(|f| (f.code.to_owned(), f.message.clone())),
             output: result.ok(),
-            transcript: serde_json::to_value(&progress.transcript).unwrap_or_default(),
-            steps: progress.steps,
-            input_tokens: i64::try_from(progress.usage.input_tokens).unwrap_or(i64::MAX),
-            output_tokens: i64::try_from(progress.usage.output_tokens).unwrap_or(i64::MAX),
+            progress: progress.saved(),
         };
         store.finish_run(&run_id, &end).await?;
-        if let Some(spec) = spec.filter(|_| progress.steps > 0) {
+        if let Some(spec) = spec.ok().filter(|_| progress.steps > 0) {
             store.record_usage(
                 &spec.model,
                 progress.usage.input_tokens,
@@ -305,64 +353,33 @@ impl Runner {
         &self,
         store: &TenantStore<'_>,
         agent: &AgentRecord,
+        spec: &AgentSpec,
         input: RunInput,
         memory: Vec<MemoryTurn>,
-        progress: &mut Progress,
         turn: &mut Turn<'_, '_>,
     ) -> Result<String, Failure> {
-        let Progress {
-            transcript,
-            usage,
-            steps,
-        } = progress;
-        let spec: AgentSpec = serde_json::from_value(agent.spec.clone()).map_err(|e| Failure {
-            code: "internal",
-            message: format!("stored agent spec: {e}"),
-        })?;
+        let Turn {
+            run_id,
+            streaming,
+            events,
+            progress,
+        } = turn;
         let ctx = store.context();
-        let allowed = self
-            .may_use_model(store, &spec.model)
-            .await
-            .map_err(|e| Failure {
-                code: "internal",
-                message: e.to_string(),
-            })?;
+        let allowed = self.may_use_model(store, &spec.model).await?;
         if self.knows_model(&spec.model) && !allowed {
             return Err(Failure {
                 code: "model_not_allowed",
                 message: format!("this tenant may not use model {:?}", spec.model),
             });
         }
-        let library = PromptLibrary::new(
-            store
-                .prompts()
-                .await
-                .map_err(|e| Failure {
-                    code: "internal",
-                    message: e.to_string(),
-                })?
-                .into_iter()
-                .map(|p| (p.name, p.template)),
-            &self.platform_prompts,
-        );
-        let variables = PromptVariables {
-            tenant: TenantVars {
-                id: ctx.tenant_id().to_string(),
-                name: ctx.tenant_name().to_owned(),
-            },
-            agent: AgentVars {
-                name: agent.name.to_string(),
-                version: agent.version,
-            },
-            user: input.user,
-            input: input.input.clone(),
-            context: Vec::new(),
-            memory: memory.clone(),
-        };
+        let library = self.prompt_library(store).await?;
+        let mut variables = PromptVariables::for_agent(ctx, agent, input.user, input.input.clone());
+        variables.memory = memory.clone();
         let system = render(&spec.system_prompt, &library, &variables).map_err(|e| Failure {
             code: "template_error",
             message: e.to_string(),
         })?;
+        let transcript = &mut progress.transcript;
         transcript.push(ChatMessage::text("system", system));
         for turn in memory {
             transcript.push(ChatMessage::text(&turn.role, turn.content));
@@ -370,26 +387,27 @@ impl Runner {
         transcript.push(ChatMessage::text("user", input.input));
         let egress = self.egress.for_tenant(ctx);
         for _ in 0..spec.max_steps {
-            *steps += 1;
+            progress.steps += 1;
+            let step = progress.steps;
             let request = ChatRequest {
                 model: spec.model.clone(),
-                messages: transcript.clone(),
+                messages: progress.transcript.clone(),
                 tools: Vec::new(),
                 max_tokens: Some(spec.max_output_tokens),
             };
             let response = self
-                .call_model(&egress, &spec, request, *steps, turn)
+                .call_model(&egress, spec, request, step, *streaming, &mut **events)
                 .await?;
-            usage.input_tokens += response.usage.input_tokens;
-            usage.output_tokens += response.usage.output_tokens;
+            progress.usage.input_tokens += response.usage.input_tokens;
+            progress.usage.output_tokens += response.usage.output_tokens;
             let calls = response.message.tool_calls.clone();
-            transcript.push(response.message.clone());
+            progress.transcript.push(response.message.clone());
             if calls.is_empty() {
                 return Ok(response.message.content.unwrap_or_default());
             }
             for call in calls {
-                (turn.events)(RunEvent::ToolCalled {
-                    step: *steps,
+                events(RunEvent::ToolCalled {
+                    step,
                     id: call.id.clone(),
                     name: call.name.clone(),
                     arguments: call.arguments.clone(),
@@ -397,31 +415,19 @@ impl Runner {
                 let content =
                     json!({"error": format!("tool {} is not available to this agent", call.name)})
                         .to_string();
-                (turn.events)(RunEvent::ToolResult {
-                    step: *steps,
+                events(RunEvent::ToolResult {
+                    step,
                     id: call.id.clone(),
                     content: content.clone(),
                 });
-                transcript.push(ChatMessage {
+                progress.transcript.push(ChatMessage {
                     role: "tool".into(),
                     content: Some(content),
                     tool_calls: Vec::new(),
                     tool_call_id: Some(call.id),
                 });
             }
-            let saved = RunProgress {
-                transcript: serde_json::to_value(&*transcript).unwrap_or_default(),
-                steps: *steps,
-                input_tokens: i64::try_from(usage.input_tokens).unwrap_or(i64::MAX),
-                output_tokens: i64::try_from(usage.output_tokens).unwrap_or(i64::MAX),
-            };
-            store
-                .record_run_progress(turn.run_id, &saved)
-                .await
-                .map_err(|e| Failure {
-                    code: "internal",
-                    message: e.to_string(),
-                })?;
+            store.record_run_progress(run_id, &progress.saved()).await?;
         }
         Err(Failure {
             code: "max_steps_exceeded",
@@ -438,12 +444,13 @@ impl Runner {
         spec: &AgentSpec,
         mut request: ChatRequest,
         step: i64,
-        turn: &mut Turn<'_, '_>,
+        streaming: bool,
+        events: EventSink<'_>,
     ) -> Result<ChatResponse, Failure> {
         if spec.model == SCRIPTED_MODEL {
             let response = scripted(spec, step)?;
             if let Some(text) = response.message.content.clone() {
-                (turn.events)(RunEvent::MessageDelta { step, text });
+                events(RunEvent::MessageDelta { step, text });
             }
             return Ok(response);
         }
@@ -459,10 +466,9 @@ impl Runner {
             .upstream_model
             .clone()
             .unwrap_or_else(|| model.alias.clone());
-        if !turn.streaming {
+        if !streaming {
             return Ok(self.provider_chat(egress, model, &request, None).await?);
         }
-        let events = &mut *turn.events;
         let mut sink = |delta: Delta| {
             if let Delta::Text(text) = delta {
                 events(RunEvent::MessageDelta { step, text });

@@ -42,7 +42,6 @@ struct StateInner {
     leeway_seconds: u64,
     regions: Vec<RegionName>,
     max_body_bytes: usize,
-    platform_prompts: BTreeMap<String, String>,
 }
 
 /// What the server needs besides the store, already validated by the caller.
@@ -73,7 +72,7 @@ impl AppState {
                     egress.clone(),
                     settings.models,
                     settings.default_models,
-                    settings.platform_prompts.clone(),
+                    settings.platform_prompts,
                     settings.local_models,
                 ),
                 egress,
@@ -82,7 +81,6 @@ impl AppState {
                 leeway_seconds: settings.leeway_seconds,
                 regions: settings.regions,
                 max_body_bytes: settings.max_body_bytes,
-                platform_prompts: settings.platform_prompts,
             }),
         }
     }
@@ -118,10 +116,6 @@ impl AppState {
 
     pub(crate) fn regions(&self) -> &[RegionName] {
         &self.inner.regions
-    }
-
-    pub(crate) fn platform_prompts(&self) -> &BTreeMap<String, String> {
-        &self.inner.platform_prompts
     }
 
     pub(crate) fn max_body_bytes(&self) -> usize {

@@ -61,10 +61,8 @@ pub struct RunEnd {
     pub output: Option<String>,
     /// `(code, message)` for a failed run.
     pub error: Option<(String, String)>,
-    pub transcript: Value,
-    pub steps: i64,
-    pub input_tokens: i64,
-    pub output_tokens: i64,
+    /// What the run produced up to its end.
+    pub progress: RunProgress,
 }
 
 impl TenantStore<'_> {
@@ -150,10 +148,10 @@ impl TenantStore<'_> {
             end.output.as_deref(),
             code,
             message,
-            end.transcript.to_string(),
-            end.steps,
-            end.input_tokens,
-            end.output_tokens,
+            end.progress.transcript.to_string(),
+            end.progress.steps,
+            end.progress.input_tokens,
+            end.progress.output_tokens,
             now_millis(),
         )?;
         audit::append(
@@ -172,8 +170,8 @@ impl TenantStore<'_> {
                 } else {
                     Outcome::Failure
                 },
-                details: json!({"steps": end.steps, "input_tokens": end.input_tokens,
-                    "output_tokens": end.output_tokens, "error": code}),
+                details: json!({"steps": end.progress.steps, "input_tokens": end.progress.input_tokens,
+                    "output_tokens": end.progress.output_tokens, "error": code}),
             },
         )
         .await?;

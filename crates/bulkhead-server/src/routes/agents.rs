@@ -4,12 +4,10 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use bulkhead_core::timestamp::to_rfc3339;
-use bulkhead_core::{AgentName, PromptName, Role, TenantContext};
+use bulkhead_core::{AgentName, PromptName, Role};
 use bulkhead_runtime::agents::AgentSpec;
-use bulkhead_runtime::prompts::{
-    AgentVars, PLATFORM_PREFIX, PromptLibrary, PromptVariables, TenantVars, check_template, render,
-};
-use bulkhead_store::{AgentRecord, PromptRecord, TenantStore};
+use bulkhead_runtime::prompts::{PLATFORM_PREFIX, PromptVariables, check_template, render};
+use bulkhead_store::{AgentRecord, PromptRecord};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -155,33 +153,6 @@ pub struct PreviewResponse {
     pub system_prompt: String,
 }
 
-/// The tenant's library as templates see it: its own snippets plus the platform's.
-async fn library(state: &AppState, store: &TenantStore<'_>) -> Result<PromptLibrary, ApiError> {
-    let own = store
-        .prompts()
-        .await?
-        .into_iter()
-        .map(|p| (p.name, p.template));
-    Ok(PromptLibrary::new(own, state.platform_prompts()))
-}
-
-fn variables(ctx: &TenantContext, agent: &AgentRecord, request: PreviewRequest) -> PromptVariables {
-    PromptVariables {
-        tenant: TenantVars {
-            id: ctx.tenant_id().to_string(),
-            name: ctx.tenant_name().to_owned(),
-        },
-        agent: AgentVars {
-            name: agent.name.to_string(),
-            version: agent.version,
-        },
-        user: request.user,
-        input: request.input,
-        context: Vec::new(),
-        memory: Vec::new(),
-    }
-}
-
 /// Renders the agent's system prompt for an input, as a run would, without calling a model:
 /// a missing variable or snippet is a 422 naming its line.
 #[utoipa::path(post, path = "/v1/agents/{name}/prompt-preview", tag = "tenant-plane",
@@ -204,17 +175,14 @@ pub async fn preview_prompt(
         .ok_or(ApiError::NotFound)?;
     let spec: AgentSpec = serde_json::from_value(agent.spec.clone())
         .map_err(|e| ApiError::Internal(format!("stored agent spec: {e}").into()))?;
-    let library = library(&state, &store).await?;
-    let rendered = render(
-        &spec.system_prompt,
-        &library,
-        &variables(&ctx, &agent, request),
-    )
-    .map_err(|e| ApiError::Template {
-        field: "system_prompt",
-        detail: e.to_string(),
-        line: e.line(),
-    })?;
+    let library = state.runner().prompt_library(&store).await?;
+    let variables = PromptVariables::for_agent(&ctx, &agent, request.user, request.input);
+    let rendered =
+        render(&spec.system_prompt, &library, &variables).map_err(|e| ApiError::Template {
+            field: "system_prompt",
+            detail: e.to_string(),
+            line: e.line(),
+        })?;
     Ok(Json(PreviewResponse {
         agent: agent.name.to_string(),
         version: agent.version,
@@ -313,6 +281,7 @@ pub async fn list_prompts(
         .collect();
     views.extend(
         state
+            .runner()
             .platform_prompts()
             .iter()
             .map(|(name, template)| PromptView {
