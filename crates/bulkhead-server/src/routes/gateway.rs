@@ -6,13 +6,11 @@
 //! Errors answer in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, so
 //! OpenAI clients raise them as API errors; `code` is Bulkhead's stable problem code.
 
-use std::convert::Infallible;
-
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use bulkhead_core::{AgentName, TenantContext};
 use bulkhead_runtime::gateway::GatewayError;
@@ -26,6 +24,7 @@ use crate::AppState;
 use crate::authn::{Authenticated, require_role};
 use crate::error::ApiError;
 use crate::routes::runs::{RUNNERS, run_error, wants_event_stream};
+use crate::routes::streaming;
 
 /// An error in OpenAI's format.
 pub(crate) struct OpenAiError {
@@ -188,45 +187,26 @@ enum Item {
     End(Result<(), OpenAiError>),
 }
 
-/// Waits for the first item so a request refused before any chunk (an unknown model, a
-/// provider's 401) answers as an HTTP error; then streams, ending with `[DONE]`, or with an
-/// `error` chunk if the upstream fails midway.
-async fn stream_response(
-    mut receiver: mpsc::UnboundedReceiver<Item>,
-) -> Result<Response, OpenAiError> {
-    let first = match receiver.recv().await {
-        Some(Item::End(Err(error))) => return Err(error),
-        Some(item) => item,
-        None => {
-            return Err(
-                ApiError::Internal("the completion task ended without a result".into()).into(),
-            );
-        }
-    };
-    let stream = futures_util::stream::unfold(
-        (Some(first), receiver, false),
-        |(pending, mut receiver, finished)| async move {
-            if finished {
-                return None;
-            }
-            let item = match pending {
-                Some(item) => item,
-                None => receiver.recv().await?,
-            };
-            let (data, finished) = match item {
-                Item::Data(data) => (data, false),
-                Item::End(Ok(())) => ("[DONE]".to_owned(), true),
-                Item::End(Err(error)) => (error.body().to_string(), true),
-            };
-            Some((
-                Ok::<_, Infallible>(Event::default().data(data)),
-                (None, receiver, finished),
-            ))
+/// Streams the task's chunks, ending with `[DONE]`, or with an `error` chunk if the upstream
+/// fails midway. A request refused before any chunk (an unknown model, a provider's 401)
+/// answers as an HTTP error instead.
+async fn stream_response(receiver: mpsc::UnboundedReceiver<Item>) -> Result<Response, OpenAiError> {
+    streaming::after_first_item(
+        receiver,
+        |item| match item {
+            Item::End(Err(error)) => Err(error),
+            item => Ok(item),
         },
-    );
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response())
+        || ApiError::Internal("the completion task ended without a result".into()).into(),
+        |item| {
+            Event::default().data(match item {
+                Item::Data(data) => data,
+                Item::End(Ok(())) => "[DONE]".to_owned(),
+                Item::End(Err(error)) => error.body().to_string(),
+            })
+        },
+    )
+    .await
 }
 
 /// The last user message's text: what a hosted agent takes as its input.

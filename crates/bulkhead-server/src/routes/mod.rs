@@ -10,6 +10,7 @@ pub(crate) mod dto;
 pub(crate) mod gateway;
 pub(crate) mod ops;
 pub(crate) mod runs;
+pub(crate) mod streaming;
 pub(crate) mod tenant;
 
 use utoipa_axum::router::OpenApiRouter;

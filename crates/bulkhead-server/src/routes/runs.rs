@@ -1,11 +1,9 @@
 //! Runs of an agent, whole or streamed as server-sent events, and the threads they continue.
 
-use std::convert::Infallible;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use bulkhead_core::Role;
 use bulkhead_core::timestamp::to_rfc3339;
@@ -20,6 +18,7 @@ use crate::authn::{Authenticated, require_role};
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiPath};
 use crate::routes::agents::{READERS, path_agent};
+use crate::routes::streaming;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -128,7 +127,7 @@ pub async fn create_run(
             .map_err(run_error)?;
         return Ok(Json(RunView::from(run)).into_response());
     }
-    let (sender, mut receiver) = mpsc::unbounded_channel();
+    let (sender, receiver) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let store = state.store().tenant(&ctx);
         let events = sender.clone();
@@ -144,28 +143,16 @@ pub async fn create_run(
     });
     // A run refused before it starts (a thread of someone else, say) is an HTTP error, not
     // a stream.
-    let first = match receiver.recv().await {
-        Some(RunStreamItem::Done(Err(error))) => return Err(run_error(error)),
-        Some(item) => item,
-        None => {
-            return Err(ApiError::Internal(
-                "the run task ended without a result".into(),
-            ));
-        }
-    };
-    let stream = futures_util::stream::unfold(
-        (Some(first), receiver),
-        |(pending, mut receiver)| async move {
-            let item = match pending {
-                Some(item) => item,
-                None => receiver.recv().await?,
-            };
-            Some((Ok::<_, Infallible>(sse_event(item)), (None, receiver)))
+    streaming::after_first_item(
+        receiver,
+        |item| match item {
+            RunStreamItem::Done(Err(error)) => Err(run_error(error)),
+            item => Ok(item),
         },
-    );
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response())
+        || ApiError::Internal("the run task ended without a result".into()),
+        sse_event,
+    )
+    .await
 }
 
 enum RunStreamItem {
