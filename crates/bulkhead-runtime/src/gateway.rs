@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 use crate::agents::SCRIPTED_MODEL;
 use crate::providers::openai::ChunkKind;
 use crate::providers::sse::{expect_stream, read_events};
-use crate::providers::{Accumulator, Delta, ProviderError, Usage, error_from_status, openai};
+use crate::providers::{
+    Accumulator, ChatRequest, Delta, ProviderError, Usage, error_from_status, openai,
+};
 use crate::runs::Runner;
 
 #[derive(Debug, thiserror::Error)]
@@ -128,9 +130,7 @@ impl Runner {
                 })
             }
             ProviderKind::Anthropic | ProviderKind::Local => {
-                let mut request =
-                    openai::request_from_json(&body).map_err(GatewayError::InvalidRequest)?;
-                request.model = upstream_name(model).to_owned();
+                let request = translated_request(&body, model)?;
                 let response = self.provider_chat(&egress, model, &request, None).await?;
                 let id = format!("chatcmpl-{}", bulkhead_core::ids::new_run_id());
                 let body = openai::completion_json(&id, &alias, now_seconds(), &response);
@@ -180,9 +180,7 @@ impl Runner {
                 Ok(accumulator.usage)
             }
             ProviderKind::Anthropic | ProviderKind::Local => {
-                let mut request =
-                    openai::request_from_json(&body).map_err(GatewayError::InvalidRequest)?;
-                request.model = upstream_name(model).to_owned();
+                let request = translated_request(&body, model)?;
                 let id = format!("chatcmpl-{}", bulkhead_core::ids::new_run_id());
                 let created = now_seconds();
                 let chunk = |delta: Value, finish: Option<&str>| {
@@ -195,15 +193,22 @@ impl Runner {
                     .await?;
                 sink(chunk(json!({}), Some(&response.finish_reason)));
                 if client_wants_usage {
-                    let mut last = openai::chunk_json(&id, &alias, created, json!({}), None);
-                    last["choices"] = json!([]);
-                    last["usage"] = openai::usage_json(response.usage);
-                    sink(last.to_string());
+                    sink(
+                        openai::usage_chunk_json(&id, &alias, created, response.usage).to_string(),
+                    );
                 }
                 Ok(response.usage)
             }
         }
     }
+}
+
+/// The client's request in the provider-neutral shape, for a provider that does not speak
+/// Chat Completions, addressed to the model's upstream name.
+fn translated_request(body: &Value, model: &ModelConfig) -> Result<ChatRequest, GatewayError> {
+    let mut request = openai::request_from_json(body).map_err(GatewayError::InvalidRequest)?;
+    request.model = upstream_name(model).to_owned();
+    Ok(request)
 }
 
 fn upstream_name(model: &ModelConfig) -> &str {

@@ -304,6 +304,14 @@ pub fn chunk_json(
     })
 }
 
+/// The last chunk of a stream whose client asked for usage: no choices, only `usage`.
+pub fn usage_chunk_json(id: &str, model: &str, created: i64, usage: Usage) -> Value {
+    json!({
+        "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+        "choices": [], "usage": usage_json(usage),
+    })
+}
+
 /// The chunk that carries a streamed delta.
 pub fn delta_json(delta: &Delta) -> Value {
     match delta {

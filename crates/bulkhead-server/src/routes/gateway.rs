@@ -320,9 +320,7 @@ async fn agent_completion(
                 let last = openai::chunk_json(&id, &model, created, json!({}), Some("stop"));
                 let _ = sender.send(Item::Data(last.to_string()));
                 if wants_usage {
-                    let mut usage = openai::chunk_json(&id, &model, created, json!({}), None);
-                    usage["choices"] = json!([]);
-                    usage["usage"] = openai::usage_json(run_usage(&run));
+                    let usage = openai::usage_chunk_json(&id, &model, created, run_usage(&run));
                     let _ = sender.send(Item::Data(usage.to_string()));
                 }
                 Ok(())
