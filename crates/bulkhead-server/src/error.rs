@@ -200,6 +200,7 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Conflict(what) => ApiError::Conflict(format!("{what} already exists")),
+            StoreError::NotFound(_) => ApiError::NotFound,
             other => ApiError::Internal(Box::new(other)),
         }
     }

@@ -17,6 +17,7 @@ mod audit;
 mod backend;
 mod credentials;
 mod events;
+mod knowledge;
 mod models;
 mod records;
 mod runs;
@@ -37,6 +38,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 pub use admin::AdminStore;
 pub use agents::{AgentRecord, PromptRecord};
 pub use credentials::{CredentialRecord, CredentialWrite, DataKeyRecord};
+pub use knowledge::{
+    ChunkRecord, DocumentOutcome, DocumentRecord, DocumentWrite, IndexedChunk, KnowledgeBaseRecord,
+    KnowledgeChange, NewChunk, embedding_from_bytes, embedding_to_bytes,
+};
 pub use records::{
     ApiKeyInfo, DeletionReceipt, IssuerRecord, NewIssuer, NewTenant, Page, TenantPatch,
 };
@@ -61,6 +66,8 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("{0} already exists")]
     Conflict(&'static str),
+    #[error("{0} does not exist")]
+    NotFound(&'static str),
     #[error("appending audit events failed: {0}")]
     EventWriter(String),
 }

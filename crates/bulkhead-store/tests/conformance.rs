@@ -26,6 +26,7 @@ bulkhead_store::on_both_backends!(
     agents_are_versioned_and_prompts_are_per_tenant,
     usage_is_counted_per_tenant_and_model,
     expired_threads_go_with_an_audit_event,
+    documents_replace_their_chunks_atomically_per_tenant,
 );
 
 fn id(s: &str) -> TenantId {
@@ -620,6 +621,14 @@ async fn a_query_without_a_tenant_filter_still_sees_one_tenant(store: &Store, _d
             .unwrap();
         scoped.record_usage("fast", 10, 2);
         store.flush_usage().await.unwrap();
+        scoped
+            .ensure_knowledge_base("kb", "local", 2)
+            .await
+            .unwrap();
+        scoped
+            .put_document("kb", document("d", "h", &["x"]))
+            .await
+            .unwrap();
         store
             .admin()
             .create_issuer(
@@ -659,6 +668,9 @@ async fn a_query_without_a_tenant_filter_still_sees_one_tenant(store: &Store, _d
                 "thread_messages",
                 "runs",
                 "usage_daily",
+                "knowledge_bases",
+                "kb_documents",
+                "kb_chunks",
             ] {
                 let seen = scoped.unfiltered_tenant_ids(table).await.unwrap();
                 assert!(
@@ -871,4 +883,125 @@ async fn expired_threads_go_with_an_audit_event(store: &Store, _db: &TestDb) {
     );
     verify_chain(&id("acme"), &events).unwrap();
     assert_eq!(store.admin().expire_threads(cutoff).await.unwrap(), 0);
+}
+
+fn document<'a>(
+    doc_id: &'a str,
+    hash: &'a str,
+    texts: &[&str],
+) -> bulkhead_store::DocumentWrite<'a> {
+    static METADATA: std::sync::LazyLock<serde_json::Value> =
+        std::sync::LazyLock::new(|| serde_json::json!({"source": "test"}));
+    bulkhead_store::DocumentWrite {
+        doc_id,
+        title: "Title",
+        content_type: "text/plain",
+        metadata: &METADATA,
+        content_hash: hash,
+        bytes: 10,
+        chunks: texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| bulkhead_store::NewChunk {
+                position: i as i64,
+                heading_path: vec!["H".into()],
+                text: (*text).into(),
+                embedding: vec![i as f32, 1.0],
+            })
+            .collect(),
+    }
+}
+
+async fn documents_replace_their_chunks_atomically_per_tenant(store: &Store, _db: &TestDb) {
+    use bulkhead_store::DocumentOutcome;
+    let acme = TenantContext::for_tests(&create(store, "acme").await, &[Role::Owner]);
+    let globex = TenantContext::for_tests(&create(store, "globex").await, &[Role::Owner]);
+    let (a, g) = (store.tenant(&acme), store.tenant(&globex));
+    assert!(a.knowledge_generation("kb").await.unwrap().is_none());
+    let err = a
+        .put_document("kb", document("d1", "h1", &["x"]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    let created = a.ensure_knowledge_base("kb", "local", 2).await.unwrap();
+    assert_eq!((created.generation, created.documents), (0, 0));
+    // A second ensure keeps the first embedder.
+    assert_eq!(
+        a.ensure_knowledge_base("kb", "other", 9)
+            .await
+            .unwrap()
+            .embedder,
+        "local"
+    );
+
+    let first = a
+        .put_document("kb", document("d1", "h1", &["one", "two"]))
+        .await
+        .unwrap();
+    assert_eq!(first.outcome, DocumentOutcome::Created);
+    assert_eq!((first.generation_before, first.generation), (0, 1));
+    assert_eq!(first.added_chunk_ids, [1, 2]);
+    let same = a
+        .put_document("kb", document("d1", "h1", &["one", "two"]))
+        .await
+        .unwrap();
+    assert_eq!(same.outcome, DocumentOutcome::Unchanged);
+    assert_eq!(same.generation, 1);
+    let replaced = a
+        .put_document("kb", document("d1", "h2", &["three"]))
+        .await
+        .unwrap();
+    assert_eq!(replaced.outcome, DocumentOutcome::Replaced);
+    assert_eq!(replaced.removed_chunk_ids, [1, 2]);
+    assert_eq!(replaced.added_chunk_ids, [3]);
+
+    let (generation, chunks) = a.knowledge_index_source("kb").await.unwrap().unwrap();
+    assert_eq!(generation, 2);
+    assert_eq!(chunks.len(), 1);
+    assert_eq!((chunks[0].chunk_id, chunks[0].text.as_str()), (3, "three"));
+    assert_eq!(chunks[0].embedding, [0.0, 1.0]);
+    let shown = a.chunks_by_id("kb", &[1, 3]).await.unwrap();
+    assert_eq!(shown.len(), 1, "a replaced chunk is gone");
+    assert_eq!(shown[0].heading_path, ["H"]);
+    assert_eq!(shown[0].title, "Title");
+
+    // Another tenant: the same names are its own, and nothing of acme's is reachable.
+    assert!(g.knowledge_base("kb").await.unwrap().is_none());
+    assert!(g.knowledge_index_source("kb").await.unwrap().is_none());
+    assert!(g.chunks_by_id("kb", &[3]).await.unwrap().is_empty());
+    assert!(g.delete_document("kb", "d1").await.unwrap().is_none());
+    g.ensure_knowledge_base("kb", "local", 2).await.unwrap();
+    assert!(g.documents("kb").await.unwrap().is_empty());
+    assert!(g.chunks_by_id("kb", &[3]).await.unwrap().is_empty());
+
+    let listed = a.knowledge_bases().await.unwrap();
+    assert_eq!((listed[0].documents, listed[0].chunks), (1, 1));
+    let deleted = a.delete_document("kb", "d1").await.unwrap().unwrap();
+    assert_eq!(deleted.removed_chunk_ids, [3]);
+    assert!(a.chunks_by_id("kb", &[3]).await.unwrap().is_empty());
+    assert!(a.delete_document("kb", "d1").await.unwrap().is_none());
+    assert_eq!(a.knowledge_generation("kb").await.unwrap(), Some(3));
+
+    // Chunk ids are never reused, even across a delete.
+    let again = a
+        .put_document("kb", document("d1", "h1", &["one"]))
+        .await
+        .unwrap();
+    assert_eq!(again.added_chunk_ids, [4]);
+
+    let events = store
+        .admin()
+        .audit_events(acme.tenant_id(), 0, 100)
+        .await
+        .unwrap();
+    let actions: Vec<_> = events.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| a.starts_with("knowledge"))
+            .count(),
+        5,
+        "{actions:?}"
+    );
+    verify_chain(&id("acme"), &events).unwrap();
 }

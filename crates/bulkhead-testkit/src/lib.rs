@@ -24,3 +24,14 @@ pub fn local_chat_model() -> PathBuf {
     );
     path
 }
+
+/// The local embedder's directory (all-MiniLM-L6-v2). Tests fail, not skip, without it.
+pub fn local_embedder() -> PathBuf {
+    let path = models_dir().join("all-minilm-l6-v2");
+    assert!(
+        path.join("model.safetensors").exists(),
+        "{} is missing: run scripts/fetch-models",
+        path.display()
+    );
+    path
+}
