@@ -47,6 +47,9 @@ pub struct Config {
     /// read-only to tenants.
     pub platform_prompts: std::collections::BTreeMap<String, String>,
     pub threads: ThreadsConfig,
+    /// Embedders knowledge bases may use, by alias.
+    pub embedders: Vec<EmbedderConfig>,
+    pub knowledge: KnowledgeConfig,
 }
 
 impl Default for Config {
@@ -69,6 +72,8 @@ impl Default for Config {
             models: Vec::new(),
             default_models: None,
             threads: ThreadsConfig::default(),
+            embedders: Vec::new(),
+            knowledge: KnowledgeConfig::default(),
         }
     }
 }
@@ -86,6 +91,92 @@ impl Default for ThreadsConfig {
     fn default() -> Self {
         Self { retention_days: 30 }
     }
+}
+
+/// Knowledge bases: chunking, search and the in-memory indexes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KnowledgeConfig {
+    /// The `[[embedders]]` alias a new knowledge base uses. A knowledge base keeps the
+    /// embedder it was created with: its vectors only compare with that model's.
+    pub default_embedder: String,
+    /// Largest document text accepted, in bytes (UTF-8).
+    pub max_document_bytes: usize,
+    /// Most chunks one document may produce.
+    pub max_chunks_per_document: usize,
+    /// Most tokens in one chunk, overlap included.
+    pub chunk_max_tokens: usize,
+    /// Tokens repeated from the end of the previous chunk of the same section.
+    pub chunk_overlap_tokens: usize,
+    /// Up to this many chunks a knowledge base is searched exactly; above it an HNSW graph
+    /// answers.
+    pub exact_search_max_chunks: usize,
+    /// Memory for the indexes of all knowledge bases on this node, in MiB. Least recently
+    /// used indexes are dropped beyond it and loaded again from the database when needed.
+    pub index_memory_mb: usize,
+    /// Passages an agent with knowledge bases gets in its prompt's `context` for each run.
+    pub context_passages: usize,
+}
+
+impl Default for KnowledgeConfig {
+    fn default() -> Self {
+        Self {
+            default_embedder: "local".into(),
+            max_document_bytes: 512 * 1024,
+            max_chunks_per_document: 2_000,
+            chunk_max_tokens: 200,
+            chunk_overlap_tokens: 32,
+            exact_search_max_chunks: 20_000,
+            index_memory_mb: 1024,
+            context_passages: 4,
+        }
+    }
+}
+
+/// An embedding model: in-process (`local`) or an OpenAI-compatible `/embeddings` endpoint
+/// reached through egress with the tenant's key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedderConfig {
+    pub alias: String,
+    pub provider: EmbedderProvider,
+    /// For `openai`: the name of an `[[endpoints]]` entry (its region applies).
+    #[serde(default)]
+    pub endpoint: String,
+    /// For `openai`: the model name the provider expects; defaults to the alias.
+    pub upstream_model: Option<String>,
+    /// For `openai`: the vector length, sent as `dimensions` and checked on every answer.
+    pub dimensions: Option<usize>,
+    /// For `local`: the directory holding `config.json`, `tokenizer.json` and
+    /// `model.safetensors` (from `scripts/fetch-models`).
+    pub path: Option<PathBuf>,
+}
+
+impl EmbedderConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        match self.provider {
+            EmbedderProvider::Local if self.path.is_none() => Err(format!(
+                "embedder {}: provider \"local\" needs `path` (the all-minilm-l6-v2 directory)",
+                self.alias
+            )),
+            EmbedderProvider::Openai if self.endpoint.is_empty() || self.dimensions.is_none() => {
+                Err(format!(
+                    "embedder {}: provider \"openai\" needs `endpoint` and `dimensions`",
+                    self.alias
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmbedderProvider {
+    /// all-MiniLM-L6-v2 run in-process: documents never leave the node.
+    Local,
+    /// An OpenAI-compatible `/embeddings` endpoint.
+    Openai,
 }
 
 pub fn default_region() -> RegionName {

@@ -97,6 +97,10 @@ slug_id!(
     AgentName
 );
 slug_id!(
+    /// The name of a tenant's knowledge base, unique within the tenant.
+    KnowledgeBaseName
+);
+slug_id!(
     /// The name of a prompt snippet in a tenant's library (or the platform's).
     PromptName
 );
@@ -213,6 +217,12 @@ pub fn new_run_id() -> String {
 }
 
 /// A new thread id: `thr_` and 24 random lowercase letters and digits.
+/// A boundary for untrusted text put into a prompt: a document cannot close a delimiter whose
+/// name it cannot guess.
+pub fn new_boundary() -> String {
+    random_alphanumeric(12)
+}
+
 pub fn new_thread_id() -> String {
     format!("thr_{}", random_alphanumeric(24))
 }

@@ -5,4 +5,5 @@ pub mod agents;
 pub mod gateway;
 pub mod prompts;
 pub mod providers;
+pub mod retrieval;
 pub mod runs;

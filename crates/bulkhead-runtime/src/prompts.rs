@@ -149,6 +149,13 @@ pub fn check_template(source: &str) -> Result<(), PromptError> {
         .map_err(|e| syntax(&e))
 }
 
+/// Whether the template itself reads `name` (snippets it includes are not followed).
+pub fn reads_variable(source: &str, name: &str) -> bool {
+    let env = environment(Arc::new(PromptLibrary::default()));
+    env.template_from_str(source)
+        .is_ok_and(|t| t.undeclared_variables(false).contains(name))
+}
+
 /// Renders `source` with `variables`, including snippets from `library`. A missing variable
 /// or snippet is an error naming its line.
 pub fn render(

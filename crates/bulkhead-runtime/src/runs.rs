@@ -1,23 +1,27 @@
 //! The run loop: render the system prompt, call the model, answer its tool calls, repeat up to
 //! `max_steps`, and persist the run as it starts and as it ends.
 //!
-//! Tools arrive with the tools issue; until then a tool call is answered with a refusal the
-//! model can read, and the loop goes on.
+//! An agent with knowledge bases gets passages for its input in its prompt and the built-in
+//! `retrieve` tool (`retrieval.rs`). Other tools arrive with the tools issue; until then a
+//! call to one is answered with a refusal the model can read, and the loop goes on.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bulkhead_core::config::{ModelConfig, ProviderKind};
 use bulkhead_egress::Egress;
+use bulkhead_knowledge::{Knowledge, KnowledgeError};
 use bulkhead_store::{AgentRecord, RunEnd, RunProgress, RunRecord, StoreError, TenantStore};
 use serde::Serialize;
 use serde_json::json;
 
 use crate::agents::{AgentSpec, SCRIPTED_MODEL, ScriptStep};
-use crate::prompts::{MemoryTurn, PromptLibrary, PromptVariables, render};
+use crate::prompts::{MemoryTurn, PromptLibrary, PromptVariables, reads_variable, render};
 use crate::providers::local::LocalModels;
 use crate::providers::{
     self, ChatMessage, ChatRequest, ChatResponse, Delta, DeltaSink, ProviderError, ToolCall, Usage,
 };
+use crate::retrieval::{self, RETRIEVE_TOOL};
 
 /// What a streaming run reports as it goes. The HTTP layer sends each as a server-sent event
 /// named by its `type`, then `run.completed` or `run.failed` with the stored run.
@@ -73,6 +77,7 @@ pub struct Runner {
     default_models: Option<Vec<String>>,
     platform_prompts: BTreeMap<String, String>,
     local: LocalModels,
+    knowledge: Arc<Knowledge>,
 }
 
 #[derive(Debug, Clone)]
@@ -137,6 +142,15 @@ impl From<StoreError> for Failure {
     }
 }
 
+impl From<KnowledgeError> for Failure {
+    fn from(error: KnowledgeError) -> Self {
+        Failure {
+            code: error.code(),
+            message: error.to_string(),
+        }
+    }
+}
+
 impl From<ProviderError> for Failure {
     fn from(error: ProviderError) -> Self {
         Failure {
@@ -153,14 +167,21 @@ impl Runner {
         default_models: Option<Vec<String>>,
         platform_prompts: BTreeMap<String, String>,
         local: LocalModels,
+        knowledge: Arc<Knowledge>,
     ) -> Self {
         Self {
+            knowledge,
             egress,
             models,
             default_models,
             platform_prompts,
             local,
         }
+    }
+
+    /// Knowledge bases: what runs retrieve from and what the HTTP routes ingest into.
+    pub fn knowledge(&self) -> &Arc<Knowledge> {
+        &self.knowledge
     }
 
     /// The platform's snippets, read-only to tenants.
@@ -375,12 +396,37 @@ impl Runner {
         let library = self.prompt_library(store).await?;
         let mut variables = PromptVariables::for_agent(ctx, agent, input.user, input.input.clone());
         variables.memory = memory.clone();
+        // Passages are data: delimited by a boundary no document can guess, and shown to the
+        // model as untrusted, never rendered as template source.
+        let boundary = bulkhead_core::ids::new_boundary();
+        let mut context_message = None;
+        if !spec.knowledge_bases.is_empty() {
+            let found = retrieval::search_all(
+                &self.knowledge,
+                store,
+                &spec.knowledge_bases,
+                &input.input,
+                self.knowledge.config().context_passages,
+            )
+            .await?;
+            let passages: Vec<String> = found
+                .iter()
+                .map(|(kb, passage)| retrieval::delimited(kb, passage, &boundary))
+                .collect();
+            if !passages.is_empty() && !reads_variable(&spec.system_prompt, "context") {
+                context_message = Some(retrieval::context_message(&passages, &boundary));
+            }
+            variables.context = passages;
+        }
         let system = render(&spec.system_prompt, &library, &variables).map_err(|e| Failure {
             code: "template_error",
             message: e.to_string(),
         })?;
         let transcript = &mut progress.transcript;
         transcript.push(ChatMessage::text("system", system));
+        if let Some(message) = context_message {
+            transcript.push(ChatMessage::text("system", message));
+        }
         for turn in memory {
             transcript.push(ChatMessage::text(&turn.role, turn.content));
         }
@@ -392,7 +438,11 @@ impl Runner {
             let request = ChatRequest {
                 model: spec.model.clone(),
                 messages: progress.transcript.clone(),
-                tools: Vec::new(),
+                tools: if spec.knowledge_bases.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![retrieval::retrieve_tool(&spec.knowledge_bases)]
+                },
                 max_tokens: Some(spec.max_output_tokens),
             };
             let response = self
@@ -412,9 +462,19 @@ impl Runner {
                     name: call.name.clone(),
                     arguments: call.arguments.clone(),
                 });
-                let content =
+                let content = if call.name == RETRIEVE_TOOL && !spec.knowledge_bases.is_empty() {
+                    retrieval::retrieve_call(
+                        &self.knowledge,
+                        store,
+                        &spec.knowledge_bases,
+                        &call.arguments,
+                        &boundary,
+                    )
+                    .await
+                } else {
                     json!({"error": format!("tool {} is not available to this agent", call.name)})
-                        .to_string();
+                        .to_string()
+                };
                 events(RunEvent::ToolResult {
                     step,
                     id: call.id.clone(),

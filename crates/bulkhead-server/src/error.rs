@@ -42,6 +42,10 @@ pub enum ApiError {
     InvalidQuery(String),
     #[error("the database is not reachable")]
     NotReady,
+    /// A failure with its own stable code (an embedder, a provider, egress), answered with
+    /// the status [`status_for_code`] gives it.
+    #[error("{detail}")]
+    Failed { code: &'static str, detail: String },
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -70,6 +74,7 @@ impl ApiError {
             | ApiError::MissingField { .. }
             | ApiError::InvalidQuery(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Failed { code, .. } => status_for_code(code),
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -91,6 +96,7 @@ impl ApiError {
             ApiError::MissingField { .. } => "missing_field",
             ApiError::InvalidQuery(_) => "invalid_query",
             ApiError::NotReady => "not_ready",
+            ApiError::Failed { code, .. } => code,
             ApiError::Internal(_) => "internal",
         }
     }
@@ -111,6 +117,7 @@ impl ApiError {
             | ApiError::MissingField { .. }
             | ApiError::InvalidQuery(_) => "Invalid input",
             ApiError::NotReady => "Not ready",
+            ApiError::Failed { .. } => "Request failed",
             ApiError::Internal(_) => "Internal error",
         }
     }
@@ -192,6 +199,39 @@ impl From<bulkhead_vault::VaultError> for ApiError {
                 ApiError::Conflict("the credential kept changing; retry".into())
             }
             other => ApiError::Internal(Box::new(other)),
+        }
+    }
+}
+
+/// The status a failure code answers with: the client's own mistakes are 4xx, the failures
+/// of what Bulkhead depends on 502, 503 or 504.
+pub(crate) fn status_for_code(code: &str) -> StatusCode {
+    match code {
+        "model_not_found" | "agent_not_found" | "not_found" => StatusCode::NOT_FOUND,
+        "model_not_allowed" | "residency_violation" => StatusCode::FORBIDDEN,
+        "invalid_request" | "provider_bad_request" | "missing_credential" | "template_error" => {
+            StatusCode::BAD_REQUEST
+        }
+        "document_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+        "provider_rate_limited" => StatusCode::TOO_MANY_REQUESTS,
+        "embedder_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+        "upstream_timeout" => StatusCode::GATEWAY_TIMEOUT,
+        "internal" => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_GATEWAY,
+    }
+}
+
+impl From<bulkhead_knowledge::KnowledgeError> for ApiError {
+    fn from(error: bulkhead_knowledge::KnowledgeError) -> Self {
+        use bulkhead_knowledge::KnowledgeError;
+        match error {
+            KnowledgeError::Invalid { field, message } => ApiError::invalid(field, message),
+            KnowledgeError::NotFound => ApiError::NotFound,
+            KnowledgeError::Store(e) => e.into(),
+            other => ApiError::Failed {
+                code: other.code(),
+                detail: other.to_string(),
+            },
         }
     }
 }

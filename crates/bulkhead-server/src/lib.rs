@@ -60,6 +60,9 @@ pub struct ServerSettings {
     pub default_models: Option<Vec<String>>,
     /// The `local` models of `models`, loaded.
     pub local_models: bulkhead_runtime::providers::local::LocalModels,
+    pub knowledge: bulkhead_core::config::KnowledgeConfig,
+    /// The `[[embedders]]`, loaded.
+    pub embedders: bulkhead_knowledge::Embedders,
 }
 
 impl AppState {
@@ -74,6 +77,11 @@ impl AppState {
                     settings.default_models,
                     settings.platform_prompts,
                     settings.local_models,
+                    Arc::new(bulkhead_knowledge::Knowledge::new(
+                        settings.knowledge,
+                        settings.embedders,
+                        egress.clone(),
+                    )),
                 ),
                 egress,
                 admin_token_hash: settings.admin_token_hash,
@@ -100,6 +108,11 @@ impl AppState {
 
     pub(crate) fn runner(&self) -> &Runner {
         &self.inner.runner
+    }
+
+    /// Knowledge bases: ingest and search, shared with agent runs.
+    pub fn knowledge(&self) -> &bulkhead_knowledge::Knowledge {
+        self.inner.runner.knowledge()
     }
 
     pub(crate) fn admin_token_hash(&self) -> &str {

@@ -16,6 +16,7 @@ use crate::routes;
         (name = "control-plane", description = "Tenants, their API keys and JWT issuers; admin token"),
         (name = "tenant-plane", description = "Acts for the tenant named by the credential"),
         (name = "gateway", description = "OpenAI-compatible Chat Completions for outside agent frameworks, with a tenant API key as the OpenAI key"),
+        (name = "knowledge", description = "Knowledge bases: documents in, passages out, searched by meaning and keyword within the calling tenant only"),
         (name = "operations", description = "Health, readiness and this document"),
     )
 )]

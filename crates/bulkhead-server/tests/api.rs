@@ -548,6 +548,11 @@ async fn the_openapi_document_covers_every_route() {
         ("/v1/prompts/{name}", "put"),
         ("/v1/prompts/{name}", "get"),
         ("/v1/prompts/{name}", "delete"),
+        ("/v1/knowledge", "get"),
+        ("/v1/knowledge/{kb}/documents", "post"),
+        ("/v1/knowledge/{kb}/documents", "get"),
+        ("/v1/knowledge/{kb}/documents/{id}", "delete"),
+        ("/v1/knowledge/{kb}/search", "get"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     let documented: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
@@ -570,7 +575,8 @@ async fn the_openapi_document_covers_every_route() {
             .replace("{key_id}", "0000000000000000")
             .replace("{issuer_id}", "x")
             .replace("{connector}", "slack")
-            .replace("{name}", "triage");
+            .replace("{name}", "triage")
+            .replace("{kb}", "docs");
         let response = server
             .request(method.to_uppercase().parse().unwrap(), &url, None)
             .send()

@@ -24,6 +24,14 @@ pub struct KnowledgeBaseRecord {
     pub updated_at: i64,
 }
 
+/// What a search needs to know about its knowledge base.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct KnowledgeHead {
+    pub generation: i64,
+    pub embedder: String,
+    pub dimensions: i64,
+}
+
 #[derive(Debug, Clone)]
 pub struct DocumentRecord {
     pub doc_id: String,
@@ -252,18 +260,19 @@ impl TenantStore<'_> {
         Ok(rows)
     }
 
-    /// The knowledge base's generation, on every search: one indexed single-row read.
-    pub async fn knowledge_generation(&self, kb: &str) -> Result<Option<i64>, StoreError> {
+    /// The knowledge base's generation and embedder, on every search: one indexed
+    /// single-row read.
+    pub async fn knowledge_head(&self, kb: &str) -> Result<Option<KnowledgeHead>, StoreError> {
         let mut tx = self.begin(Access::SingleRead).await?;
         let row = fetch_optional!(
             &mut tx,
-            Generation,
-            "SELECT generation FROM knowledge_bases WHERE tenant_id = $1 AND kb = $2",
+            KnowledgeHead,
+            "SELECT generation, embedder, dimensions FROM knowledge_bases WHERE tenant_id = $1 AND kb = $2",
             self.context().tenant_id().as_str(),
             kb
         )?;
         tx.commit().await?;
-        Ok(row.map(|g| g.generation))
+        Ok(row)
     }
 
     /// The stored content hash of a document, to skip embedding unchanged content.

@@ -40,7 +40,7 @@ pub use agents::{AgentRecord, PromptRecord};
 pub use credentials::{CredentialRecord, CredentialWrite, DataKeyRecord};
 pub use knowledge::{
     ChunkRecord, DocumentOutcome, DocumentRecord, DocumentWrite, IndexedChunk, KnowledgeBaseRecord,
-    KnowledgeChange, NewChunk, embedding_from_bytes, embedding_to_bytes,
+    KnowledgeChange, KnowledgeHead, NewChunk, embedding_from_bytes, embedding_to_bytes,
 };
 pub use records::{
     ApiKeyInfo, DeletionReceipt, IssuerRecord, NewIssuer, NewTenant, Page, TenantPatch,

@@ -917,7 +917,7 @@ async fn documents_replace_their_chunks_atomically_per_tenant(store: &Store, _db
     let acme = TenantContext::for_tests(&create(store, "acme").await, &[Role::Owner]);
     let globex = TenantContext::for_tests(&create(store, "globex").await, &[Role::Owner]);
     let (a, g) = (store.tenant(&acme), store.tenant(&globex));
-    assert!(a.knowledge_generation("kb").await.unwrap().is_none());
+    assert!(a.knowledge_head("kb").await.unwrap().is_none());
     let err = a
         .put_document("kb", document("d1", "h1", &["x"]))
         .await
@@ -980,7 +980,7 @@ async fn documents_replace_their_chunks_atomically_per_tenant(store: &Store, _db
     assert_eq!(deleted.removed_chunk_ids, [3]);
     assert!(a.chunks_by_id("kb", &[3]).await.unwrap().is_empty());
     assert!(a.delete_document("kb", "d1").await.unwrap().is_none());
-    assert_eq!(a.knowledge_generation("kb").await.unwrap(), Some(3));
+    assert_eq!(a.knowledge_head("kb").await.unwrap().unwrap().generation, 3);
 
     // Chunk ids are never reused, even across a delete.
     let again = a

@@ -26,14 +26,20 @@ pub enum BenchCommand {
         #[arg(long, default_value = "bench")]
         prefix: String,
     },
+    /// Knowledge search: one tenant's latency while the others' chunks grow, graph recall,
+    /// memory per tenant, cold loads and ingest throughput.
+    Knowledge(crate::bench_knowledge::KnowledgeBenchArgs),
 }
 
 pub async fn run(global: &GlobalArgs, command: BenchCommand) -> anyhow::Result<()> {
-    let BenchCommand::Provision {
-        tenants,
-        concurrency,
-        prefix,
-    } = command;
+    let (tenants, concurrency, prefix) = match command {
+        BenchCommand::Provision {
+            tenants,
+            concurrency,
+            prefix,
+        } => (tenants, concurrency, prefix),
+        BenchCommand::Knowledge(args) => return crate::bench_knowledge::run(global, args).await,
+    };
     let config = settings::load(global)?;
     let store = settings::open_store(&config).await?;
     let size_before = store.size_bytes().await?;

@@ -2,7 +2,9 @@
 //! the data directory or database. The only crate that uses `anyhow`.
 
 mod bench;
+mod bench_knowledge;
 mod cli_admin;
+mod cli_ingest;
 mod demo;
 mod serve;
 mod settings;
@@ -48,6 +50,8 @@ enum Command {
     /// Manage tenants.
     #[command(subcommand)]
     Tenant(cli_admin::TenantCommand),
+    /// Add files and folders to a tenant's knowledge base (skips unchanged files; resumable).
+    Ingest(cli_ingest::IngestArgs),
     /// Manage tenant API keys.
     #[command(subcommand)]
     Key(cli_admin::KeyCommand),
@@ -94,6 +98,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::run(&cli.global, args).await,
             Command::Demo(args) => demo::run(&cli.global, args).await,
             Command::Tenant(command) => cli_admin::tenant(&cli.global, command).await,
+            Command::Ingest(args) => cli_ingest::run(&cli.global, args).await,
             Command::Key(command) => cli_admin::key(&cli.global, command).await,
             Command::Credential(command) => cli_admin::credential(&cli.global, command).await,
             Command::Keys(command) => cli_admin::keys(&cli.global, command).await,

@@ -186,7 +186,24 @@ pub async fn server_settings(
         leeway_seconds: config.auth.leeway_seconds,
         regions: config.regions.clone(),
         max_body_bytes: config.max_body_bytes,
+        knowledge: config.knowledge.clone(),
+        embedders: load_embedders(config).await?,
     })
+}
+
+async fn load_embedders(config: &Config) -> anyhow::Result<bulkhead_knowledge::Embedders> {
+    let embedders = config.embedders.clone();
+    let loaded =
+        tokio::task::spawn_blocking(move || bulkhead_knowledge::Embedders::load(&embedders))
+            .await?
+            .map_err(|e| anyhow::anyhow!("[[embedders]]: {e}"))?;
+    if loaded.get(&config.knowledge.default_embedder).is_none() {
+        tracing::warn!(
+            embedder = %config.knowledge.default_embedder,
+            "knowledge.default_embedder names no [[embedders]] entry: new knowledge bases cannot be created"
+        );
+    }
+    Ok(loaded)
 }
 
 async fn load_local_models(

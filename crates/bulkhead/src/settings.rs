@@ -33,6 +33,8 @@ const ENV_KEYS: &[&str] = &[
     "models",
     "default_models",
     "threads",
+    "embedders",
+    "knowledge",
 ];
 
 pub fn load(global: &GlobalArgs) -> anyhow::Result<Config> {

@@ -830,3 +830,109 @@ fn output_within(command: &mut Command, seconds: u64) -> Output {
     }
     child.wait_with_output().unwrap()
 }
+
+/// The summary line of an ingest run, as numbers: (created, replaced, unchanged, failed,
+/// skipped).
+fn ingest_counts(output: &Output) -> (u32, u32, u32, u32, u32) {
+    let text = String::from_utf8_lossy(&output.stderr);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("ingested "))
+        .unwrap_or_else(|| panic!("no summary in {text}"));
+    let count = |label: &str| -> u32 {
+        let before = line.split(&format!(" {label}")).next().unwrap();
+        before
+            .rsplit([' ', ':'])
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|_| panic!("{label} in {line}"))
+    };
+    (
+        count("created"),
+        count("replaced"),
+        count("unchanged"),
+        count("failed"),
+        count("skipped"),
+    )
+}
+
+#[test]
+fn ingest_skips_unchanged_files_and_resumes_after_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("bulkhead.toml"),
+        format!(
+            "[[embedders]]\nalias = \"local\"\nprovider = \"local\"\npath = {:?}\n",
+            bulkhead_testkit::local_embedder()
+        ),
+    )
+    .unwrap();
+    let docs = d.join("docs");
+    std::fs::create_dir_all(docs.join("guides")).unwrap();
+    std::fs::create_dir_all(docs.join(".git")).unwrap();
+    for i in 0..40 {
+        let body = format!(
+            "# Guide {i}\n\nStep one of guide {i}: open the console.\n\n## Details\n\n{}",
+            "Every step is written down so that anyone can follow it. ".repeat(20)
+        );
+        std::fs::write(docs.join("guides").join(format!("g{i:02}.md")), body).unwrap();
+    }
+    std::fs::write(
+        docs.join("index.html"),
+        "<title>Index</title><h1>Index</h1><p>All guides.</p>",
+    )
+    .unwrap();
+    std::fs::write(docs.join("logo.png"), [0x89, 0x50]).unwrap();
+    std::fs::write(docs.join(".git").join("HEAD.txt"), "not a document").unwrap();
+    let with_config = |command: &mut Command| {
+        command.env("BULKHEAD_CONFIG", d.join("bulkhead.toml"));
+    };
+    run(bulkhead(d).args(["tenant", "create", "acme", "--name", "Acme"]));
+    let ingest = || {
+        let mut command = bulkhead(d);
+        with_config(&mut command);
+        command
+            .args(["ingest", "--tenant", "acme", "--kb", "handbook"])
+            .arg(&docs);
+        command
+    };
+
+    // Killed partway: what finished stays; the next run embeds only the rest.
+    let interrupted = kill_midway(&mut ingest(), Duration::from_millis(2500));
+    let resumed = run(&mut ingest());
+    let (created, replaced, unchanged, failed, skipped) = ingest_counts(&resumed);
+    assert_eq!(created + unchanged, 41, "{resumed:?}");
+    assert_eq!((replaced, failed, skipped), (0, 0, 1));
+    eprintln!("killed midway: {interrupted}; {unchanged} files were already in when resumed");
+
+    // Again: nothing to do.
+    assert_eq!(ingest_counts(&run(&mut ingest())), (0, 0, 41, 0, 1));
+
+    // One file changed: only it is replaced.
+    std::fs::write(
+        docs.join("guides").join("g07.md"),
+        "# Guide 7\n\nRewritten.",
+    )
+    .unwrap();
+    assert_eq!(ingest_counts(&run(&mut ingest())), (0, 1, 40, 0, 1));
+
+    // Bad input is a clear error, not a panic.
+    let mut missing = ingest();
+    missing.arg(d.join("nope"));
+    let output = missing.output().unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("cannot read"),
+        "{output:?}"
+    );
+    let mut unknown = bulkhead(d);
+    with_config(&mut unknown);
+    let output = unknown
+        .args(["ingest", "--tenant", "nobody", "--kb", "handbook"])
+        .arg(&docs)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no tenant nobody"));
+}

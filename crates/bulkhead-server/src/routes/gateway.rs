@@ -81,27 +81,15 @@ impl From<ApiError> for OpenAiError {
     }
 }
 
-/// The status a failure code answers with: the client's own mistakes are 4xx, the
-/// upstream's failures 502 or 504.
-fn status_of(code: &str) -> StatusCode {
-    match code {
-        "model_not_found" | "agent_not_found" => StatusCode::NOT_FOUND,
-        "model_not_allowed" | "residency_violation" => StatusCode::FORBIDDEN,
-        "invalid_request" | "provider_bad_request" | "missing_credential" | "template_error" => {
-            StatusCode::BAD_REQUEST
-        }
-        "provider_rate_limited" => StatusCode::TOO_MANY_REQUESTS,
-        "upstream_timeout" => StatusCode::GATEWAY_TIMEOUT,
-        "internal" => StatusCode::INTERNAL_SERVER_ERROR,
-        _ => StatusCode::BAD_GATEWAY,
-    }
-}
-
 impl From<GatewayError> for OpenAiError {
     fn from(error: GatewayError) -> Self {
         match error {
             GatewayError::Store(e) => ApiError::from(e).into(),
-            other => OpenAiError::new(status_of(other.code()), other.code(), other.to_string()),
+            other => OpenAiError::new(
+                crate::error::status_for_code(other.code()),
+                other.code(),
+                other.to_string(),
+            ),
         }
     }
 }
@@ -339,7 +327,7 @@ fn finished(run: RunRecord) -> Result<RunRecord, OpenAiError> {
     }
     let code = run.error_code.clone().unwrap_or_else(|| "internal".into());
     Err(OpenAiError::new(
-        status_of(&code),
+        crate::error::status_for_code(&code),
         code,
         format!(
             "run {} failed: {}",

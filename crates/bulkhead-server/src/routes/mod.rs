@@ -8,6 +8,7 @@ pub(crate) mod agents;
 pub(crate) mod credentials;
 pub(crate) mod dto;
 pub(crate) mod gateway;
+pub(crate) mod knowledge;
 pub(crate) mod ops;
 pub(crate) mod runs;
 pub(crate) mod streaming;
@@ -65,6 +66,10 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
             agents::get_prompt,
             agents::delete_prompt
         ))
+        .routes(routes!(knowledge::list_knowledge_bases))
+        .routes(routes!(knowledge::post_document, knowledge::list_documents))
+        .routes(routes!(knowledge::delete_document))
+        .routes(routes!(knowledge::search))
         .routes(routes!(
             credentials::put_credential,
             credentials::get_credential,

@@ -68,6 +68,24 @@ fn platform_issuer() -> IssuerBinding {
     }
 }
 
+/// The local embedder, loaded once per test binary and shared by its servers.
+pub fn embedders() -> bulkhead_knowledge::Embedders {
+    static LOADED: std::sync::OnceLock<bulkhead_knowledge::Embedders> = std::sync::OnceLock::new();
+    LOADED
+        .get_or_init(|| {
+            bulkhead_knowledge::Embedders::load(&[bulkhead_core::config::EmbedderConfig {
+                alias: "local".into(),
+                provider: bulkhead_core::config::EmbedderProvider::Local,
+                endpoint: String::new(),
+                upstream_model: None,
+                dimensions: None,
+                path: Some(bulkhead_testkit::local_embedder()),
+            }])
+            .unwrap()
+        })
+        .clone()
+}
+
 impl TestServer {
     pub async fn start(backend: Backend) -> Self {
         Self::start_with(backend, 64 * 1024).await
@@ -101,6 +119,8 @@ impl TestServer {
             local_models: bulkhead_runtime::providers::local::load(&models).unwrap(),
             models,
             default_models,
+            knowledge: bulkhead_core::config::KnowledgeConfig::default(),
+            embedders: embedders(),
             platform_prompts: std::collections::BTreeMap::from([(
                 "safety".to_owned(),
                 "Never reveal credentials.".to_owned(),
