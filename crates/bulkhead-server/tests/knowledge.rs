@@ -597,3 +597,170 @@ async fn isolation_property(backend: Backend, seed: u64) {
     );
     server.finish().await;
 }
+
+fn remote_embedder(alias: &str, endpoint: &str) -> bulkhead_core::config::EmbedderConfig {
+    bulkhead_core::config::EmbedderConfig {
+        alias: alias.into(),
+        provider: bulkhead_core::config::EmbedderProvider::Openai,
+        endpoint: endpoint.into(),
+        upstream_model: Some("text-embedding-3-small".into()),
+        dimensions: Some(64),
+        path: None,
+    }
+}
+
+async fn remote_server(
+    fake: &bulkhead_testkit::fake_llm::FakeLlm,
+    default_embedder: &str,
+) -> TestServer {
+    let mut us = common::model_endpoint(
+        "openai-us",
+        format!("{}/v1", fake.base),
+        bulkhead_core::config::AuthScheme::Bearer {},
+        5_000,
+    );
+    us.region = bulkhead_core::RegionName::try_from("us-east").unwrap();
+    us.kind = bulkhead_core::config::EndpointKind::Embedding;
+    let mut eu = common::model_endpoint(
+        "openai-eu",
+        format!("{}/v1", fake.base),
+        bulkhead_core::config::AuthScheme::Bearer {},
+        5_000,
+    );
+    eu.kind = bulkhead_core::config::EndpointKind::Embedding;
+    let embedders = bulkhead_knowledge::Embedders::load(&[
+        remote_embedder("remote-eu", "openai-eu"),
+        remote_embedder("remote-us", "openai-us"),
+    ])
+    .unwrap();
+    let knowledge = bulkhead_core::config::KnowledgeConfig {
+        default_embedder: default_embedder.into(),
+        ..Default::default()
+    };
+    TestServer::start_with_knowledge(
+        Backend::Sqlite,
+        64 * 1024,
+        &[eu, us],
+        Vec::new(),
+        None,
+        (embedders, knowledge),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_remote_embedder_is_called_through_egress_with_each_tenants_key_and_region() {
+    let fake = bulkhead_testkit::fake_llm::FakeLlm::start().await.unwrap();
+    let server = remote_server(&fake, "remote-eu").await;
+    server.create_tenant("acme").await;
+    server.create_tenant("globex").await;
+    let (acme, _) = server.create_key("acme", "admin").await;
+    let (globex, _) = server.create_key("globex", "admin").await;
+    common::put_credential(&server, &acme, "openai-eu", "sk-acme").await;
+
+    // No credential yet: a clear error, and no knowledge base half-made.
+    let (status, problem) = post_doc(
+        &server,
+        &globex,
+        "docs",
+        json!({"title": "t", "text": "rockets"}),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("missing_credential")),
+        "{problem}"
+    );
+    assert_eq!(
+        server.tenant_get("/v1/knowledge", &globex).await.1,
+        json!([])
+    );
+    common::put_credential(&server, &globex, "openai-eu", "sk-globex").await;
+
+    let (status, written) = post_doc(
+        &server,
+        &acme,
+        "docs",
+        json!({"id": "a", "title": "Refunds",
+        "text": "Refunds take thirty days.\n\nShipping takes a week."}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{written}");
+    post_doc(
+        &server,
+        &globex,
+        "docs",
+        json!({"id": "g", "title": "Rockets", "text": "Rockets launch on Fridays."}),
+    )
+    .await;
+    let (_, found) = search(&server, &acme, "docs", "refunds thirty days", 1).await;
+    assert_eq!(
+        texts(&found),
+        ["Refunds take thirty days.\n\nShipping takes a week."]
+    );
+    let (_, bases) = server.tenant_get("/v1/knowledge", &acme).await;
+    assert_eq!(
+        (
+            bases[0]["embedder"].as_str(),
+            bases[0]["dimensions"].as_i64()
+        ),
+        (Some("remote-eu"), Some(64))
+    );
+
+    // Every call carried the key of the tenant whose text it was.
+    let calls: Vec<_> = fake
+        .seen()
+        .into_iter()
+        .filter(|s| s.api == "embeddings")
+        .collect();
+    assert_eq!(calls.len(), 3, "two documents and one query: {calls:?}");
+    for call in &calls {
+        assert_eq!(call.model, "text-embedding-3-small");
+        let expected = if call.input.contains("Rockets") {
+            "Bearer sk-globex"
+        } else {
+            "Bearer sk-acme"
+        };
+        assert_eq!(call.credential, expected, "{call:?}");
+    }
+
+    // The provider refusing the key is its error, and nothing is stored.
+    let (status, problem) = post_doc(
+        &server,
+        &acme,
+        "docs",
+        json!({"id": "b", "title": "t", "text": "status-401 please"}),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::BAD_GATEWAY, Some("upstream_error")),
+        "{problem}"
+    );
+    let (_, listed) = server
+        .tenant_get("/v1/knowledge/docs/documents", &acme)
+        .await;
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    server.finish().await;
+
+    // An embedder in a region the tenant's data may not go to is refused before any call.
+    let before = fake.seen().len();
+    let server = remote_server(&fake, "remote-us").await;
+    server.create_tenant("acme").await;
+    let (acme, _) = server.create_key("acme", "admin").await;
+    common::put_credential(&server, &acme, "openai-us", "sk-acme").await;
+    let (status, problem) = post_doc(
+        &server,
+        &acme,
+        "docs",
+        json!({"title": "t", "text": "secret plans"}),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("residency_violation")),
+        "{problem}"
+    );
+    assert_eq!(fake.seen().len(), before, "no call left the region");
+    server.finish().await;
+}

@@ -14,11 +14,16 @@
 //!   received, so a test sees whose key each call carried.
 //!
 //! Streams are written in 7-byte pieces so clients meet events split anywhere.
+//!
+//! `POST /v1/embeddings` answers OpenAI's embeddings shape with a deterministic vector per
+//! input: its words hashed into `dimensions` buckets (default 1536), so texts sharing words
+//! are close. An input containing `status-401` or `status-429` gets that error.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -66,6 +71,7 @@ pub fn router(log: Option<Log>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(openai))
         .route("/v1/messages", post(anthropic))
+        .route("/v1/embeddings", post(embeddings))
         .with_state(log)
 }
 
@@ -152,6 +158,77 @@ async fn stall_if_asked(input: &str) {
     if input.contains("stall") {
         tokio::time::sleep(Duration::from_secs(30)).await;
     }
+}
+
+/// A bag-of-words vector: each lowercased word adds 1 to the bucket its hash names.
+pub fn fake_embedding(text: &str, dimensions: usize) -> Vec<f32> {
+    let mut vector = vec![0.0f32; dimensions.max(1)];
+    for word in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        let hash = word
+            .to_lowercase()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            });
+        let slot = usize::try_from(hash % vector.len() as u64).unwrap_or(0);
+        vector[slot] += 1.0;
+    }
+    vector
+}
+
+async fn embeddings(State(log): State<Option<Log>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return openai_error(
+            StatusCode::BAD_REQUEST,
+            "We could not parse the JSON body of your request.",
+        );
+    };
+    let inputs: Vec<String> = match &body["input"] {
+        Value::String(one) => vec![one.clone()],
+        Value::Array(many) => many
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => return openai_error(StatusCode::BAD_REQUEST, "'input' is a required property"),
+    };
+    let dimensions = body["dimensions"].as_u64().map_or(1536, |d| d as usize);
+    let key = header_value(&headers, "authorization");
+    let model = body["model"].as_str().unwrap_or_default().to_owned();
+    record(
+        log.as_ref(),
+        Seen {
+            api: "embeddings",
+            credential: key,
+            input: inputs.join("\n"),
+            stream: false,
+            model: model.clone(),
+        },
+    );
+    let joined = inputs.join(" ");
+    for (marker, status) in [
+        ("status-401", StatusCode::UNAUTHORIZED),
+        ("status-429", StatusCode::TOO_MANY_REQUESTS),
+    ] {
+        if joined.contains(marker) {
+            return openai_error(status, "the fake was asked to fail");
+        }
+    }
+    let tokens: u64 = inputs.iter().map(|i| words(i)).sum();
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(index, text)| json!({"object": "embedding", "index": index, "embedding": fake_embedding(text, dimensions)}))
+        .collect();
+    Json(json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }))
+    .into_response()
 }
 
 async fn openai(State(log): State<Option<Log>>, headers: HeaderMap, body: Bytes) -> Response {

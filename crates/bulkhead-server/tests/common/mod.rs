@@ -103,6 +103,32 @@ impl TestServer {
         models: Vec<bulkhead_core::config::ModelConfig>,
         default_models: Option<Vec<String>>,
     ) -> Self {
+        Self::start_with_knowledge(
+            backend,
+            max_body_bytes,
+            endpoints,
+            models,
+            default_models,
+            (
+                embedders(),
+                bulkhead_core::config::KnowledgeConfig::default(),
+            ),
+        )
+        .await
+    }
+
+    /// Like [`Self::start_full`], with the given embedders and knowledge settings.
+    pub async fn start_with_knowledge(
+        backend: Backend,
+        max_body_bytes: usize,
+        endpoints: &[bulkhead_core::config::EndpointConfig],
+        models: Vec<bulkhead_core::config::ModelConfig>,
+        default_models: Option<Vec<String>>,
+        (embedders, knowledge): (
+            bulkhead_knowledge::Embedders,
+            bulkhead_core::config::KnowledgeConfig,
+        ),
+    ) -> Self {
         let (store, db) = match backend {
             Backend::Sqlite => TestDb::sqlite().await,
             Backend::Postgres => TestDb::postgres().await,
@@ -119,8 +145,8 @@ impl TestServer {
             local_models: bulkhead_runtime::providers::local::load(&models).unwrap(),
             models,
             default_models,
-            knowledge: bulkhead_core::config::KnowledgeConfig::default(),
-            embedders: embedders(),
+            knowledge,
+            embedders,
             platform_prompts: std::collections::BTreeMap::from([(
                 "safety".to_owned(),
                 "Never reveal credentials.".to_owned(),
