@@ -19,6 +19,7 @@ mod credentials;
 mod events;
 mod knowledge;
 mod models;
+mod pgvector;
 mod records;
 mod runs;
 mod tenant;
@@ -42,6 +43,7 @@ pub use knowledge::{
     ChunkRecord, DocumentOutcome, DocumentRecord, DocumentWrite, IndexedChunk, KnowledgeBaseRecord,
     KnowledgeChange, KnowledgeHead, NewChunk, embedding_from_bytes, embedding_to_bytes,
 };
+pub use pgvector::VectorScan;
 pub use records::{
     ApiKeyInfo, DeletionReceipt, IssuerRecord, NewIssuer, NewTenant, Page, TenantPatch,
 };
@@ -68,6 +70,8 @@ pub enum StoreError {
     Conflict(&'static str),
     #[error("{0} does not exist")]
     NotFound(&'static str),
+    #[error("not supported here: {0}")]
+    Unsupported(&'static str),
     #[error("appending audit events failed: {0}")]
     EventWriter(String),
 }

@@ -40,8 +40,21 @@ impl TestDb {
     }
 
     pub async fn postgres() -> (Store, TestDb) {
+        Self::postgres_at(&postgres_admin_url()).await
+    }
+
+    /// A fresh database on the PostgreSQL server that has pgvector (started by
+    /// `scripts/pgvector`; `BULKHEAD_TEST_PGVECTOR_URL`). Fails, not skips, without it.
+    pub async fn pgvector() -> (Store, TestDb) {
+        let url = std::env::var("BULKHEAD_TEST_PGVECTOR_URL").expect(
+            "BULKHEAD_TEST_PGVECTOR_URL is unset: run scripts/pgvector (scripts/test does)",
+        );
+        Self::postgres_at(&url).await
+    }
+
+    async fn postgres_at(admin_url: &str) -> (Store, TestDb) {
         let name = format!("bh_test_{}", uuid::Uuid::new_v4().simple());
-        let admin = PgConnectOptions::from_str(&postgres_admin_url()).unwrap();
+        let admin = PgConnectOptions::from_str(admin_url).unwrap();
         let mut conn = admin.connect().await.unwrap();
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&mut conn)
@@ -111,8 +124,11 @@ impl TestDb {
 
     pub async fn finish(self, store: Store) {
         store.close().await;
-        if let TestDb::Postgres { name, .. } = self {
-            let admin = PgConnectOptions::from_str(&postgres_admin_url()).unwrap();
+        if let TestDb::Postgres { name, url } = self {
+            // The same server the database was made on (the machine's or pgvector's).
+            let admin = PgConnectOptions::from_str(&url)
+                .unwrap()
+                .database("postgres");
             let mut conn = admin.connect().await.unwrap();
             sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                 .execute(&mut conn)
