@@ -362,24 +362,7 @@ impl TenantStore<'_> {
                 added_chunk_ids: Vec::new(),
             });
         }
-        let removed_chunk_ids = fetch_all!(
-            &mut tx,
-            ChunkId,
-            "SELECT chunk_id FROM kb_chunks WHERE tenant_id = $1 AND kb = $2 AND doc_id = $3",
-            tenant.as_str(),
-            kb,
-            write.doc_id
-        )?
-        .into_iter()
-        .map(|c| c.chunk_id)
-        .collect::<Vec<_>>();
-        execute!(
-            &mut tx,
-            "DELETE FROM kb_chunks WHERE tenant_id = $1 AND kb = $2 AND doc_id = $3",
-            tenant.as_str(),
-            kb,
-            write.doc_id
-        )?;
+        let removed_chunk_ids = delete_chunks(&mut tx, tenant.as_str(), kb, write.doc_id).await?;
         let count = write.chunks.len() as i64;
         #[derive(sqlx::FromRow)]
         struct Counters {
@@ -466,24 +449,7 @@ impl TenantStore<'_> {
     ) -> Result<Option<KnowledgeChange>, StoreError> {
         let tenant = self.context().tenant_id();
         let mut tx = self.begin(Access::Write).await?;
-        let removed_chunk_ids = fetch_all!(
-            &mut tx,
-            ChunkId,
-            "SELECT chunk_id FROM kb_chunks WHERE tenant_id = $1 AND kb = $2 AND doc_id = $3",
-            tenant.as_str(),
-            kb,
-            doc_id
-        )?
-        .into_iter()
-        .map(|c| c.chunk_id)
-        .collect::<Vec<_>>();
-        execute!(
-            &mut tx,
-            "DELETE FROM kb_chunks WHERE tenant_id = $1 AND kb = $2 AND doc_id = $3",
-            tenant.as_str(),
-            kb,
-            doc_id
-        )?;
+        let removed_chunk_ids = delete_chunks(&mut tx, tenant.as_str(), kb, doc_id).await?;
         let deleted = execute!(
             &mut tx,
             "DELETE FROM kb_documents WHERE tenant_id = $1 AND kb = $2 AND doc_id = $3",
@@ -617,6 +583,31 @@ impl TenantStore<'_> {
             })
             .collect()
     }
+}
+
+/// Deletes a document's chunks inside the caller's transaction; answers their ids.
+async fn delete_chunks(
+    tx: &mut Tx,
+    tenant: &str,
+    kb: &str,
+    doc_id: &str,
+) -> Result<Vec<i64>, StoreError> {
+    let ids = fetch_all!(
+        tx,
+        ChunkId,
+        "SELECT chunk_id FROM kb_chunks WHERE tenant_id = $1 AND kb = $2 AND doc_id = $3",
+        tenant,
+        kb,
+        doc_id
+    )?;
+    execute!(
+        tx,
+        "DELETE FROM kb_chunks WHERE tenant_id = $1 AND kb = $2 AND doc_id = $3",
+        tenant,
+        kb,
+        doc_id
+    )?;
+    Ok(ids.into_iter().map(|c| c.chunk_id).collect())
 }
 
 /// Multi-row INSERTs of a document's chunks, ids `first_id..`, inside the caller's

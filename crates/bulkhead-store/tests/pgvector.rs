@@ -101,7 +101,11 @@ async fn a_small_tenant_gets_k_results_only_with_iterative_scans() {
         single.len()
     );
     assert_eq!(iterative.len(), 10, "iterative scans return k rows");
-    eprintln!("k = 10: one pass returned {}, iterative scans {}", single.len(), iterative.len());
+    eprintln!(
+        "k = 10: one pass returned {}, iterative scans {}",
+        single.len(),
+        iterative.len()
+    );
     // Row-level security keeps every result the small tenant's own.
     let own: Vec<i64> = (1..=30).collect();
     assert!(

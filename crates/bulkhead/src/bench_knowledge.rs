@@ -137,6 +137,7 @@ async fn fill(
     tenant: &Tenant,
     chunks: usize,
     source: &mut VectorSource,
+    pgvector: bool,
 ) -> anyhow::Result<()> {
     let ctx = bulkhead_core::auth::operator_context(tenant);
     let scoped = store.tenant(&ctx);
@@ -149,7 +150,7 @@ async fn fill(
     let mut doc = existing;
     while left > 0 {
         let n = left.min(CHUNKS_PER_DOCUMENT);
-        let new_chunks = (0..n)
+        let new_chunks: Vec<NewChunk> = (0..n)
             .map(|i| NewChunk {
                 position: i as i64,
                 heading_path: Vec::new(),
@@ -157,8 +158,13 @@ async fn fill(
                 embedding: source.next(),
             })
             .collect();
+        let vectors: Vec<Vec<f32>> = if pgvector {
+            new_chunks.iter().map(|c| c.embedding.clone()).collect()
+        } else {
+            Vec::new()
+        };
         let id = format!("doc-{doc}");
-        scoped
+        let change = scoped
             .put_document(
                 "kb",
                 DocumentWrite {
@@ -172,6 +178,15 @@ async fn fill(
                 },
             )
             .await?;
+        if pgvector {
+            let rows: Vec<(i64, &[f32])> = change
+                .added_chunk_ids
+                .iter()
+                .copied()
+                .zip(vectors.iter().map(Vec::as_slice))
+                .collect();
+            scoped.pgvector_insert("kb", &rows).await?;
+        }
         left -= n;
         doc += 1;
     }
@@ -254,6 +269,27 @@ async fn measure_search(
     Ok((percentile(&timings, 0.5), percentile(&timings, 0.99), cold))
 }
 
+/// p50 and p99 of pgvector searches of the target tenant (vector part only, k = 10).
+async fn measure_pgvector(
+    store: &Store,
+    target: &Tenant,
+    queries: &[Vec<f32>],
+) -> anyhow::Result<(Duration, Duration)> {
+    let ctx = bulkhead_core::auth::operator_context(target);
+    let scoped = store.tenant(&ctx);
+    let mut timings = Vec::with_capacity(queries.len());
+    for query in queries {
+        let started = Instant::now();
+        let found = scoped
+            .pgvector_nearest("kb", query, 10, bulkhead_store::VectorScan::Iterative)
+            .await?;
+        timings.push(started.elapsed());
+        anyhow::ensure!(found.len() == 10, "pgvector returned {} rows", found.len());
+    }
+    timings.sort();
+    Ok((percentile(&timings, 0.5), percentile(&timings, 0.99)))
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
@@ -263,6 +299,11 @@ pub async fn run(global: &GlobalArgs, args: KnowledgeBenchArgs) -> anyhow::Resul
     let store = settings::open_store(&config).await?;
     let mut out = std::io::stdout();
     writeln!(out, "knowledge bench on {:?}", store.kind())?;
+    // On a PostgreSQL with pgvector, the shared-graph search is measured beside ours.
+    let pgvector = store.pgvector_available().await?;
+    if pgvector {
+        store.enable_pgvector(DIMS).await?;
+    }
     let mut source = VectorSource::new(7);
     let target = tenant(&store, "bench-target").await?;
     let have = store
@@ -275,6 +316,7 @@ pub async fn run(global: &GlobalArgs, args: KnowledgeBenchArgs) -> anyhow::Resul
         &target,
         args.target_chunks.saturating_sub(have),
         &mut source,
+        pgvector,
     )
     .await?;
     let queries: Vec<Vec<f32>> = (0..args.queries).map(|_| source.next()).collect();
@@ -304,7 +346,7 @@ pub async fn run(global: &GlobalArgs, args: KnowledgeBenchArgs) -> anyhow::Resul
         let per_tenant = level.saturating_sub(held).div_ceil(others.len().max(1));
         if per_tenant > 0 {
             for other in &others {
-                fill(&store, other, per_tenant, &mut source).await?;
+                fill(&store, other, per_tenant, &mut source, pgvector).await?;
             }
             held += per_tenant * others.len();
             eprintln!(
@@ -314,10 +356,20 @@ pub async fn run(global: &GlobalArgs, args: KnowledgeBenchArgs) -> anyhow::Resul
         }
         let (e50, e99, _) = measure_search(&store, &target, usize::MAX, &queries).await?;
         let (g50, g99, cold) = measure_search(&store, &target, 1_000, &queries).await?;
+        let pg = if pgvector {
+            let (p50, p99) = measure_pgvector(&store, &target, &queries).await?;
+            format!(
+                "   pgvector (one shared HNSW, iterative scan) p50 / p99: {} / {}",
+                ms(p50),
+                ms(p99)
+            )
+        } else {
+            String::new()
+        };
         let base = *baseline.get_or_insert((e50, g50));
         writeln!(
             out,
-            "{held:>14} | {:>9} / {:>9} | {:>9} / {:>9} | {:>10}   (p50 vs 0 others: exact {:.2}x, graph {:.2}x)",
+            "{held:>14} | {:>9} / {:>9} | {:>9} / {:>9} | {:>10}   (p50 vs 0 others: exact {:.2}x, graph {:.2}x){pg}",
             ms(e50),
             ms(e99),
             ms(g50),
@@ -379,7 +431,7 @@ pub async fn run(global: &GlobalArgs, args: KnowledgeBenchArgs) -> anyhow::Resul
             .knowledge_base("kb")
             .await?
             .map_or(0, |kb| kb.chunks as usize);
-        fill(&store, &t, 20usize.saturating_sub(have), &mut source).await?;
+        fill(&store, &t, 20usize.saturating_sub(have), &mut source, false).await?;
         small.push(t);
     }
     let knowledge = knowledge(&store, 20_000, Embedders::default())?;

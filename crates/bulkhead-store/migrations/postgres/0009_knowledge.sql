@@ -45,26 +45,19 @@ CREATE TABLE kb_chunks (
 );
 CREATE INDEX kb_chunks_by_document ON kb_chunks (tenant_id, kb, doc_id);
 
-ALTER TABLE knowledge_bases ENABLE ROW LEVEL SECURITY;
-ALTER TABLE knowledge_bases FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON knowledge_bases TO bulkhead_tenant
-    USING (tenant_id = current_setting('bulkhead.tenant_id', true))
-    WITH CHECK (tenant_id = current_setting('bulkhead.tenant_id', true));
-CREATE POLICY control_plane ON knowledge_bases TO bulkhead_control USING (true) WITH CHECK (true);
-GRANT SELECT, INSERT, UPDATE, DELETE ON knowledge_bases TO bulkhead_tenant, bulkhead_control;
-
-ALTER TABLE kb_documents ENABLE ROW LEVEL SECURITY;
-ALTER TABLE kb_documents FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON kb_documents TO bulkhead_tenant
-    USING (tenant_id = current_setting('bulkhead.tenant_id', true))
-    WITH CHECK (tenant_id = current_setting('bulkhead.tenant_id', true));
-CREATE POLICY control_plane ON kb_documents TO bulkhead_control USING (true) WITH CHECK (true);
-GRANT SELECT, INSERT, UPDATE, DELETE ON kb_documents TO bulkhead_tenant, bulkhead_control;
-
-ALTER TABLE kb_chunks ENABLE ROW LEVEL SECURITY;
-ALTER TABLE kb_chunks FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON kb_chunks TO bulkhead_tenant
-    USING (tenant_id = current_setting('bulkhead.tenant_id', true))
-    WITH CHECK (tenant_id = current_setting('bulkhead.tenant_id', true));
-CREATE POLICY control_plane ON kb_chunks TO bulkhead_control USING (true) WITH CHECK (true);
-GRANT SELECT, INSERT, UPDATE, DELETE ON kb_chunks TO bulkhead_tenant, bulkhead_control;
+-- Row-level security as on every tenant table.
+DO $$
+DECLARE
+    t TEXT;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['knowledge_bases', 'kb_documents', 'kb_chunks'] LOOP
+        EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
+        EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t);
+        EXECUTE format(
+            'CREATE POLICY tenant_isolation ON %I TO bulkhead_tenant '
+            'USING (tenant_id = current_setting(''bulkhead.tenant_id'', true)) '
+            'WITH CHECK (tenant_id = current_setting(''bulkhead.tenant_id'', true))', t);
+        EXECUTE format('CREATE POLICY control_plane ON %I TO bulkhead_control USING (true) WITH CHECK (true)', t);
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %I TO bulkhead_tenant, bulkhead_control', t);
+    END LOOP;
+END $$;
