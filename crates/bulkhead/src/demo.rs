@@ -1,6 +1,6 @@
 //! `bulkhead demo`: two customer organisations on one runtime, driven through the real HTTP
-//! application: their own keys, credentials, documents and agents on the offline `local`
-//! model, each answer drawn from its own tenant's data, cross-tenant attempts refused, usage
+//! application: their own keys, credentials, knowledge bases and agents on the offline `local`
+//! model and embedder, each answer drawn from its own tenant's data, cross-tenant attempts refused, usage
 //! per tenant, and verified audit chains.
 
 use std::io::Write;
@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use bulkhead_core::audit::verify_chain;
-use bulkhead_core::config::{ModelConfig, ProviderKind};
+use bulkhead_core::config::{EmbedderConfig, EmbedderProvider, ModelConfig, ProviderKind};
 use bulkhead_core::{TenantId, auth::generate_admin_token};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -30,13 +30,15 @@ pub struct DemoArgs {
 }
 
 const LOCAL_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+const LOCAL_EMBEDDER_DIR: &str = "all-minilm-l6-v2";
 
 /// What each demo tenant is and knows: its documents reach its own agent only.
 struct DemoTenant {
     id: &'static str,
     name: &'static str,
     region: &'static str,
-    documents: &'static str,
+    /// Its policy documents: (id, text), one knowledge-base document each.
+    documents: [(&'static str, &'static str); 3],
 }
 
 const TENANTS: [DemoTenant; 2] = [
@@ -44,13 +46,24 @@ const TENANTS: [DemoTenant; 2] = [
         id: "acme",
         name: "Acme Corp",
         region: "eu-central",
-        documents: "- Orders can be returned within 30 days.\n- Support hours: 9:00 to 17:00 CET, Monday to Friday.\n- Shipping within the EU is free.",
+        documents: [
+            ("returns", "Orders can be returned within 30 days."),
+            (
+                "hours",
+                "Support hours: 9:00 to 17:00 CET, Monday to Friday.",
+            ),
+            ("shipping", "Shipping within the EU is free."),
+        ],
     },
     DemoTenant {
         id: "globex",
         name: "Globex Inc",
         region: "us-east",
-        documents: "- Orders can be returned within 90 days.\n- Support hours: 8:00 to 20:00 EST, every day.\n- Shipping costs 5 dollars.",
+        documents: [
+            ("returns", "Orders can be returned within 90 days."),
+            ("hours", "Support hours: 8:00 to 20:00 EST, every day."),
+            ("shipping", "Shipping costs 5 dollars."),
+        ],
     },
 ];
 
@@ -171,11 +184,14 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<()> {
     }
     let mut config = settings::load(&global)?;
     let model_path = args.models_dir.join(LOCAL_MODEL_FILE);
-    if !model_path.exists() {
-        bail!(
-            "the local model {} is missing: run scripts/fetch-models first (or pass --models-dir)",
-            model_path.display()
-        );
+    let embedder_dir = args.models_dir.join(LOCAL_EMBEDDER_DIR);
+    for needed in [&model_path, &embedder_dir.join("model.safetensors")] {
+        if !needed.exists() {
+            bail!(
+                "the local model {} is missing: run scripts/fetch-models first (or pass --models-dir)",
+                needed.display()
+            );
+        }
     }
     if !config.models.iter().any(|m| m.alias == "local") {
         config.models.push(ModelConfig {
@@ -186,6 +202,17 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<()> {
             path: Some(model_path),
         });
     }
+    if !config.embedders.iter().any(|e| e.alias == "local") {
+        config.embedders.push(EmbedderConfig {
+            alias: "local".into(),
+            provider: EmbedderProvider::Local,
+            endpoint: String::new(),
+            upstream_model: None,
+            dimensions: None,
+            path: Some(embedder_dir),
+        });
+    }
+    config.knowledge.default_embedder = "local".into();
     for tenant in &TENANTS {
         let region = bulkhead_core::RegionName::try_from(tenant.region)?;
         if !config.regions.contains(&region) {
@@ -272,7 +299,7 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<()> {
         bail!("a header changed the tenant");
     }
 
-    w.say("\n3. Each tenant stores its own data: a write-only credential, its policy documents and a support agent:")?;
+    w.say("\n3. Each tenant stores its own data: a write-only credential, its policy documents in a knowledge base (embedded on this node) and a support agent that retrieves from it:")?;
     for (tenant, key) in TENANTS.iter().zip(&keys) {
         let secret = format!("sk-demo-{}-0123456789", tenant.id);
         let (status, body) = w
@@ -288,19 +315,22 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<()> {
         if body.to_string().contains(&secret) {
             bail!("a credential was echoed back");
         }
-        let (status, _) = w
-            .call(
-                Method::PUT,
-                "/v1/prompts/policies",
-                key,
-                None,
-                Some(json!({"template": tenant.documents})),
-            )
-            .await?;
-        expect(status, StatusCode::CREATED, "store documents")?;
+        for (id, text) in &tenant.documents {
+            let (status, _) = w
+                .call(
+                    Method::POST,
+                    "/v1/knowledge/policies/documents",
+                    key,
+                    None,
+                    Some(json!({"id": id, "title": id, "text": text})),
+                )
+                .await?;
+            expect(status, StatusCode::CREATED, "store a document")?;
+        }
         let agent = json!({
             "model": "local",
-            "system_prompt": "You are the support assistant of {{ tenant.name }}. Answer the customer in one sentence, using only these facts:\n{% include 'policies' %}",
+            "system_prompt": "You are the support assistant of {{ tenant.name }}. Answer the customer in one sentence, using only these facts:\n{% for passage in context %}{{ passage }}\n{% endfor %}",
+            "knowledge_bases": ["policies"],
             "memory": true,
             "max_output_tokens": 48,
         });
@@ -326,11 +356,10 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<()> {
             bail!("{}'s run failed: {run}", tenant.id);
         }
         let prompt = run["transcript"][0]["content"].as_str().unwrap_or_default();
-        let others_leaked = TENANTS
-            .iter()
-            .filter(|t| t.id != tenant.id)
-            .any(|t| prompt.contains(t.documents) || prompt.contains(t.name));
-        if others_leaked || !prompt.contains(tenant.documents) {
+        let others_leaked = TENANTS.iter().filter(|t| t.id != tenant.id).any(|t| {
+            prompt.contains(t.name) || t.documents.iter().any(|(_, d)| prompt.contains(d))
+        });
+        if others_leaked || !prompt.contains(tenant.documents[0].1) {
             bail!(
                 "{}'s prompt does not hold exactly its own documents: {prompt}",
                 tenant.id
@@ -368,6 +397,31 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<()> {
     w.say(&format!(
         "     globex continues acme's conversation: {}",
         field(&body, "code")?
+    ))?;
+    // A search for Acme's exact words, from Globex: only Globex's own documents can answer.
+    let (status, found) = w
+        .call(
+            Method::GET,
+            "/v1/knowledge/policies/search?q=returned%20within%2030%20days&k=3",
+            &keys[1],
+            None,
+            None,
+        )
+        .await?;
+    expect(status, StatusCode::OK, "knowledge search")?;
+    let passages: Vec<&str> = found["passages"]
+        .as_array()
+        .map(|list| list.iter().filter_map(|p| p["text"].as_str()).collect())
+        .unwrap_or_default();
+    if passages
+        .iter()
+        .any(|p| TENANTS[0].documents.iter().any(|(_, d)| p == d))
+    {
+        bail!("globex's search returned acme's document: {found}");
+    }
+    w.say(&format!(
+        "     globex searches its knowledge base for acme's words \"returned within 30 days\": {:?} (its own)",
+        passages.first().copied().unwrap_or_default()
     ))?;
 
     w.say("\n6. An outside framework reaches the same agent through the OpenAI-compatible gateway, with Acme's key:")?;

@@ -398,6 +398,7 @@ fn the_demo_shows_isolation_and_exits_cleanly() {
         "the prompt held Globex Inc's documents and no other tenant's",
         "globex asks for acme's run: not_found",
         "globex continues acme's conversation: not_found",
+        "\"Orders can be returned within 90 days.\" (its own)",
         "chat.completion:",
         "acme: requests 2,",
         "globex: requests 1,",
