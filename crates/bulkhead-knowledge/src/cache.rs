@@ -46,6 +46,22 @@ pub struct IndexCache {
     applied: AtomicU64,
 }
 
+/// Starts building the graph of `index`'s base on a blocking thread, if it needs one. The index
+/// keeps answering, exactly, meanwhile; the graph is installed when ready unless the base has
+/// changed since (a compaction) or the index was dropped.
+fn build_graph_later(slot: &Arc<Slot>, index: Option<&mut PartitionIndex>) {
+    let Some(job) = index.and_then(PartitionIndex::graph_job) else {
+        return;
+    };
+    let lock = slot.index.clone();
+    tokio::task::spawn_blocking(move || {
+        let built = job.build();
+        if let Some(index) = lock.blocking_write().as_mut() {
+            index.install(built);
+        }
+    });
+}
+
 /// A read lock on one knowledge base's loaded index.
 pub type IndexGuard = OwnedRwLockReadGuard<Option<PartitionIndex>, PartitionIndex>;
 
@@ -143,6 +159,7 @@ impl IndexCache {
             self.loads.fetch_add(1, Ordering::Relaxed);
             self.account(&slot, index.memory_bytes());
             *guard = Some(index);
+            build_graph_later(&slot, guard.as_mut());
         }
         let guard = guard.downgrade();
         self.evict_beyond_budget(&key);
@@ -197,6 +214,24 @@ impl IndexCache {
         drop(guard);
         self.evict_beyond_budget(&key);
         Ok(())
+    }
+
+    /// Waits until no graph is being built for `kb` of `tenant` (tests and benchmarks use it
+    /// to measure the graph path).
+    pub async fn wait_for_graph(&self, tenant: &TenantId, kb: &str) {
+        let slot = self.slot(&(tenant.clone(), kb.to_owned()));
+        loop {
+            if slot
+                .index
+                .read()
+                .await
+                .as_ref()
+                .is_none_or(|i| !i.graph_pending())
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     fn account(&self, slot: &Slot, bytes: usize) {

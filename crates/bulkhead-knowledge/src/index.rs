@@ -5,7 +5,8 @@
 //! Vectors live in a `base` (immutable, shared with the HNSW graph when there is one) and a
 //! `delta` of chunks added since. Deleted chunks are tombstones until the next compaction.
 //! Below `exact_max` chunks every search is exact; above it the base gets an HNSW graph
-//! (instant-distance) and the delta is still searched exactly.
+//! (instant-distance), built on another thread while searches stay exact, and the delta is
+//! still searched exactly.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -44,8 +45,24 @@ impl Point for SharedPoint {
     }
 }
 
+/// The hot loop of every search and of graph building. Eight independent partial sums let
+/// the compiler use SIMD lanes (a single running sum must be added in order, so it cannot).
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    const LANES: usize = 8;
+    let mut sums = [0.0f32; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a_chunks.zip(b_chunks) {
+        for lane in 0..LANES {
+            sums[lane] += x[lane] * y[lane];
+        }
+    }
+    sums.iter().sum::<f32>() + tail
 }
 
 /// A chunk to add: its id, its vector and its text for the keyword index.
@@ -83,7 +100,45 @@ pub struct PartitionIndex {
     /// Tombstones that point into the base (the rest point into the delta).
     dead_in_base: usize,
     graph: Option<HnswMap<SharedPoint, u32>>,
+    /// A graph for the current base is being built elsewhere.
+    graph_pending: bool,
     keywords: Bm25,
+}
+
+/// What building a base's graph needs, detached from the index so it can run on another
+/// thread while the index keeps answering (exactly).
+pub struct GraphJob {
+    base: Arc<[f32]>,
+    dims: usize,
+    count: usize,
+}
+
+pub struct BuiltGraph {
+    base: Arc<[f32]>,
+    graph: HnswMap<SharedPoint, u32>,
+}
+
+impl GraphJob {
+    /// CPU-bound (seconds for tens of thousands of chunks): run it on a blocking thread.
+    pub fn build(self) -> BuiltGraph {
+        let points = (0..self.count as u32)
+            .map(|slot| SharedPoint {
+                storage: self.base.clone(),
+                dims: self.dims as u32,
+                slot,
+            })
+            .collect::<Vec<_>>();
+        let slots = (0..self.count as u32).collect();
+        let graph = Builder::default()
+            .ef_search(EF_SEARCH)
+            .ef_construction(EF_SEARCH)
+            .seed(0x5eed)
+            .build(points, slots);
+        BuiltGraph {
+            base: self.base,
+            graph,
+        }
+    }
 }
 
 impl PartitionIndex {
@@ -107,6 +162,7 @@ impl PartitionIndex {
             dead: HashSet::new(),
             dead_in_base: 0,
             graph: None,
+            graph_pending: false,
             keywords: Bm25::default(),
         };
         index.add(entries);
@@ -135,14 +191,21 @@ impl PartitionIndex {
         self.graph.is_some()
     }
 
+    /// A graph for the current base is being built.
+    pub fn graph_pending(&self) -> bool {
+        self.graph_pending
+    }
+
     /// Bytes held, roughly: what the cache's memory budget counts.
     pub fn memory_bytes(&self) -> usize {
         let vectors = (self.base.len() + self.delta.len()) * 4;
         let ids = (self.base_ids.len() + self.delta_ids.len()) * 8 + self.location.len() * 24;
-        let graph = self
-            .graph
-            .as_ref()
-            .map_or(0, |_| self.base_ids.len() * (64 * 4 + 48));
+        // Counted as soon as the base is large enough to get a graph, built yet or not.
+        let graph = if self.base_ids.len() > self.exact_max {
+            self.base_ids.len() * (64 * 4 + 48)
+        } else {
+            0
+        };
         vectors + ids + graph + self.keywords.memory_bytes() + std::mem::size_of::<Self>()
     }
 
@@ -212,21 +275,43 @@ impl PartitionIndex {
             .enumerate()
             .map(|(slot, id)| (*id, Location::Base(slot as u32)))
             .collect();
-        self.graph = (self.base_ids.len() > self.exact_max).then(|| {
-            let points = (0..self.base_ids.len() as u32)
-                .map(|slot| SharedPoint {
-                    storage: self.base.clone(),
-                    dims: self.dims as u32,
-                    slot,
-                })
-                .collect::<Vec<_>>();
-            let slots = (0..self.base_ids.len() as u32).collect();
-            Builder::default()
-                .ef_search(EF_SEARCH)
-                .ef_construction(EF_SEARCH)
-                .seed(0x5eed)
-                .build(points, slots)
-        });
+        // The graph of the new base is built apart ([`Self::graph_job`]); until it is
+        // installed, searches are exact, which is correct, only slower.
+        self.graph = None;
+        self.graph_pending = false;
+    }
+
+    /// Work to build the graph of the current base, when it is large enough to need one and
+    /// nobody is building it yet. Hand it to a blocking thread, then [`Self::install`].
+    pub fn graph_job(&mut self) -> Option<GraphJob> {
+        if self.graph.is_some() || self.graph_pending || self.base_ids.len() <= self.exact_max {
+            return None;
+        }
+        self.graph_pending = true;
+        Some(GraphJob {
+            base: self.base.clone(),
+            dims: self.dims,
+            count: self.base_ids.len(),
+        })
+    }
+
+    /// Installs a built graph if the base it was built over is still this index's base (a
+    /// compaction in between makes it useless; the next job builds the new one).
+    pub fn install(&mut self, built: BuiltGraph) -> bool {
+        if !Arc::ptr_eq(&self.base, &built.base) {
+            return false;
+        }
+        self.graph = Some(built.graph);
+        self.graph_pending = false;
+        true
+    }
+
+    /// Builds the graph on this thread, for tests and benchmarks.
+    pub fn build_graph_now(&mut self) -> bool {
+        match self.graph_job() {
+            Some(job) => self.install(job.build()),
+            None => false,
+        }
     }
 
     fn vector_of(&self, chunk_id: i64) -> Option<&[f32]> {
@@ -523,7 +608,9 @@ mod tests {
                 text: t,
             })
             .collect();
-        PartitionIndex::build(vectors[0].len(), exact_max, 1, &entries)
+        let mut index = PartitionIndex::build(vectors[0].len(), exact_max, 1, &entries);
+        index.build_graph_now();
+        index
     }
 
     #[test]
@@ -594,6 +681,35 @@ mod tests {
             hits.iter()
                 .all(|s| s.keyword_score > 0.0 || s.chunk_id == 1)
         );
+    }
+
+    #[test]
+    fn a_graph_built_over_a_base_that_was_compacted_meanwhile_is_discarded() {
+        let vectors = random_vectors(1000, 8, 12);
+        let mut index = build(&vectors[..600], 100);
+        assert!(index.uses_graph());
+        // 400 tombstones: a compaction, a new base of 200, whose graph is not built yet.
+        index.apply(&(1..=400).collect::<Vec<_>>(), &[], 2);
+        assert!(!index.uses_graph());
+        let job = index.graph_job().expect("200 live chunks need a graph");
+        assert!(index.graph_job().is_none(), "one job at a time");
+        assert_eq!(index.nearest(&vectors[500], 1)[0].0, 501, "exact meanwhile");
+        // 400 additions: another compaction, another base, before the job finishes.
+        let extra: Vec<IndexEntry<'_>> = vectors[600..]
+            .iter()
+            .enumerate()
+            .map(|(i, v)| IndexEntry {
+                chunk_id: 1000 + i as i64,
+                embedding: v,
+                text: "x",
+            })
+            .collect();
+        index.apply(&[], &extra, 3);
+        assert!(!index.install(job.build()), "built over the old base");
+        assert!(!index.uses_graph());
+        assert!(index.build_graph_now());
+        assert!(index.uses_graph());
+        assert_eq!(index.nearest(&vectors[999], 1)[0].0, 1399);
     }
 
     #[test]

@@ -143,6 +143,12 @@ impl Knowledge {
         self.cache.stats()
     }
 
+    /// Resolves once no graph is being built for this knowledge base (benchmarks measure the
+    /// graph path with it).
+    pub async fn wait_for_graph(&self, tenant: &bulkhead_core::TenantId, kb: &KnowledgeBaseName) {
+        self.cache.wait_for_graph(tenant, kb.as_str()).await;
+    }
+
     fn embedder(&self, alias: &str) -> Result<&Embedder, KnowledgeError> {
         self.embedders
             .get(alias)

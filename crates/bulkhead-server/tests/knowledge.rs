@@ -503,7 +503,23 @@ async fn isolation_property(backend: Backend, seed: u64) {
         "pricing",
         "onboarding",
     ];
-    let server = TestServer::start(backend).await;
+    // Knowledge bases above 4 chunks get an HNSW graph (built in the background), so both
+    // the exact and the graph path are searched.
+    let server = TestServer::start_with_knowledge(
+        backend,
+        64 * 1024,
+        &[],
+        Vec::new(),
+        None,
+        (
+            common::embedders(),
+            bulkhead_core::config::KnowledgeConfig {
+                exact_search_max_chunks: 4,
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
     let mut keys = Vec::new();
     for t in 0..TENANTS {
         let tenant = format!("tenant-{t}");
