@@ -144,15 +144,7 @@ impl IndexCache {
             let dims = usize::try_from(head.dimensions).unwrap_or(0);
             let exact_max = self.exact_max;
             let index = tokio::task::spawn_blocking(move || {
-                let entries: Vec<IndexEntry<'_>> = chunks
-                    .iter()
-                    .map(|c| IndexEntry {
-                        chunk_id: c.chunk_id,
-                        embedding: &c.embedding,
-                        text: &c.text,
-                    })
-                    .collect();
-                PartitionIndex::build(dims, exact_max, generation, &entries)
+                PartitionIndex::from_stored(dims, exact_max, generation, &chunks)
             })
             .await
             .map_err(|e| KnowledgeError::Embedder(format!("index build: {e}")))?;

@@ -170,6 +170,24 @@ impl PartitionIndex {
         index
     }
 
+    /// [`Self::build`] from chunks as the store loads them.
+    pub fn from_stored(
+        dims: usize,
+        exact_max: usize,
+        generation: i64,
+        chunks: &[bulkhead_store::IndexedChunk],
+    ) -> Self {
+        let entries: Vec<IndexEntry<'_>> = chunks
+            .iter()
+            .map(|c| IndexEntry {
+                chunk_id: c.chunk_id,
+                embedding: &c.embedding,
+                text: &c.text,
+            })
+            .collect();
+        Self::build(dims, exact_max, generation, &entries)
+    }
+
     pub fn generation(&self) -> i64 {
         self.generation
     }

@@ -14,9 +14,7 @@ use anyhow::{Context, anyhow};
 use bulkhead_core::audit::Origin;
 use bulkhead_core::config::{EmbedderConfig, EmbedderProvider, KnowledgeConfig, default_region};
 use bulkhead_core::{Isolation, KnowledgeBaseName, Tenant, TenantId};
-use bulkhead_knowledge::{
-    ContentType, Embedders, IndexEntry, Knowledge, NewDocument, PartitionIndex,
-};
+use bulkhead_knowledge::{ContentType, Embedders, Knowledge, NewDocument, PartitionIndex};
 use bulkhead_store::{DocumentWrite, NewChunk, NewTenant, Store};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -414,16 +412,8 @@ pub async fn run(global: &GlobalArgs, args: KnowledgeBenchArgs) -> anyhow::Resul
         .knowledge_index_source("kb")
         .await?
         .context("target knowledge base")?;
-    let entries: Vec<IndexEntry<'_>> = chunks
-        .iter()
-        .map(|c| IndexEntry {
-            chunk_id: c.chunk_id,
-            embedding: &c.embedding,
-            text: &c.text,
-        })
-        .collect();
     let started = Instant::now();
-    let mut graph = PartitionIndex::build(DIMS, 1_000, generation, &entries);
+    let mut graph = PartitionIndex::from_stored(DIMS, 1_000, generation, &chunks);
     graph.build_graph_now();
     let build = started.elapsed();
     let mut hits = 0;
