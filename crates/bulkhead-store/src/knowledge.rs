@@ -409,6 +409,14 @@ impl TenantStore<'_> {
             &write.chunks,
         )
         .await?;
+        if self.pgvector {
+            let rows: Vec<(i64, &[f32])> = added_chunk_ids
+                .iter()
+                .copied()
+                .zip(write.chunks.iter().map(|c| c.embedding.as_slice()))
+                .collect();
+            crate::pgvector::insert_vectors(&mut tx, tenant.as_str(), kb, &rows).await?;
+        }
         let outcome = if existing.is_some() {
             DocumentOutcome::Replaced
         } else {

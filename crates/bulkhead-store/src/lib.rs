@@ -89,6 +89,8 @@ pub struct Store {
     backend: Backend,
     events: EventBatcher,
     usage: UsageMeter,
+    /// Set by [`Store::enable_pgvector`]: chunk writes also fill `kb_vectors`.
+    pgvector: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Debug, Clone)]
@@ -154,6 +156,7 @@ impl Store {
         Self {
             events: EventBatcher::start(backend.clone()),
             usage: UsageMeter::start(backend.clone()),
+            pgvector: Default::default(),
             backend,
         }
     }
@@ -173,7 +176,13 @@ impl Store {
 
     /// The handle for one tenant, taken from an authenticated context.
     pub fn tenant<'a>(&'a self, ctx: &'a TenantContext) -> TenantStore<'a> {
-        TenantStore::new(&self.backend, &self.events, &self.usage, ctx)
+        TenantStore::new(
+            &self.backend,
+            &self.events,
+            &self.usage,
+            ctx,
+            self.pgvector.load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// Checks that the database answers.

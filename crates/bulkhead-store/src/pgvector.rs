@@ -1,7 +1,8 @@
 //! A pgvector-backed nearest-neighbour search over knowledge chunks, for PostgreSQL servers
 //! that have the `vector` extension. It is the comparison point for the in-process
 //! per-tenant index (see ARCHITECTURE.md, "Why the vector index is in-process"), exercised by
-//! tests and by `bulkhead bench knowledge`; HTTP search does not use it.
+//! tests and by `bulkhead bench knowledge`; HTTP search does not use it. Once enabled, every
+//! document write fills `kb_vectors` in the same transaction as the chunks.
 //!
 //! All tenants' vectors share one table and one HNSW graph, under row-level security like
 //! every tenant table. That invites the HNSW-with-WHERE pitfall: the index scan yields the
@@ -71,39 +72,40 @@ impl Store {
              CREATE INDEX IF NOT EXISTS kb_vectors_hnsw ON kb_vectors USING hnsw (embedding vector_cosine_ops);"
         );
         sqlx::raw_sql(&sql).execute(pool).await?;
+        self.pgvector
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 }
 
-impl TenantStore<'_> {
-    /// Copies stored chunks' vectors into `kb_vectors` (after [`Store::enable_pgvector`]).
-    pub async fn pgvector_insert(
-        &self,
-        kb: &str,
-        rows: &[(i64, &[f32])],
-    ) -> Result<(), StoreError> {
-        let tenant = self.context().tenant_id().as_str();
-        let mut tx = self.begin(Access::Write).await?;
-        let Tx::Postgres(t) = &mut tx else {
-            return Err(StoreError::Unsupported("pgvector needs PostgreSQL"));
-        };
-        for batch in rows.chunks(500) {
-            let values = (0..batch.len())
-                .map(|i| format!("($1, $2, ${}, ${}::vector)", 3 + 2 * i, 4 + 2 * i))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!(
-                "INSERT INTO kb_vectors (tenant_id, kb, chunk_id, embedding) VALUES {values} ON CONFLICT DO NOTHING"
-            );
-            let mut query = sqlx::query(&sql).bind(tenant).bind(kb);
-            for (id, vector) in batch {
-                query = query.bind(*id).bind(vector_literal(vector));
-            }
-            query.execute(&mut **t).await?;
+/// Writes chunks' vectors into `kb_vectors` inside the transaction that writes the chunks,
+/// so the two never disagree (deletes follow through the foreign key).
+pub(crate) async fn insert_vectors(
+    tx: &mut Tx,
+    tenant: &str,
+    kb: &str,
+    rows: &[(i64, &[f32])],
+) -> Result<(), StoreError> {
+    let Tx::Postgres(t) = tx else {
+        return Err(StoreError::Unsupported("pgvector needs PostgreSQL"));
+    };
+    for batch in rows.chunks(500) {
+        let values = (0..batch.len())
+            .map(|i| format!("($1, $2, ${}, ${}::vector)", 3 + 2 * i, 4 + 2 * i))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql =
+            format!("INSERT INTO kb_vectors (tenant_id, kb, chunk_id, embedding) VALUES {values}");
+        let mut query = sqlx::query(&sql).bind(tenant).bind(kb);
+        for (id, vector) in batch {
+            query = query.bind(*id).bind(vector_literal(vector));
         }
-        tx.commit().await
+        query.execute(&mut **t).await?;
     }
+    Ok(())
+}
 
+impl TenantStore<'_> {
     /// The `k` chunks of this tenant's `kb` nearest to `query` by cosine distance, through
     /// the shared HNSW graph, as `(chunk_id, similarity)`.
     pub async fn pgvector_nearest(

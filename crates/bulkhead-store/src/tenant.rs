@@ -18,6 +18,7 @@ pub struct TenantStore<'a> {
     pub(crate) events: &'a EventBatcher,
     pub(crate) usage: &'a UsageMeter,
     ctx: &'a TenantContext,
+    pub(crate) pgvector: bool,
 }
 
 impl<'a> TenantStore<'a> {
@@ -26,12 +27,14 @@ impl<'a> TenantStore<'a> {
         events: &'a EventBatcher,
         usage: &'a UsageMeter,
         ctx: &'a TenantContext,
+        pgvector: bool,
     ) -> Self {
         Self {
             backend,
             events,
             usage,
             ctx,
+            pgvector,
         }
     }
 

@@ -33,7 +33,7 @@ async fn store_vectors(store: &bulkhead_store::Store, ctx: &TenantContext, vecto
         .await
         .unwrap();
     let metadata = serde_json::json!({});
-    let change = scoped
+    scoped
         .put_document(
             "kb",
             DocumentWrite {
@@ -57,13 +57,6 @@ async fn store_vectors(store: &bulkhead_store::Store, ctx: &TenantContext, vecto
         )
         .await
         .unwrap();
-    let rows: Vec<(i64, &[f32])> = change
-        .added_chunk_ids
-        .iter()
-        .copied()
-        .zip(vectors.iter().map(Vec::as_slice))
-        .collect();
-    scoped.pgvector_insert("kb", &rows).await.unwrap();
 }
 
 #[tokio::test]
@@ -113,6 +106,17 @@ async fn a_small_tenant_gets_k_results_only_with_iterative_scans() {
         "{iterative:?}"
     );
     // And the big tenant, searching the same way, never sees the small one's.
+    // Deleting the document takes its vectors with it, in the same transaction.
+    store
+        .tenant(&small)
+        .delete_document("kb", "d")
+        .await
+        .unwrap();
+    let gone = scoped
+        .pgvector_nearest("kb", &query, 10, VectorScan::Iterative)
+        .await
+        .unwrap();
+    assert!(gone.is_empty(), "{gone:?}");
     let theirs = store
         .tenant(&big)
         .pgvector_nearest("kb", &query, 50, VectorScan::Iterative)

@@ -137,13 +137,13 @@ async fn tenant(store: &Store, id: &str) -> anyhow::Result<Tenant> {
         .await?)
 }
 
-/// Adds `chunks` synthetic chunks to the tenant's knowledge base `kb`.
+/// Adds `chunks` synthetic chunks to the tenant's knowledge base `kb` (and, once pgvector is
+/// enabled, to `kb_vectors` in the same transaction).
 async fn fill(
     store: &Store,
     tenant: &Tenant,
     chunks: usize,
     source: &mut VectorSource,
-    pgvector: bool,
 ) -> anyhow::Result<()> {
     let ctx = bulkhead_core::auth::operator_context(tenant);
     let scoped = store.tenant(&ctx);
@@ -164,13 +164,8 @@ async fn fill(
                 embedding: source.next(),
             })
             .collect();
-        let vectors: Vec<Vec<f32>> = if pgvector {
-            new_chunks.iter().map(|c| c.embedding.clone()).collect()
-        } else {
-            Vec::new()
-        };
         let id = format!("doc-{doc}");
-        let change = scoped
+        scoped
             .put_document(
                 "kb",
                 DocumentWrite {
@@ -184,15 +179,7 @@ async fn fill(
                 },
             )
             .await?;
-        if pgvector {
-            let rows: Vec<(i64, &[f32])> = change
-                .added_chunk_ids
-                .iter()
-                .copied()
-                .zip(vectors.iter().map(Vec::as_slice))
-                .collect();
-            scoped.pgvector_insert("kb", &rows).await?;
-        }
+
         left -= n;
         doc += 1;
     }
@@ -340,7 +327,6 @@ pub async fn run(global: &GlobalArgs, args: KnowledgeBenchArgs) -> anyhow::Resul
         &target,
         args.target_chunks.saturating_sub(have),
         &mut source,
-        pgvector,
     )
     .await?;
     let queries: Vec<Vec<f32>> = (0..args.queries).map(|_| source.next()).collect();
@@ -370,7 +356,7 @@ pub async fn run(global: &GlobalArgs, args: KnowledgeBenchArgs) -> anyhow::Resul
         let per_tenant = level.saturating_sub(held).div_ceil(others.len().max(1));
         if per_tenant > 0 {
             for other in &others {
-                fill(&store, other, per_tenant, &mut source, pgvector).await?;
+                fill(&store, other, per_tenant, &mut source).await?;
             }
             held += per_tenant * others.len();
             eprintln!(
@@ -461,7 +447,7 @@ pub async fn run(global: &GlobalArgs, args: KnowledgeBenchArgs) -> anyhow::Resul
             .knowledge_base("kb")
             .await?
             .map_or(0, |kb| kb.chunks as usize);
-        fill(&store, &t, 20usize.saturating_sub(have), &mut source, false).await?;
+        fill(&store, &t, 20usize.saturating_sub(have), &mut source).await?;
         small.push(t);
     }
     let knowledge = knowledge(&store, 20_000, Embedders::default())?;
