@@ -344,9 +344,19 @@ async fn the_same_issuer_and_audience_cannot_serve_two_tenants(store: &Store, _d
     );
 }
 
-async fn deleting_a_tenant_removes_its_data_and_keeps_its_trail(store: &Store, _db: &TestDb) {
-    create(store, "acme").await;
+async fn deleting_a_tenant_removes_its_data_and_keeps_its_trail(store: &Store, db: &TestDb) {
+    let acme_tenant = create(store, "acme").await;
     create(store, "globex").await;
+    let acme_ctx = TenantContext::for_tests(&acme_tenant, &[Role::Owner]);
+    let scoped = store.tenant(&acme_ctx);
+    scoped
+        .ensure_knowledge_base("kb", "local", 2)
+        .await
+        .unwrap();
+    scoped
+        .put_document("kb", document("d", "h", &["canary-deleted-tenant"]))
+        .await
+        .unwrap();
     let admin = store.admin();
     let key = generate_api_key();
     admin
@@ -385,6 +395,16 @@ async fn deleting_a_tenant_removes_its_data_and_keeps_its_trail(store: &Store, _
             .is_none()
     );
     assert!(admin.get_tenant(&id("globex")).await.unwrap().is_some());
+    // Its knowledge goes with it: documents, chunk text and embeddings.
+    assert!(scoped.knowledge_index_source("kb").await.unwrap().is_none());
+    assert!(scoped.chunks_by_id("kb", &[1]).await.unwrap().is_empty());
+    let dump = db.dump().await;
+    assert!(
+        !dump
+            .windows(b"canary-deleted-tenant".len())
+            .any(|w| w == b"canary-deleted-tenant"),
+        "a deleted tenant's chunk text is still on disk"
+    );
 
     let events = admin.audit_events(&id("acme"), 0, 100).await.unwrap();
     assert_eq!(events.last().unwrap().action, "tenant.deleted");
