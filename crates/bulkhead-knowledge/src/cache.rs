@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bulkhead_core::TenantId;
-use bulkhead_store::{KnowledgeChange, KnowledgeHead, TenantStore};
+use bulkhead_store::{KnowledgeChange, KnowledgeHead, KnowledgeVersion, TenantStore};
 use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 
 use crate::KnowledgeError;
@@ -123,7 +123,9 @@ impl IndexCache {
         kb: &str,
         head: &KnowledgeHead,
     ) -> Result<Option<IndexGuard>, KnowledgeError> {
-        let generation = head.generation;
+        let current = |index: &PartitionIndex| {
+            index.version().epoch == head.created_at && index.generation() >= head.generation
+        };
         let key = (store.context().tenant_id().clone(), kb.to_owned());
         let slot = self.slot(&key);
         slot.last_used.store(
@@ -132,19 +134,19 @@ impl IndexCache {
         );
         {
             let guard = slot.index.clone().read_owned().await;
-            if guard.as_ref().is_some_and(|i| i.generation() >= generation) {
+            if guard.as_ref().is_some_and(current) {
                 return Ok(OwnedRwLockReadGuard::try_map(guard, Option::as_ref).ok());
             }
         }
         let mut guard = slot.index.clone().write_owned().await;
-        if guard.as_ref().is_none_or(|i| i.generation() < generation) {
-            let Some((generation, chunks)) = store.knowledge_index_source(kb).await? else {
+        if !guard.as_ref().is_some_and(current) {
+            let Some((version, chunks)) = store.knowledge_index_source(kb).await? else {
                 return Ok(None);
             };
             let dims = usize::try_from(head.dimensions).unwrap_or(0);
             let exact_max = self.exact_max;
             let index = tokio::task::spawn_blocking(move || {
-                PartitionIndex::from_stored(dims, exact_max, generation, &chunks)
+                PartitionIndex::from_stored(dims, exact_max, version, &chunks)
             })
             .await
             .map_err(|e| KnowledgeError::Embedder(format!("index build: {e}")))?;
@@ -174,7 +176,11 @@ impl IndexCache {
         let Some(index) = guard.as_ref() else {
             return Ok(());
         };
-        if index.generation() != change.generation_before {
+        let expected = KnowledgeVersion {
+            epoch: change.epoch,
+            generation: change.generation_before,
+        };
+        if index.version() != expected {
             *guard = None;
             self.account(&slot, 0);
             return Ok(());

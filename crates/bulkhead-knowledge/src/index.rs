@@ -90,6 +90,8 @@ enum Location {
 pub struct PartitionIndex {
     dims: usize,
     exact_max: usize,
+    /// The knowledge base's `created_at`: a recreated knowledge base counts generations anew.
+    epoch: i64,
     generation: i64,
     base: Arc<[f32]>,
     base_ids: Vec<i64>,
@@ -153,6 +155,7 @@ impl PartitionIndex {
         let mut index = PartitionIndex {
             dims,
             exact_max,
+            epoch: 0,
             generation,
             base: Arc::from(Vec::new()),
             base_ids: Vec::new(),
@@ -174,7 +177,7 @@ impl PartitionIndex {
     pub fn from_stored(
         dims: usize,
         exact_max: usize,
-        generation: i64,
+        version: bulkhead_store::KnowledgeVersion,
         chunks: &[bulkhead_store::IndexedChunk],
     ) -> Self {
         let entries: Vec<IndexEntry<'_>> = chunks
@@ -185,7 +188,17 @@ impl PartitionIndex {
                 text: &c.text,
             })
             .collect();
-        Self::build(dims, exact_max, generation, &entries)
+        let mut index = Self::build(dims, exact_max, version.generation, &entries);
+        index.epoch = version.epoch;
+        index
+    }
+
+    /// The state of the knowledge base this index reflects.
+    pub fn version(&self) -> bulkhead_store::KnowledgeVersion {
+        bulkhead_store::KnowledgeVersion {
+            epoch: self.epoch,
+            generation: self.generation,
+        }
     }
 
     pub fn generation(&self) -> i64 {

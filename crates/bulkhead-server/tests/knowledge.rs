@@ -780,3 +780,74 @@ async fn a_remote_embedder_is_called_through_egress_with_each_tenants_key_and_re
     assert_eq!(fake.seen().len(), before, "no call left the region");
     server.finish().await;
 }
+
+#[tokio::test]
+async fn a_recreated_tenant_never_searches_the_index_of_its_namesake() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    server.create_tenant("acme").await;
+    let (old, _) = server.create_key("acme", "developer").await;
+    for (id, text) in [
+        ("a", "alpha canary-old-acme"),
+        ("b", "beta canary-old-acme"),
+    ] {
+        post_doc(
+            &server,
+            &old,
+            "docs",
+            json!({"id": id, "title": id, "text": text}),
+        )
+        .await;
+    }
+    // The old tenant's index is now loaded in this process at generation 2.
+    assert_eq!(
+        search(&server, &old, "docs", "alpha", 2).await.0,
+        StatusCode::OK
+    );
+    let (status, _) = server
+        .admin(Method::DELETE, "/admin/v1/tenants/acme", None)
+        .await;
+    assert!(status.is_success());
+
+    // A new tenant under the same id, the same knowledge base name, the same generation,
+    // written by another process (its own knowledge service and cache on the same database),
+    // so this server's cached index is never told.
+    server.create_tenant("acme").await;
+    let (new, _) = server.create_key("acme", "developer").await;
+    let tenant = server
+        .store
+        .admin()
+        .get_tenant(&bulkhead_core::TenantId::try_from("acme").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let ctx = bulkhead_core::auth::operator_context(&tenant);
+    let other_process = bulkhead_knowledge::Knowledge::new(
+        bulkhead_core::config::KnowledgeConfig::default(),
+        common::embedders(),
+        bulkhead_egress::Egress::new(&[], server.store.clone(), common::vault()).unwrap(),
+    );
+    let kb = bulkhead_core::KnowledgeBaseName::try_from("docs").unwrap();
+    for (id, text) in [("a", "zebra stripes"), ("b", "giraffe necks")] {
+        let document = bulkhead_knowledge::NewDocument {
+            id: Some(id.into()),
+            title: id.into(),
+            text: text.into(),
+            content_type: bulkhead_knowledge::ContentType::Plain,
+            metadata: json!({}),
+        };
+        other_process
+            .put_document(&server.store.tenant(&ctx), &kb, document, &|_, _| {})
+            .await
+            .unwrap();
+    }
+    let (status, found) = search(&server, &new, "docs", "zebra", 2).await;
+    assert_eq!(status, StatusCode::OK, "{found}");
+    let best = &found["passages"][0];
+    assert_eq!(best["text"], "zebra stripes", "{found}");
+    assert!(
+        best["keyword_score"].as_f64().unwrap() > 0.0,
+        "scored by the old index: {found}"
+    );
+    assert!(!found.to_string().contains("canary-old-acme"));
+    server.finish().await;
+}

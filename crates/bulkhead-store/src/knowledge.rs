@@ -24,10 +24,21 @@ pub struct KnowledgeBaseRecord {
     pub updated_at: i64,
 }
 
+/// Which state of a knowledge base an index reflects: the creation (`epoch`, its
+/// `created_at`) and the count of changes since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnowledgeVersion {
+    pub epoch: i64,
+    pub generation: i64,
+}
+
 /// What a search needs to know about its knowledge base.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct KnowledgeHead {
     pub generation: i64,
+    /// When this knowledge base was created: a generation counts changes of one creation,
+    /// so an index is current only for the same `created_at` as well.
+    pub created_at: i64,
     pub embedder: String,
     pub dimensions: i64,
 }
@@ -111,6 +122,8 @@ pub struct KnowledgeChange {
     pub outcome: DocumentOutcome,
     /// The knowledge base's generation before and after the change (equal if unchanged).
     pub generation_before: i64,
+    /// The knowledge base's `created_at`, which with the generation names its version.
+    pub epoch: i64,
     pub generation: i64,
     pub removed_chunk_ids: Vec<i64>,
     /// Ids of the new chunks, in the order they were given.
@@ -156,6 +169,7 @@ struct IndexedRow {
 #[derive(sqlx::FromRow)]
 struct Generation {
     generation: i64,
+    created_at: i64,
 }
 
 #[derive(sqlx::FromRow)]
@@ -267,7 +281,7 @@ impl TenantStore<'_> {
         let row = fetch_optional!(
             &mut tx,
             KnowledgeHead,
-            "SELECT generation, embedder, dimensions FROM knowledge_bases WHERE tenant_id = $1 AND kb = $2",
+            "SELECT generation, created_at, embedder, dimensions FROM knowledge_bases WHERE tenant_id = $1 AND kb = $2",
             self.context().tenant_id().as_str(),
             kb
         )?;
@@ -340,15 +354,15 @@ impl TenantStore<'_> {
             kb,
             write.doc_id
         )?;
-        let generation_before = fetch_optional!(
+        let before = fetch_optional!(
             &mut tx,
             Generation,
-            "SELECT generation FROM knowledge_bases WHERE tenant_id = $1 AND kb = $2",
+            "SELECT generation, created_at FROM knowledge_bases WHERE tenant_id = $1 AND kb = $2",
             tenant.as_str(),
             kb
         )?
-        .ok_or(StoreError::NotFound("knowledge base"))?
-        .generation;
+        .ok_or(StoreError::NotFound("knowledge base"))?;
+        let (generation_before, epoch) = (before.generation, before.created_at);
         if existing
             .as_ref()
             .is_some_and(|e| e.content_hash == write.content_hash)
@@ -357,6 +371,7 @@ impl TenantStore<'_> {
             return Ok(KnowledgeChange {
                 outcome: DocumentOutcome::Unchanged,
                 generation_before,
+                epoch,
                 generation: generation_before,
                 removed_chunk_ids: Vec::new(),
                 added_chunk_ids: Vec::new(),
@@ -443,6 +458,7 @@ impl TenantStore<'_> {
         Ok(KnowledgeChange {
             outcome,
             generation_before,
+            epoch,
             generation: counters.generation,
             removed_chunk_ids,
             added_chunk_ids,
@@ -468,17 +484,17 @@ impl TenantStore<'_> {
         if deleted == 0 {
             return Ok(None);
         }
-        let generation = fetch_optional!(
+        let after = fetch_optional!(
             &mut tx,
             Generation,
             "UPDATE knowledge_bases SET generation = generation + 1, updated_at = $3 \
-             WHERE tenant_id = $1 AND kb = $2 RETURNING generation",
+             WHERE tenant_id = $1 AND kb = $2 RETURNING generation, created_at",
             tenant.as_str(),
             kb,
             now_millis()
         )?
-        .ok_or(StoreError::NotFound("knowledge base"))?
-        .generation;
+        .ok_or(StoreError::NotFound("knowledge base"))?;
+        let generation = after.generation;
         audit::append(
             &mut tx,
             tenant,
@@ -495,6 +511,7 @@ impl TenantStore<'_> {
         Ok(Some(KnowledgeChange {
             outcome: DocumentOutcome::Replaced,
             generation_before: generation - 1,
+            epoch: after.created_at,
             generation,
             removed_chunk_ids,
             added_chunk_ids: Vec::new(),
@@ -506,13 +523,13 @@ impl TenantStore<'_> {
     pub async fn knowledge_index_source(
         &self,
         kb: &str,
-    ) -> Result<Option<(i64, Vec<IndexedChunk>)>, StoreError> {
+    ) -> Result<Option<(KnowledgeVersion, Vec<IndexedChunk>)>, StoreError> {
         let tenant = self.context().tenant_id();
         let mut tx = self.begin(Access::Read).await?;
         let Some(generation) = fetch_optional!(
             &mut tx,
             Generation,
-            "SELECT generation FROM knowledge_bases WHERE tenant_id = $1 AND kb = $2",
+            "SELECT generation, created_at FROM knowledge_bases WHERE tenant_id = $1 AND kb = $2",
             tenant.as_str(),
             kb
         )?
@@ -538,7 +555,13 @@ impl TenantStore<'_> {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(Some((generation.generation, chunks)))
+        Ok(Some((
+            KnowledgeVersion {
+                epoch: generation.created_at,
+                generation: generation.generation,
+            },
+            chunks,
+        )))
     }
 
     /// The chunks with these ids that still exist, with their document's title. A chunk

@@ -41,7 +41,8 @@ pub use agents::{AgentRecord, PromptRecord};
 pub use credentials::{CredentialRecord, CredentialWrite, DataKeyRecord};
 pub use knowledge::{
     ChunkRecord, DocumentOutcome, DocumentRecord, DocumentWrite, IndexedChunk, KnowledgeBaseRecord,
-    KnowledgeChange, KnowledgeHead, NewChunk, embedding_from_bytes, embedding_to_bytes,
+    KnowledgeChange, KnowledgeHead, KnowledgeVersion, NewChunk, embedding_from_bytes,
+    embedding_to_bytes,
 };
 pub use pgvector::VectorScan;
 pub use records::{

@@ -975,8 +975,9 @@ async fn documents_replace_their_chunks_atomically_per_tenant(store: &Store, _db
     assert_eq!(replaced.removed_chunk_ids, [1, 2]);
     assert_eq!(replaced.added_chunk_ids, [3]);
 
-    let (generation, chunks) = a.knowledge_index_source("kb").await.unwrap().unwrap();
-    assert_eq!(generation, 2);
+    let (version, chunks) = a.knowledge_index_source("kb").await.unwrap().unwrap();
+    assert_eq!(version.generation, 2);
+    assert_eq!(version.epoch, created.created_at);
     assert_eq!(chunks.len(), 1);
     assert_eq!((chunks[0].chunk_id, chunks[0].text.as_str()), (3, "three"));
     assert_eq!(chunks[0].embedding, [0.0, 1.0]);

@@ -393,13 +393,13 @@ pub async fn run(global: &GlobalArgs, args: KnowledgeBenchArgs) -> anyhow::Resul
 
     // Recall of the graph against exact search, on the target's own vectors.
     let ctx = bulkhead_core::auth::operator_context(&target);
-    let (generation, chunks) = store
+    let (version, chunks) = store
         .tenant(&ctx)
         .knowledge_index_source("kb")
         .await?
         .context("target knowledge base")?;
     let started = Instant::now();
-    let mut graph = PartitionIndex::from_stored(DIMS, 1_000, generation, &chunks);
+    let mut graph = PartitionIndex::from_stored(DIMS, 1_000, version, &chunks);
     graph.build_graph_now();
     let build = started.elapsed();
     let mut hits = 0;
