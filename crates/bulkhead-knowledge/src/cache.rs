@@ -232,6 +232,13 @@ impl IndexCache {
         }
     }
 
+    /// Drops the loaded index of `kb` (after it was deleted), freeing its memory at once.
+    pub async fn forget(&self, tenant: &TenantId, kb: &str) {
+        let slot = self.slot(&(tenant.clone(), kb.to_owned()));
+        *slot.index.write().await = None;
+        self.account(&slot, 0);
+    }
+
     fn account(&self, slot: &Slot, bytes: usize) {
         let before = slot.bytes.swap(bytes, Ordering::Relaxed);
         if bytes >= before {

@@ -313,6 +313,20 @@ impl Knowledge {
         Ok(true)
     }
 
+    /// Deletes a whole knowledge base; `false` if there was none. Every process's next search
+    /// of it answers 404 (the generation read finds no row).
+    pub async fn delete_knowledge_base(
+        &self,
+        store: &TenantStore<'_>,
+        kb: &KnowledgeBaseName,
+    ) -> Result<bool, KnowledgeError> {
+        let deleted = store.delete_knowledge_base(kb.as_str()).await?.is_some();
+        self.cache
+            .forget(store.context().tenant_id(), kb.as_str())
+            .await;
+        Ok(deleted)
+    }
+
     /// The `k` passages of the tenant's knowledge base best matching `query`, best first.
     pub async fn search(
         &self,

@@ -549,6 +549,7 @@ async fn the_openapi_document_covers_every_route() {
         ("/v1/prompts/{name}", "get"),
         ("/v1/prompts/{name}", "delete"),
         ("/v1/knowledge", "get"),
+        ("/v1/knowledge/{kb}", "delete"),
         ("/v1/knowledge/{kb}/documents", "post"),
         ("/v1/knowledge/{kb}/documents", "get"),
         ("/v1/knowledge/{kb}/documents/{id}", "delete"),

@@ -234,6 +234,31 @@ async fn ingest_search_replace_delete(backend: Backend) {
         .await
         .0;
     assert_eq!(status, StatusCode::NO_CONTENT);
+    // The whole knowledge base: owner or admin only; then it is gone, and its name is free.
+    let delete_kb = |key: &str| server.request(Method::DELETE, "/v1/knowledge/docs", Some(key));
+    assert_eq!(
+        server.send(delete_kb(&acme)).await.0,
+        StatusCode::FORBIDDEN,
+        "a developer"
+    );
+    let (owner, _) = server.create_key("acme", "owner").await;
+    assert_eq!(
+        server.send(delete_kb(&owner)).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        server.send(delete_kb(&owner)).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        search(&server, &acme, "docs", "install", 1).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        search(&server, &globex, "docs", "rockets", 1).await.0,
+        StatusCode::OK,
+        "globex's knowledge base of the same name is untouched"
+    );
     server.finish().await;
 }
 

@@ -518,6 +518,48 @@ impl TenantStore<'_> {
         }))
     }
 
+    /// Deletes a knowledge base with all its documents, chunks and vectors; `None` if there
+    /// was none. Answers how many documents went.
+    pub async fn delete_knowledge_base(&self, kb: &str) -> Result<Option<i64>, StoreError> {
+        let tenant = self.context().tenant_id();
+        let mut tx = self.begin(Access::Write).await?;
+        execute!(
+            &mut tx,
+            "DELETE FROM kb_chunks WHERE tenant_id = $1 AND kb = $2",
+            tenant.as_str(),
+            kb
+        )?;
+        let documents = execute!(
+            &mut tx,
+            "DELETE FROM kb_documents WHERE tenant_id = $1 AND kb = $2",
+            tenant.as_str(),
+            kb
+        )?;
+        let deleted = execute!(
+            &mut tx,
+            "DELETE FROM knowledge_bases WHERE tenant_id = $1 AND kb = $2",
+            tenant.as_str(),
+            kb
+        )?;
+        if deleted == 0 {
+            return Ok(None);
+        }
+        audit::append(
+            &mut tx,
+            tenant,
+            &self.origin(),
+            AuditDraft {
+                action: "knowledge_base.deleted",
+                resource: format!("knowledge/{kb}"),
+                outcome: Outcome::Success,
+                details: json!({"documents": documents}),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(documents as i64))
+    }
+
     /// Everything an index of the knowledge base is built from, with the generation it
     /// reflects (read in the same transaction).
     pub async fn knowledge_index_source(

@@ -128,6 +128,26 @@ pub async fn list_knowledge_bases(
     Ok(Json(records.into_iter().map(Into::into).collect()))
 }
 
+/// Deletes a knowledge base with all its documents. Owner or admin.
+#[utoipa::path(delete, path = "/v1/knowledge/{kb}", tag = "knowledge",
+    security(("tenant_credential" = [])),
+    params(("kb" = String, Path, description = "Knowledge base name")),
+    responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub async fn delete_knowledge_base(
+    State(state): State<AppState>,
+    Authenticated(ctx): Authenticated,
+    ApiPath(kb): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    require_role(&ctx, &[Role::Owner, Role::Admin])?;
+    let kb = path_kb(&kb)?;
+    let store = state.store().tenant(&ctx);
+    if state.knowledge().delete_knowledge_base(&store, &kb).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound)
+    }
+}
+
 /// Adds or replaces a document (the knowledge base is created on first use). Its chunks are
 /// replaced atomically: a search sees the old document or the new one, never a mixture.
 /// Owner, admin or developer.

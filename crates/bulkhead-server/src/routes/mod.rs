@@ -67,6 +67,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
             agents::delete_prompt
         ))
         .routes(routes!(knowledge::list_knowledge_bases))
+        .routes(routes!(knowledge::delete_knowledge_base))
         .routes(routes!(knowledge::post_document, knowledge::list_documents))
         .routes(routes!(knowledge::delete_document))
         .routes(routes!(knowledge::search))
