@@ -38,6 +38,7 @@ pub fn vault() -> Vault {
     ))
 }
 
+#[derive(Debug, Clone, Copy)]
 pub enum Backend {
     Sqlite,
     Postgres,
