@@ -24,7 +24,7 @@ fn bench_search(c: &mut Criterion) {
     let centers: Vec<Vec<f32>> = (0..200)
         .map(|_| unit((0..DIMS).map(|_| rng.gen_range(-1.0..1.0)).collect()))
         .collect();
-    let mut vector = |rng: &mut StdRng| {
+    let vector = |rng: &mut StdRng| {
         let center = &centers[rng.gen_range(0..centers.len())];
         unit(
             center
