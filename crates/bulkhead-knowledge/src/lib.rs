@@ -155,12 +155,6 @@ impl Knowledge {
             .ok_or_else(|| KnowledgeError::EmbedderUnavailable(alias.to_owned()))
     }
 
-    /// The id a document without one gets: a hash of what it says, so the same content
-    /// posted twice is one document.
-    pub fn derived_id(document: &NewDocument) -> String {
-        format!("sha256-{}", &content_hash(document)[..24])
-    }
-
     /// Chunks, embeds and stores a document, replacing an earlier one of the same id. The
     /// same content again changes nothing and embeds nothing. `progress` hears how many
     /// chunks are embedded.
@@ -171,8 +165,8 @@ impl Knowledge {
         document: NewDocument,
         progress: &(dyn Fn(usize, usize) + Send + Sync),
     ) -> Result<PutOutcome, KnowledgeError> {
-        let doc_id = self.validate(&document)?;
         let hash = content_hash(&document);
+        let doc_id = self.validate(&document, &hash)?;
         let existing = store.knowledge_head(kb.as_str()).await?;
         let embedder_alias = existing
             .as_ref()
@@ -215,9 +209,12 @@ impl Knowledge {
         let vectors = embedder
             .embed(&egress, &texts, &|done| progress(done, total))
             .await?;
-        store
-            .ensure_knowledge_base(kb.as_str(), embedder_alias, embedder.dimensions())
-            .await?;
+        // Created only now, so a failed embedding leaves no empty knowledge base behind.
+        if existing.is_none() {
+            store
+                .ensure_knowledge_base(kb.as_str(), embedder_alias, embedder.dimensions())
+                .await?;
+        }
         let stored_chunks: Vec<NewChunk> = chunks
             .into_iter()
             .zip(vectors)
@@ -229,25 +226,21 @@ impl Knowledge {
             })
             .collect();
         let count = stored_chunks.len();
-        let change = store
-            .put_document(
-                kb.as_str(),
-                DocumentWrite {
-                    doc_id: &doc_id,
-                    title: &document.title,
-                    content_type: document.content_type.as_str(),
-                    metadata: &document.metadata,
-                    content_hash: &hash,
-                    bytes: document.text.len() as i64,
-                    chunks: stored_chunks.clone(),
-                },
-            )
-            .await?;
+        let write = DocumentWrite {
+            doc_id: &doc_id,
+            title: &document.title,
+            content_type: document.content_type.as_str(),
+            metadata: &document.metadata,
+            content_hash: &hash,
+            bytes: document.text.len() as i64,
+            chunks: stored_chunks,
+        };
+        let change = store.put_document(kb.as_str(), &write).await?;
         if change.outcome != DocumentOutcome::Unchanged {
             let added = change
                 .added_chunk_ids
                 .iter()
-                .zip(stored_chunks)
+                .zip(write.chunks)
                 .map(|(id, chunk)| (*id, chunk.embedding, chunk.text))
                 .collect();
             self.cache
@@ -261,7 +254,9 @@ impl Knowledge {
         })
     }
 
-    fn validate(&self, document: &NewDocument) -> Result<String, KnowledgeError> {
+    /// Checks the document; answers its id. A document without one gets a prefix of its
+    /// content hash, so the same content posted twice is one document.
+    fn validate(&self, document: &NewDocument, hash: &str) -> Result<String, KnowledgeError> {
         if document.text.len() > self.config.max_document_bytes {
             return Err(KnowledgeError::TooLarge {
                 bytes: document.text.len(),
@@ -288,7 +283,7 @@ impl Knowledge {
                 validate_doc_id(id)?;
                 Ok(id.clone())
             }
-            None => Ok(Self::derived_id(document)),
+            None => Ok(format!("sha256-{}", &hash[..24])),
         }
     }
 

@@ -337,7 +337,7 @@ impl TenantStore<'_> {
     pub async fn put_document(
         &self,
         kb: &str,
-        write: DocumentWrite<'_>,
+        write: &DocumentWrite<'_>,
     ) -> Result<KnowledgeChange, StoreError> {
         let tenant = self.context().tenant_id();
         let mut tx = self.begin(Access::Write).await?;

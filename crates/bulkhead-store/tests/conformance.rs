@@ -354,7 +354,7 @@ async fn deleting_a_tenant_removes_its_data_and_keeps_its_trail(store: &Store, d
         .await
         .unwrap();
     scoped
-        .put_document("kb", document("d", "h", &["canary-deleted-tenant"]))
+        .put_document("kb", &document("d", "h", &["canary-deleted-tenant"]))
         .await
         .unwrap();
     let admin = store.admin();
@@ -646,7 +646,7 @@ async fn a_query_without_a_tenant_filter_still_sees_one_tenant(store: &Store, _d
             .await
             .unwrap();
         scoped
-            .put_document("kb", document("d", "h", &["x"]))
+            .put_document("kb", &document("d", "h", &["x"]))
             .await
             .unwrap();
         store
@@ -939,7 +939,7 @@ async fn documents_replace_their_chunks_atomically_per_tenant(store: &Store, _db
     let (a, g) = (store.tenant(&acme), store.tenant(&globex));
     assert!(a.knowledge_head("kb").await.unwrap().is_none());
     let err = a
-        .put_document("kb", document("d1", "h1", &["x"]))
+        .put_document("kb", &document("d1", "h1", &["x"]))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
@@ -955,20 +955,20 @@ async fn documents_replace_their_chunks_atomically_per_tenant(store: &Store, _db
     );
 
     let first = a
-        .put_document("kb", document("d1", "h1", &["one", "two"]))
+        .put_document("kb", &document("d1", "h1", &["one", "two"]))
         .await
         .unwrap();
     assert_eq!(first.outcome, DocumentOutcome::Created);
     assert_eq!((first.generation_before, first.generation), (0, 1));
     assert_eq!(first.added_chunk_ids, [1, 2]);
     let same = a
-        .put_document("kb", document("d1", "h1", &["one", "two"]))
+        .put_document("kb", &document("d1", "h1", &["one", "two"]))
         .await
         .unwrap();
     assert_eq!(same.outcome, DocumentOutcome::Unchanged);
     assert_eq!(same.generation, 1);
     let replaced = a
-        .put_document("kb", document("d1", "h2", &["three"]))
+        .put_document("kb", &document("d1", "h2", &["three"]))
         .await
         .unwrap();
     assert_eq!(replaced.outcome, DocumentOutcome::Replaced);
@@ -1005,7 +1005,7 @@ async fn documents_replace_their_chunks_atomically_per_tenant(store: &Store, _db
 
     // Chunk ids are never reused, even across a delete.
     let again = a
-        .put_document("kb", document("d1", "h1", &["one"]))
+        .put_document("kb", &document("d1", "h1", &["one"]))
         .await
         .unwrap();
     assert_eq!(again.added_chunk_ids, [4]);

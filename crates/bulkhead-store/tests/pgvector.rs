@@ -36,7 +36,7 @@ async fn store_vectors(store: &bulkhead_store::Store, ctx: &TenantContext, vecto
     scoped
         .put_document(
             "kb",
-            DocumentWrite {
+            &DocumentWrite {
                 doc_id: "d",
                 title: "t",
                 content_type: "text/plain",

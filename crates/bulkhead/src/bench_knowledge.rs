@@ -168,7 +168,7 @@ async fn fill(
         scoped
             .put_document(
                 "kb",
-                DocumentWrite {
+                &DocumentWrite {
                     doc_id: &id,
                     title: "Synthetic",
                     content_type: "text/plain",
