@@ -330,6 +330,24 @@ impl Knowledge {
         query: &str,
         k: usize,
     ) -> Result<Vec<Passage>, KnowledgeError> {
+        let mut found = self
+            .search_many(store, std::slice::from_ref(kb), query, k)
+            .await?;
+        match found.pop() {
+            Some((_, Some(passages))) => Ok(passages),
+            _ => Err(KnowledgeError::NotFound),
+        }
+    }
+
+    /// [`Self::search`] over several knowledge bases, embedding the query once per embedder
+    /// they use. Each knowledge base answers its passages, or `None` if it does not exist.
+    pub async fn search_many(
+        &self,
+        store: &TenantStore<'_>,
+        kbs: &[KnowledgeBaseName],
+        query: &str,
+        k: usize,
+    ) -> Result<Vec<(KnowledgeBaseName, Option<Vec<Passage>>)>, KnowledgeError> {
         if query.trim().is_empty() || query.chars().count() > MAX_QUERY_CHARS {
             return Err(KnowledgeError::invalid(
                 "q",
@@ -342,20 +360,36 @@ impl Knowledge {
                 format!("must be 1 to {MAX_K}"),
             ));
         }
-        let head = store
-            .knowledge_head(kb.as_str())
-            .await?
-            .ok_or(KnowledgeError::NotFound)?;
-        let embedder = self.embedder(&head.embedder)?;
         let egress = self.egress.for_tenant(store.context());
-        let query_vector = embedder
-            .embed(&egress, &[query.to_owned()], &|_| {})
-            .await?
-            .into_iter()
-            .next()
-            .ok_or_else(|| KnowledgeError::Embedder("no vector for the query".into()))?;
-        self.search_vector(store, kb, &head, &query_vector, query, k)
-            .await
+        let mut query_vectors: HashMap<String, Vec<f32>> = HashMap::new();
+        let mut results = Vec::with_capacity(kbs.len());
+        for kb in kbs {
+            let Some(head) = store.knowledge_head(kb.as_str()).await? else {
+                results.push((kb.clone(), None));
+                continue;
+            };
+            if !query_vectors.contains_key(&head.embedder) {
+                let vector = self
+                    .embedder(&head.embedder)?
+                    .embed(&egress, &[query.to_owned()], &|_| {})
+                    .await?
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| KnowledgeError::Embedder("no vector for the query".into()))?;
+                query_vectors.insert(head.embedder.clone(), vector);
+            }
+            let vector = query_vectors
+                .get(&head.embedder)
+                .map_or(&[][..], Vec::as_slice);
+            let passages = match self.search_vector(store, kb, &head, vector, query, k).await {
+                Ok(passages) => Some(passages),
+                // Deleted between the head read and the index load.
+                Err(KnowledgeError::NotFound) => None,
+                Err(other) => return Err(other),
+            };
+            results.push((kb.clone(), passages));
+        }
+        Ok(results)
     }
 
     /// The search after the query is embedded: the partition's index (loaded or refreshed

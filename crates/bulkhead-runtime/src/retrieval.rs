@@ -45,21 +45,25 @@ pub async fn search_all(
     query: &str,
     n: usize,
 ) -> Result<Vec<(String, Passage)>, KnowledgeError> {
-    let mut found = Vec::new();
     if n == 0 || query.trim().is_empty() {
-        return Ok(found);
+        return Ok(Vec::new());
     }
-    for name in knowledge_bases {
-        let Ok(kb) = bulkhead_core::KnowledgeBaseName::try_from(name.as_str()) else {
-            continue;
-        };
-        let query: String = query.chars().take(2_000).collect();
-        match knowledge.search(store, &kb, &query, n).await {
-            Ok(passages) => found.extend(passages.into_iter().map(|p| (name.clone(), p))),
-            Err(KnowledgeError::NotFound) => {}
-            Err(other) => return Err(other),
-        }
-    }
+    let kbs: Vec<bulkhead_core::KnowledgeBaseName> = knowledge_bases
+        .iter()
+        .filter_map(|name| bulkhead_core::KnowledgeBaseName::try_from(name.as_str()).ok())
+        .collect();
+    let query: String = query.chars().take(2_000).collect();
+    let mut found: Vec<(String, Passage)> = knowledge
+        .search_many(store, &kbs, &query, n)
+        .await?
+        .into_iter()
+        .flat_map(|(kb, passages)| {
+            passages
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |p| (kb.to_string(), p))
+        })
+        .collect();
     found.sort_by(|a, b| b.1.score.total_cmp(&a.1.score));
     found.truncate(n);
     Ok(found)
