@@ -208,9 +208,6 @@ impl TenantStore<'_> {
         embedder: &str,
         dimensions: usize,
     ) -> Result<KnowledgeBaseRecord, StoreError> {
-        if let Some(existing) = self.knowledge_base(kb).await? {
-            return Ok(existing);
-        }
         let tenant = self.context().tenant_id();
         let mut tx = self.begin(Access::Write).await?;
         let now = now_millis();
