@@ -462,6 +462,18 @@ pub fn operator_context(tenant: &Tenant) -> TenantContext {
     )
 }
 
+/// The context in which Bulkhead continues one of `tenant`'s paused runs: the tenant must
+/// still be active (a suspended tenant's runs stay paused). Its only role is `agent`.
+pub fn runtime_context(tenant: &Tenant) -> Result<TenantContext, AuthError> {
+    let tenant = active_tenant(Some(tenant), &tenant.id)?;
+    Ok(TenantContext::new(
+        tenant,
+        Principal::Runtime,
+        BTreeSet::from([Role::Agent]),
+        RequestId::generate(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,6 +50,7 @@ pub struct Config {
     /// Embedders knowledge bases may use, by alias.
     pub embedders: Vec<EmbedderConfig>,
     pub knowledge: KnowledgeConfig,
+    pub tools: ToolsConfig,
 }
 
 impl Default for Config {
@@ -74,6 +75,33 @@ impl Default for Config {
             threads: ThreadsConfig::default(),
             embedders: Vec::new(),
             knowledge: KnowledgeConfig::default(),
+            tools: ToolsConfig::default(),
+        }
+    }
+}
+
+/// Tools: the platform's policies and how approvals behave.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToolsConfig {
+    /// Cedar policies that apply to every tenant, against the schema at
+    /// `GET /v1/policies/schema`. Unset: every call allowed, destructive tools need approval.
+    pub platform_policies: Option<String>,
+    /// A call waiting for approval longer than this is refused to the model.
+    pub approval_ttl_seconds: u64,
+    /// An `[[endpoints]]` name (kind `webhook`) told of every new pending approval.
+    pub approval_webhook: Option<String>,
+    /// How often expired approvals are swept and decided runs picked up, in milliseconds.
+    pub approval_sweep_ms: u64,
+}
+
+impl Default for ToolsConfig {
+    fn default() -> Self {
+        Self {
+            platform_policies: None,
+            approval_ttl_seconds: 24 * 60 * 60,
+            approval_webhook: None,
+            approval_sweep_ms: 5_000,
         }
     }
 }

@@ -13,6 +13,9 @@ pub enum Principal {
     /// The platform operator at the command line, acting on one tenant's behalf. Their
     /// credential is access to the data directory or database itself.
     Operator,
+    /// Bulkhead itself, continuing a tenant's paused run once its approval was decided or
+    /// expired. It acts with what the run had: the run's agent, tools and policies.
+    Runtime,
 }
 
 impl fmt::Display for Principal {
@@ -21,6 +24,7 @@ impl fmt::Display for Principal {
             Principal::ApiKey(id) => write!(f, "key:{id}"),
             Principal::User { issuer, subject } => write!(f, "user:{subject}@{issuer}"),
             Principal::Operator => f.write_str("operator"),
+            Principal::Runtime => f.write_str("runtime"),
         }
     }
 }

@@ -105,6 +105,14 @@ slug_id!(
     PromptName
 );
 slug_id!(
+    /// The name of a tenant's toolset (a connector it declared), unique within the tenant.
+    ToolsetName
+);
+slug_id!(
+    /// The name of one of a tenant's Cedar policies, unique within the tenant.
+    PolicyName
+);
+slug_id!(
     /// The name of a connector (`slack`, `openai`, `jira-prod`) whose credential a tenant
     /// stores. Two tenants may use the same name; each has its own secret under it.
     ConnectorName
@@ -216,13 +224,18 @@ pub fn new_run_id() -> String {
     format!("run_{}", random_alphanumeric(24))
 }
 
-/// A new thread id: `thr_` and 24 random lowercase letters and digits.
 /// A boundary for untrusted text put into a prompt: a document cannot close a delimiter whose
 /// name it cannot guess.
 pub fn new_boundary() -> String {
     random_alphanumeric(12)
 }
 
+/// A new approval id: `apr_` and 24 random lowercase letters and digits.
+pub fn new_approval_id() -> String {
+    format!("apr_{}", random_alphanumeric(24))
+}
+
+/// A new thread id: `thr_` and 24 random lowercase letters and digits.
 pub fn new_thread_id() -> String {
     format!("thr_{}", random_alphanumeric(24))
 }

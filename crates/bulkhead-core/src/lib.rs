@@ -18,8 +18,8 @@ pub mod timestamp;
 
 pub use context::{Principal, TenantContext};
 pub use ids::{
-    AgentName, ApiKeyId, ConnectorName, IdError, IssuerId, KnowledgeBaseName, PromptName,
-    RegionName, RequestId, TenantId,
+    AgentName, ApiKeyId, ConnectorName, IdError, IssuerId, KnowledgeBaseName, PolicyName,
+    PromptName, RegionName, RequestId, TenantId, ToolsetName,
 };
 pub use roles::{Role, RoleError};
 pub use tenant::{Isolation, Tenant, TenantStatus, validate_display_name};

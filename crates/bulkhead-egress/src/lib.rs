@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bulkhead_core::audit::{AuditDraft, Outcome};
-use bulkhead_core::config::{AuthScheme, EndpointConfig};
-use bulkhead_core::{RegionName, TenantContext};
+use bulkhead_core::config::{AuthScheme, EndpointConfig, EndpointKind};
+use bulkhead_core::{ConnectorName, RegionName, TenantContext};
 use bulkhead_store::{Store, StoreError};
 use bulkhead_vault::{Credential, Vault, VaultError};
 pub use reqwest::Method;
@@ -98,6 +98,10 @@ pub struct OutboundRequest {
     /// side effect upstream), so failures are retried even though the method is not
     /// idempotent.
     pub retry_safe: bool,
+    /// Present this credential of the tenant's instead of the endpoint's connector. Only for
+    /// tool and MCP endpoints, where a tenant chooses which of its own credentials a toolset
+    /// uses; it is still the calling tenant's, fetched from its vault.
+    pub credential: Option<ConnectorName>,
 }
 
 impl OutboundRequest {
@@ -108,6 +112,7 @@ impl OutboundRequest {
             headers: Vec::new(),
             body: None,
             retry_safe: false,
+            credential: None,
         }
     }
 
@@ -118,7 +123,14 @@ impl OutboundRequest {
             headers: vec![("content-type".into(), "application/json".into())],
             body: Some(body.to_string().into_bytes()),
             retry_safe: false,
+            credential: None,
         }
+    }
+
+    /// Presents the tenant's credential for `connector` (see [`OutboundRequest::credential`]).
+    pub fn with_credential(mut self, connector: Option<ConnectorName>) -> Self {
+        self.credential = connector;
+        self
     }
 
     /// Marks the request as safe to repeat (see [`OutboundRequest::retry_safe`]).
@@ -187,7 +199,12 @@ impl Egress {
                     config.name
                 )));
             }
-            if config.connector.is_none() && !matches!(config.auth, AuthScheme::None {}) {
+            // A tool or MCP endpoint may leave the credential to each toolset that uses it.
+            let chosen_per_call = matches!(config.kind, EndpointKind::Tool | EndpointKind::Mcp);
+            if config.connector.is_none()
+                && !chosen_per_call
+                && !matches!(config.auth, AuthScheme::None {})
+            {
                 return Err(EgressError::Config(format!(
                     "endpoint {}: an auth scheme needs a connector (set auth = {{ scheme = \"none\" }} for a public endpoint)",
                     config.name
@@ -218,6 +235,11 @@ impl Egress {
                 vault,
             }),
         })
+    }
+
+    /// The configuration of endpoint `name`, if one is declared.
+    pub fn endpoint(&self, name: &str) -> Option<&EndpointConfig> {
+        self.inner.endpoints.get(name).map(|e| &e.config)
     }
 
     /// The only way to call out: bound to one tenant's context.
@@ -289,9 +311,11 @@ impl TenantEgress<'_> {
         let result = match self.send_to(name, request).await {
             Ok((endpoint, response, attempts)) => {
                 let status = response.status().as_u16();
+                let headers = header_pairs(response.headers());
                 if (200..300).contains(&status) {
                     Ok(StreamingResponse {
                         status,
+                        headers,
                         attempts,
                         endpoint: endpoint.config.name.clone(),
                         body: StreamBody::Live(response),
@@ -301,6 +325,7 @@ impl TenantEgress<'_> {
                         .await
                         .map(|body| StreamingResponse {
                             status,
+                            headers,
                             attempts,
                             endpoint: endpoint.config.name.clone(),
                             body: StreamBody::Read(Some(body)),
@@ -394,7 +419,25 @@ impl TenantEgress<'_> {
             });
         }
         let url = join(&endpoint.base, &request.path)?;
-        let credential = match &config.connector {
+        let connector = match &request.credential {
+            Some(chosen) if matches!(config.kind, EndpointKind::Tool | EndpointKind::Mcp) => {
+                Some(chosen)
+            }
+            Some(_) => {
+                return Err(EgressError::Config(format!(
+                    "endpoint {}: only tool and MCP endpoints take a chosen credential",
+                    config.name
+                )));
+            }
+            None => config.connector.as_ref(),
+        };
+        let credential = match connector {
+            None if !matches!(config.auth, AuthScheme::None {}) => {
+                return Err(EgressError::MissingCredential(format!(
+                    "(endpoint {} names no connector and the call chose none)",
+                    config.name
+                )));
+            }
             None => None,
             Some(connector) => {
                 let store = self.egress.inner.store.tenant(self.ctx);
@@ -577,6 +620,7 @@ impl CallFacts {
 /// An answer whose body is read as it arrives.
 pub struct StreamingResponse {
     pub status: u16,
+    pub headers: Vec<(String, String)>,
     pub attempts: u32,
     endpoint: String,
     body: StreamBody,
@@ -589,6 +633,14 @@ enum StreamBody {
 }
 
 impl StreamingResponse {
+    /// The first value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The next piece of the body, `None` at its end. The endpoint's timeout covers the whole
     /// answer, so a stalled stream ends in [`EgressError::Timeout`].
     pub async fn chunk(&mut self) -> Result<Option<Vec<u8>>, EgressError> {

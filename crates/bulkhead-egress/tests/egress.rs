@@ -561,16 +561,55 @@ async fn bad_requests_fail_before_anything_is_sent() {
             None,
             AuthScheme::None {},
         ),
-        endpoint(
-            "x",
-            "http://127.0.0.1",
-            "eu-west",
-            None,
-            AuthScheme::Bearer {},
-        ),
+        // A model endpoint's credential is always its connector's; a tool endpoint may
+        // leave the choice to each toolset (below).
+        EndpointConfig {
+            kind: EndpointKind::Model,
+            ..endpoint(
+                "x",
+                "http://127.0.0.1",
+                "eu-west",
+                None,
+                AuthScheme::Bearer {},
+            )
+        },
     ] {
         assert!(Egress::new(&[bad], world.store.clone(), world.vault.clone()).is_err());
     }
+    // A tool endpoint with no connector: a call that chooses none is refused before any I/O,
+    // and only tool and MCP endpoints accept a chosen credential.
+    let open = Egress::new(
+        &[
+            endpoint("t", &world.base, "eu-west", None, AuthScheme::Bearer {}),
+            EndpointConfig {
+                kind: EndpointKind::Model,
+                ..endpoint(
+                    "m",
+                    &world.base,
+                    "eu-west",
+                    Some("openai"),
+                    AuthScheme::Bearer {},
+                )
+            },
+        ],
+        world.store.clone(),
+        world.vault.clone(),
+    )
+    .unwrap();
+    assert!(matches!(
+        open.for_tenant(&acme)
+            .send("t", OutboundRequest::get("/echo"))
+            .await,
+        Err(EgressError::MissingCredential(_))
+    ));
+    let chosen = Some(bulkhead_core::ConnectorName::try_from("other").unwrap());
+    assert!(matches!(
+        open.for_tenant(&acme)
+            .send("m", OutboundRequest::get("/echo").with_credential(chosen))
+            .await,
+        Err(EgressError::Config(_))
+    ));
+    assert_eq!(world.up.requests.load(Ordering::SeqCst), 0);
     world.db.finish(world.store).await;
 }
 

@@ -2,6 +2,7 @@
 //! library, and model providers (through egress). The run loop builds on these.
 
 pub mod agents;
+pub mod approvals;
 pub mod gateway;
 pub mod prompts;
 pub mod providers;

@@ -2,8 +2,10 @@
 //! `max_steps`, and persist the run as it starts and as it ends.
 //!
 //! An agent with knowledge bases gets passages for its input in its prompt and the built-in
-//! `retrieve` tool (`retrieval.rs`). Other tools arrive with the tools issue; until then a
-//! call to one is answered with a refusal the model can read, and the loop goes on.
+//! `retrieve` tool (`retrieval.rs`). An agent with toolsets gets their operations: each call is
+//! checked against its schema, decided by the tenant's and the platform's policies, and made
+//! through egress with the tenant's credential. A call that needs a person's approval pauses
+//! the run durably (`awaiting_approval`); [`Runner::resume`] continues it once decided.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,7 +13,11 @@ use std::sync::Arc;
 use bulkhead_core::config::{ModelConfig, ProviderKind};
 use bulkhead_egress::Egress;
 use bulkhead_knowledge::{Knowledge, KnowledgeError};
-use bulkhead_store::{AgentRecord, RunEnd, RunProgress, RunRecord, StoreError, TenantStore};
+use bulkhead_store::{
+    AgentRecord, ApprovalDraft, ApprovalRecord, RunEnd, RunProgress, RunRecord, StoreError,
+    TenantStore,
+};
+use bulkhead_tools::{Caller, ResolvedTool, ToolError, Toolbox, Tools, Verdict};
 use serde::Serialize;
 use serde_json::json;
 
@@ -19,7 +25,8 @@ use crate::agents::{AgentSpec, SCRIPTED_MODEL, ScriptStep};
 use crate::prompts::{MemoryTurn, PromptLibrary, PromptVariables, reads_variable, render};
 use crate::providers::local::LocalModels;
 use crate::providers::{
-    self, ChatMessage, ChatRequest, ChatResponse, Delta, DeltaSink, ProviderError, ToolCall, Usage,
+    self, ChatMessage, ChatRequest, ChatResponse, Delta, DeltaSink, ProviderError, ToolCall,
+    ToolSpec, Usage,
 };
 use crate::retrieval::{self, RETRIEVE_TOOL};
 
@@ -51,6 +58,14 @@ pub enum RunEvent {
         id: String,
         content: String,
     },
+    /// A tool call waits for a person's decision; the run stops here and continues later.
+    #[serde(rename = "approval.requested")]
+    ApprovalRequested {
+        step: i64,
+        approval_id: String,
+        tool: String,
+        target: String,
+    },
 }
 
 impl RunEvent {
@@ -61,6 +76,7 @@ impl RunEvent {
             RunEvent::MessageDelta { .. } => "message.delta",
             RunEvent::ToolCalled { .. } => "tool.called",
             RunEvent::ToolResult { .. } => "tool.result",
+            RunEvent::ApprovalRequested { .. } => "approval.requested",
         }
     }
 }
@@ -78,6 +94,7 @@ pub struct Runner {
     platform_prompts: BTreeMap<String, String>,
     local: LocalModels,
     knowledge: Arc<Knowledge>,
+    tools: Arc<Tools>,
 }
 
 #[derive(Debug, Clone)]
@@ -125,6 +142,30 @@ struct Turn<'a, 'e> {
     streaming: bool,
     events: EventSink<'e>,
     progress: Progress,
+    /// Names the delimiters of retrieved passages; random per run (and per resumption).
+    boundary: String,
+    toolbox: Toolbox,
+}
+
+/// How driving a run ended, short of a failure.
+enum Outcome {
+    Completed(String),
+    /// Waiting for a person; the run is stored `awaiting_approval`.
+    Paused,
+}
+
+/// What answering one tool call needs of its run. Borrowed apart from the run's event sink,
+/// which is not `Sync` and so must not be held across an await by shared reference.
+struct CallScope<'t> {
+    run_id: &'t str,
+    boundary: &'t str,
+    toolbox: &'t Toolbox,
+}
+
+/// What a tool call gets: an answer for the model, or a pause for approval.
+enum CallAnswer {
+    Content(String),
+    Pause,
 }
 
 /// A failure the run records (and the caller sees in the finished run), with a stable code.
@@ -168,9 +209,11 @@ impl Runner {
         platform_prompts: BTreeMap<String, String>,
         local: LocalModels,
         knowledge: Arc<Knowledge>,
+        tools: Arc<Tools>,
     ) -> Self {
         Self {
             knowledge,
+            tools,
             egress,
             models,
             default_models,
@@ -182,6 +225,11 @@ impl Runner {
     /// Knowledge bases: what runs retrieve from and what the HTTP routes ingest into.
     pub fn knowledge(&self) -> &Arc<Knowledge> {
         &self.knowledge
+    }
+
+    /// Toolsets, policies and tool calls.
+    pub fn tools(&self) -> &Arc<Tools> {
+        &self.tools
     }
 
     /// The platform's snippets, read-only to tenants.
@@ -325,6 +373,8 @@ impl Runner {
             streaming,
             events,
             progress: Progress::default(),
+            boundary: bulkhead_core::ids::new_boundary(),
+            toolbox: Toolbox::default(),
         };
         let result = match &spec {
             Ok(spec) => {
@@ -336,15 +386,120 @@ impl Runner {
                 message: message.clone(),
             }),
         };
-        let progress = turn.progress;
-        if let (Some(thread), Ok(output)) = (&thread_id, &result) {
+        let model = spec.as_ref().ok().map(|s| s.model.as_str());
+        self.conclude(
+            store,
+            &run_id,
+            thread_id.as_deref(),
+            &user_input,
+            model,
+            turn.progress,
+            result,
+        )
+        .await
+    }
+
+    /// Continues a paused run whose approval has been decided (or has expired): the call
+    /// waiting for it runs or is refused, and the loop goes on. Exactly one caller gets to
+    /// resume a run; the others (and a run not paused, or still pending) get `None`.
+    pub async fn resume(
+        &self,
+        store: &TenantStore<'_>,
+        run_id: &str,
+    ) -> Result<Option<RunRecord>, RunError> {
+        if !store.claim_paused_run(run_id).await? {
+            return Ok(None);
+        }
+        let run = store
+            .run(run_id)
+            .await?
+            .ok_or(StoreError::NotFound("run"))?;
+        let approval = store.run_approval(run_id).await?;
+        let agent = match bulkhead_core::AgentName::try_from(run.agent.as_str()) {
+            Ok(name) => store.agent_version(&name, run.agent_version).await?,
+            Err(_) => None,
+        };
+        let spec = agent
+            .as_ref()
+            .ok_or_else(|| "the run's agent version is gone".to_owned())
+            .and_then(|a| {
+                serde_json::from_value::<AgentSpec>(a.spec.clone())
+                    .map_err(|e| format!("stored agent spec: {e}"))
+            });
+        let transcript: Vec<ChatMessage> =
+            serde_json::from_value(run.transcript.clone()).unwrap_or_default();
+        let mut ignore = |_: RunEvent| {};
+        let mut turn = Turn {
+            run_id,
+            streaming: false,
+            events: &mut ignore,
+            progress: Progress {
+                transcript,
+                usage: Usage {
+                    input_tokens: u64::try_from(run.input_tokens).unwrap_or(0),
+                    output_tokens: u64::try_from(run.output_tokens).unwrap_or(0),
+                },
+                steps: run.steps,
+            },
+            boundary: bulkhead_core::ids::new_boundary(),
+            toolbox: Toolbox::default(),
+        };
+        let result = match (&agent, &spec) {
+            (Some(agent), Ok(spec)) => {
+                self.continue_paused(store, agent, spec, approval.as_ref(), &mut turn)
+                    .await
+            }
+            (_, Err(message)) => Err(Failure {
+                code: "internal",
+                message: message.clone(),
+            }),
+            (None, Ok(_)) => Err(Failure {
+                code: "internal",
+                message: "the run's agent version is gone".into(),
+            }),
+        };
+        let model = spec.as_ref().ok().map(|s| s.model.as_str());
+        self.conclude(
+            store,
+            run_id,
+            run.thread_id.as_deref(),
+            &run.input,
+            model,
+            turn.progress,
+            result,
+        )
+        .await
+        .map(Some)
+    }
+
+    /// Stores how a run ended (unless it paused), appends the exchange to its thread and
+    /// meters its tokens; answers the stored run.
+    #[allow(clippy::too_many_arguments)]
+    async fn conclude(
+        &self,
+        store: &TenantStore<'_>,
+        run_id: &str,
+        thread_id: Option<&str>,
+        user_input: &str,
+        model: Option<&str>,
+        progress: Progress,
+        result: Result<Outcome, Failure>,
+    ) -> Result<RunRecord, RunError> {
+        let result = match result {
+            Ok(Outcome::Paused) => {
+                return Ok(store
+                    .run(run_id)
+                    .await?
+                    .ok_or_else(|| StoreError::Corrupt("run vanished".into()))?);
+            }
+            Ok(Outcome::Completed(output)) => Ok(output),
+            Err(failure) => Err(failure),
+        };
+        if let (Some(thread), Ok(output)) = (thread_id, &result) {
             store
                 .append_thread(
                     thread,
-                    &[
-                        ("user", user_input.as_str()),
-                        ("assistant", output.as_str()),
-                    ],
+                    &[("user", user_input), ("assistant", output.as_str())],
                 )
                 .await?;
         }
@@ -356,16 +511,16 @@ impl Runner {
             output: result.ok(),
             progress: progress.saved(),
         };
-        store.finish_run(&run_id, &end).await?;
-        if let Some(spec) = spec.ok().filter(|_| progress.steps > 0) {
+        store.finish_run(run_id, &end).await?;
+        if let Some(model) = model.filter(|_| progress.steps > 0) {
             store.record_usage(
-                &spec.model,
+                model,
                 progress.usage.input_tokens,
                 progress.usage.output_tokens,
             );
         }
         Ok(store
-            .run(&run_id)
+            .run(run_id)
             .await?
             .ok_or_else(|| StoreError::Corrupt("run vanished".into()))?)
     }
@@ -378,13 +533,7 @@ impl Runner {
         input: RunInput,
         memory: Vec<MemoryTurn>,
         turn: &mut Turn<'_, '_>,
-    ) -> Result<String, Failure> {
-        let Turn {
-            run_id,
-            streaming,
-            events,
-            progress,
-        } = turn;
+    ) -> Result<Outcome, Failure> {
         let ctx = store.context();
         let allowed = self.may_use_model(store, &spec.model).await?;
         if self.knows_model(&spec.model) && !allowed {
@@ -398,7 +547,6 @@ impl Runner {
         variables.memory = memory.clone();
         // Passages are data: delimited by a boundary no document can guess, and shown to the
         // model as untrusted, never rendered as template source.
-        let boundary = bulkhead_core::ids::new_boundary();
         let mut context_message = None;
         if !spec.knowledge_bases.is_empty() {
             let found = retrieval::search_all(
@@ -411,10 +559,10 @@ impl Runner {
             .await?;
             let passages: Vec<String> = found
                 .iter()
-                .map(|(kb, passage)| retrieval::delimited(kb, passage, &boundary))
+                .map(|(kb, passage)| retrieval::delimited(kb, passage, &turn.boundary))
                 .collect();
             if !passages.is_empty() && !reads_variable(&spec.system_prompt, "context") {
-                context_message = Some(retrieval::context_message(&passages, &boundary));
+                context_message = Some(retrieval::context_message(&passages, &turn.boundary));
             }
             variables.context = passages;
         }
@@ -422,7 +570,7 @@ impl Runner {
             code: "template_error",
             message: e.to_string(),
         })?;
-        let transcript = &mut progress.transcript;
+        let transcript = &mut turn.progress.transcript;
         transcript.push(ChatMessage::text("system", system));
         if let Some(message) = context_message {
             transcript.push(ChatMessage::text("system", message));
@@ -431,63 +579,90 @@ impl Runner {
             transcript.push(ChatMessage::text(&turn.role, turn.content));
         }
         transcript.push(ChatMessage::text("user", input.input));
-        let egress = self.egress.for_tenant(ctx);
-        for _ in 0..spec.max_steps {
-            progress.steps += 1;
-            let step = progress.steps;
+        turn.toolbox = self.tools.toolbox(store, &spec.tools).await?;
+        self.steps(store, agent, spec, turn).await
+    }
+
+    /// Answers the calls a paused run stopped at (the decided one first), then goes on.
+    async fn continue_paused(
+        &self,
+        store: &TenantStore<'_>,
+        agent: &AgentRecord,
+        spec: &AgentSpec,
+        approval: Option<&ApprovalRecord>,
+        turn: &mut Turn<'_, '_>,
+    ) -> Result<Outcome, Failure> {
+        turn.toolbox = self.tools.toolbox(store, &spec.tools).await?;
+        let pending = unanswered_calls(&turn.progress.transcript);
+        let step = turn.progress.steps;
+        if let Outcome::Paused = self
+            .answer_calls(store, agent, spec, turn, step, &pending, approval)
+            .await?
+        {
+            return Ok(Outcome::Paused);
+        }
+        store
+            .record_run_progress(turn.run_id, &turn.progress.saved())
+            .await?;
+        self.steps(store, agent, spec, turn).await
+    }
+
+    /// Calls the model and answers its tool calls until it answers in words, pauses for an
+    /// approval, or runs out of steps.
+    async fn steps(
+        &self,
+        store: &TenantStore<'_>,
+        agent: &AgentRecord,
+        spec: &AgentSpec,
+        turn: &mut Turn<'_, '_>,
+    ) -> Result<Outcome, Failure> {
+        let egress = self.egress.for_tenant(store.context());
+        let mut offered: Vec<ToolSpec> = Vec::new();
+        if !spec.knowledge_bases.is_empty() {
+            offered.push(retrieval::retrieve_tool(&spec.knowledge_bases));
+        }
+        offered.extend(turn.toolbox.definitions().into_iter().map(|d| ToolSpec {
+            name: d.name,
+            description: d.description,
+            parameters: d.parameters,
+        }));
+        while turn.progress.steps < i64::from(spec.max_steps) {
+            turn.progress.steps += 1;
+            let step = turn.progress.steps;
             let request = ChatRequest {
                 model: spec.model.clone(),
-                messages: progress.transcript.clone(),
-                tools: if spec.knowledge_bases.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![retrieval::retrieve_tool(&spec.knowledge_bases)]
-                },
+                messages: turn.progress.transcript.clone(),
+                tools: offered.clone(),
                 max_tokens: Some(spec.max_output_tokens),
             };
             let response = self
-                .call_model(&egress, spec, request, step, *streaming, &mut **events)
+                .call_model(
+                    &egress,
+                    spec,
+                    request,
+                    step,
+                    turn.streaming,
+                    &mut *turn.events,
+                )
                 .await?;
-            progress.usage.input_tokens += response.usage.input_tokens;
-            progress.usage.output_tokens += response.usage.output_tokens;
+            turn.progress.usage.input_tokens += response.usage.input_tokens;
+            turn.progress.usage.output_tokens += response.usage.output_tokens;
             let calls = response.message.tool_calls.clone();
-            progress.transcript.push(response.message.clone());
+            turn.progress.transcript.push(response.message.clone());
             if calls.is_empty() {
-                return Ok(response.message.content.unwrap_or_default());
+                return Ok(Outcome::Completed(
+                    response.message.content.unwrap_or_default(),
+                ));
             }
-            for call in calls {
-                events(RunEvent::ToolCalled {
-                    step,
-                    id: call.id.clone(),
-                    name: call.name.clone(),
-                    arguments: call.arguments.clone(),
-                });
-                let content = if call.name == RETRIEVE_TOOL && !spec.knowledge_bases.is_empty() {
-                    retrieval::retrieve_call(
-                        &self.knowledge,
-                        store,
-                        &spec.knowledge_bases,
-                        &call.arguments,
-                        &boundary,
-                    )
-                    .await
-                } else {
-                    json!({"error": format!("tool {} is not available to this agent", call.name)})
-                        .to_string()
-                };
-                events(RunEvent::ToolResult {
-                    step,
-                    id: call.id.clone(),
-                    content: content.clone(),
-                });
-                progress.transcript.push(ChatMessage {
-                    role: "tool".into(),
-                    content: Some(content),
-                    tool_calls: Vec::new(),
-                    tool_call_id: Some(call.id),
-                });
+            if let Outcome::Paused = self
+                .answer_calls(store, agent, spec, turn, step, &calls, None)
+                .await?
+            {
+                return Ok(Outcome::Paused);
             }
-            store.record_run_progress(run_id, &progress.saved()).await?;
+            store
+                .record_run_progress(turn.run_id, &turn.progress.saved())
+                .await?;
         }
         Err(Failure {
             code: "max_steps_exceeded",
@@ -496,6 +671,211 @@ impl Runner {
                 spec.max_steps
             ),
         })
+    }
+
+    /// Answers `calls` in order. A call that needs approval (and has no decision in
+    /// `decided`) pauses the run there: the approval is stored with the run's progress in one
+    /// transaction, and the calls after it are answered on resumption.
+    #[allow(clippy::too_many_arguments)]
+    async fn answer_calls(
+        &self,
+        store: &TenantStore<'_>,
+        agent: &AgentRecord,
+        spec: &AgentSpec,
+        turn: &mut Turn<'_, '_>,
+        step: i64,
+        calls: &[ToolCall],
+        decided: Option<&ApprovalRecord>,
+    ) -> Result<Outcome, Failure> {
+        for call in calls {
+            let scope = CallScope {
+                run_id: turn.run_id,
+                boundary: &turn.boundary,
+                toolbox: &turn.toolbox,
+            };
+            (turn.events)(RunEvent::ToolCalled {
+                step,
+                id: call.id.clone(),
+                name: call.name.clone(),
+                arguments: call.arguments.clone(),
+            });
+            let content = match self
+                .answer_call(store, agent, spec, &scope, call, decided)
+                .await?
+            {
+                CallAnswer::Content(content) => content,
+                CallAnswer::Pause => {
+                    let saved = turn.progress.saved();
+                    let record = self.pause(store, agent, &scope, saved, call).await?;
+                    (turn.events)(RunEvent::ApprovalRequested {
+                        step,
+                        approval_id: record.approval_id,
+                        tool: record.tool,
+                        target: record.target,
+                    });
+                    return Ok(Outcome::Paused);
+                }
+            };
+            (turn.events)(RunEvent::ToolResult {
+                step,
+                id: call.id.clone(),
+                content: content.clone(),
+            });
+            turn.progress.transcript.push(ChatMessage {
+                role: "tool".into(),
+                content: Some(content),
+                tool_calls: Vec::new(),
+                tool_call_id: Some(call.id.clone()),
+            });
+        }
+        Ok(Outcome::Completed(String::new()))
+    }
+
+    async fn answer_call(
+        &self,
+        store: &TenantStore<'_>,
+        agent: &AgentRecord,
+        spec: &AgentSpec,
+        turn: &CallScope<'_>,
+        call: &ToolCall,
+        decided: Option<&ApprovalRecord>,
+    ) -> Result<CallAnswer, Failure> {
+        if call.name == RETRIEVE_TOOL && !spec.knowledge_bases.is_empty() {
+            return Ok(CallAnswer::Content(
+                retrieval::retrieve_call(
+                    &self.knowledge,
+                    store,
+                    &spec.knowledge_bases,
+                    &call.arguments,
+                    turn.boundary,
+                )
+                .await,
+            ));
+        }
+        let Some(tool) = turn.toolbox.by_model_name(&call.name) else {
+            return Ok(CallAnswer::Content(
+                json!({"error": "unknown_tool", "message": format!("tool {} is not available to this agent", call.name)})
+                    .to_string(),
+            ));
+        };
+        let arguments = match serde_json::from_str::<serde_json::Value>(&call.arguments) {
+            Ok(value) if value.is_object() => value,
+            _ => {
+                return Ok(CallAnswer::Content(refusal(&ToolError::InvalidArguments(
+                    "the arguments must be a JSON object".into(),
+                ))));
+            }
+        };
+        if let Err(error) =
+            bulkhead_tools::http::check_arguments(&tool.operation.parameters, &arguments)
+        {
+            return Ok(CallAnswer::Content(refusal(&error)));
+        }
+        let caller = Caller::Agent(agent.name.to_string());
+        let verdict = self
+            .tools
+            .decide(store, &caller, tool, &arguments, "agent")
+            .await
+            .map_err(Failure::from)?;
+        match verdict {
+            Verdict::Deny { policies } => {
+                store
+                    .record_event(bulkhead_core::audit::AuditDraft {
+                        action: "tool.denied",
+                        resource: format!("tool/{}", tool.id()),
+                        outcome: bulkhead_core::audit::Outcome::Failure,
+                        details: json!({"run_id": turn.run_id, "agent": agent.name, "target": tool.target(&arguments), "policies": policies}),
+                    })
+                    .await?;
+                Ok(CallAnswer::Content(refusal(&ToolError::Denied { policies })))
+            }
+            Verdict::NeedsApproval => match decided.filter(|a| a.tool_call_id == call.id) {
+                Some(approval) if approval.status == "approved" => {
+                    self.execute(store, turn, tool, &arguments).await
+                }
+                Some(approval) => Ok(CallAnswer::Content(
+                    json!({
+                        "error": format!("approval_{}", approval.status),
+                        "message": "A person of this organisation did not approve this call; it was not made.",
+                        "reason": approval.reason,
+                    })
+                    .to_string(),
+                )),
+                None => Ok(CallAnswer::Pause),
+            },
+            Verdict::Allow => self.execute(store, turn, tool, &arguments).await,
+        }
+    }
+
+    async fn execute(
+        &self,
+        store: &TenantStore<'_>,
+        turn: &CallScope<'_>,
+        tool: &ResolvedTool,
+        arguments: &serde_json::Value,
+    ) -> Result<CallAnswer, Failure> {
+        let result = self
+            .tools
+            .execute(store, turn.toolbox, tool, arguments)
+            .await;
+        store
+            .record_event(bulkhead_core::audit::AuditDraft {
+                action: "tool.called",
+                resource: format!("tool/{}", tool.id()),
+                outcome: if result.is_ok() {
+                    bulkhead_core::audit::Outcome::Success
+                } else {
+                    bulkhead_core::audit::Outcome::Failure
+                },
+                details: json!({"run_id": turn.run_id, "target": tool.target(arguments),
+                    "error": result.as_ref().err().map(ToolError::code)}),
+            })
+            .await?;
+        match result {
+            Ok(content) => Ok(CallAnswer::Content(content)),
+            Err(ToolError::Store(error)) => Err(error.into()),
+            Err(error) => Ok(CallAnswer::Content(refusal(&error))),
+        }
+    }
+
+    /// Stores the approval `call` waits for and the run as paused, then tells the webhook.
+    async fn pause(
+        &self,
+        store: &TenantStore<'_>,
+        agent: &AgentRecord,
+        turn: &CallScope<'_>,
+        saved: RunProgress,
+        call: &ToolCall,
+    ) -> Result<ApprovalRecord, Failure> {
+        let Some(tool) = turn.toolbox.by_model_name(&call.name) else {
+            return Err(Failure {
+                code: "internal",
+                message: "the tool to approve vanished".into(),
+            });
+        };
+        let arguments: serde_json::Value =
+            serde_json::from_str(&call.arguments).unwrap_or_default();
+        let ttl = i64::try_from(
+            self.tools
+                .config()
+                .approval_ttl_seconds
+                .saturating_mul(1000),
+        )
+        .unwrap_or(i64::MAX);
+        let draft = ApprovalDraft {
+            approval_id: bulkhead_core::ids::new_approval_id(),
+            run_id: turn.run_id.to_owned(),
+            agent: agent.name.to_string(),
+            tool: tool.id(),
+            tool_call_id: call.id.clone(),
+            action: tool.operation.action.clone(),
+            target: tool.target(&arguments),
+            arguments: bulkhead_tools::policy::canonical_json(&arguments),
+            expires_at: bulkhead_core::timestamp::now_millis().saturating_add(ttl),
+        };
+        let record = store.request_approval(&draft, &saved).await?;
+        crate::approvals::notify(&self.tools, store, &record).await;
+        Ok(record)
     }
 
     async fn call_model(
@@ -571,4 +951,36 @@ fn scripted(spec: &AgentSpec, step: i64) -> Result<ChatResponse, Failure> {
         message,
         usage: Usage::default(),
     })
+}
+
+/// The tool calls of the last assistant message that no tool message answers yet: where a
+/// paused run stopped.
+fn unanswered_calls(transcript: &[ChatMessage]) -> Vec<ToolCall> {
+    let Some(at) = transcript.iter().rposition(|m| m.role == "assistant") else {
+        return Vec::new();
+    };
+    let answered: Vec<&str> = transcript[at + 1..]
+        .iter()
+        .filter_map(|m| m.tool_call_id.as_deref())
+        .collect();
+    transcript[at]
+        .tool_calls
+        .iter()
+        .filter(|c| !answered.contains(&c.id.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// What the model reads when its call was not made or failed: the stable code and why.
+fn refusal(error: &ToolError) -> String {
+    json!({"error": error.code(), "message": error.to_string()}).to_string()
+}
+
+impl From<ToolError> for Failure {
+    fn from(error: ToolError) -> Self {
+        Failure {
+            code: error.code(),
+            message: error.to_string(),
+        }
+    }
 }

@@ -8,6 +8,7 @@ pub mod authn;
 pub mod error;
 pub mod extract;
 mod openapi;
+pub mod resume;
 mod routes;
 
 use std::collections::BTreeMap;
@@ -63,6 +64,8 @@ pub struct ServerSettings {
     pub knowledge: bulkhead_core::config::KnowledgeConfig,
     /// The `[[embedders]]`, loaded.
     pub embedders: bulkhead_knowledge::Embedders,
+    /// Toolsets, policies and tool calls (built on the same egress).
+    pub tools: Arc<bulkhead_tools::Tools>,
 }
 
 impl AppState {
@@ -82,6 +85,7 @@ impl AppState {
                         settings.embedders,
                         egress.clone(),
                     )),
+                    settings.tools,
                 ),
                 egress,
                 admin_token_hash: settings.admin_token_hash,

@@ -554,6 +554,18 @@ async fn the_openapi_document_covers_every_route() {
         ("/v1/knowledge/{kb}/documents", "get"),
         ("/v1/knowledge/{kb}/documents/{id}", "delete"),
         ("/v1/knowledge/{kb}/search", "get"),
+        ("/v1/tools", "get"),
+        ("/v1/tools/{name}", "put"),
+        ("/v1/tools/{name}", "get"),
+        ("/v1/tools/{name}", "delete"),
+        ("/v1/policies", "get"),
+        ("/v1/policies/schema", "get"),
+        ("/v1/policies/{name}", "put"),
+        ("/v1/policies/{name}", "get"),
+        ("/v1/policies/{name}", "delete"),
+        ("/v1/approvals", "get"),
+        ("/v1/approvals/{id}", "get"),
+        ("/v1/approvals/{id}/decision", "post"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     let documented: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();

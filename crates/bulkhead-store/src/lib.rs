@@ -26,6 +26,7 @@ mod tenant;
 #[cfg(feature = "test-support")]
 pub mod testing;
 mod threads;
+mod tools;
 mod usage;
 
 use std::path::Path;
@@ -51,6 +52,9 @@ pub use records::{
 pub use runs::{RunEnd, RunProgress, RunRecord};
 pub use tenant::TenantStore;
 pub use threads::ThreadMessage;
+pub use tools::{
+    ApprovalDraft, ApprovalRecord, DecisionOutcome, PolicyRecord, ResumableRun, ToolsetRecord,
+};
 
 use crate::backend::Backend;
 use crate::events::EventBatcher;

@@ -3,6 +3,8 @@
 //! only test and bench targets use it.
 
 pub mod fake_llm;
+pub mod fake_mcp;
+pub mod fake_saas;
 
 use std::path::PathBuf;
 

@@ -50,6 +50,12 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(expire_threads(store.clone(), config.threads.retention_days));
     }
     let state = app_state(&config, &store, admin_token_hash).await?;
+    // Expires overdue approvals and resumes runs decided while no process could (including
+    // those decided just before the last stop).
+    bulkhead_server::resume::spawn_sweeper(
+        state.clone(),
+        std::time::Duration::from_millis(config.tools.approval_sweep_ms),
+    );
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -97,8 +103,8 @@ pub async fn app_state(
     Ok(AppState::new(
         store.clone(),
         vault,
-        egress,
-        server_settings(config, admin_token_hash).await?,
+        egress.clone(),
+        server_settings(config, admin_token_hash, &egress).await?,
     ))
 }
 
@@ -134,6 +140,7 @@ pub async fn admin_token_hash(
 pub async fn server_settings(
     config: &Config,
     admin_token_hash: String,
+    egress: &bulkhead_egress::Egress,
 ) -> anyhow::Result<ServerSettings> {
     let platform_issuer = match &config.auth.platform_issuer {
         None => None,
@@ -188,6 +195,10 @@ pub async fn server_settings(
         max_body_bytes: config.max_body_bytes,
         knowledge: config.knowledge.clone(),
         embedders: load_embedders(config).await?,
+        tools: std::sync::Arc::new(
+            bulkhead_tools::Tools::new(egress.clone(), config.tools.clone())
+                .map_err(|e| anyhow::anyhow!("[tools]: {e}"))?,
+        ),
     })
 }
 

@@ -35,6 +35,7 @@ const ENV_KEYS: &[&str] = &[
     "threads",
     "embedders",
     "knowledge",
+    "tools",
 ];
 
 pub fn load(global: &GlobalArgs) -> anyhow::Result<Config> {

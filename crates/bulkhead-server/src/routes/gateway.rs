@@ -293,7 +293,9 @@ async fn agent_completion(
                     openai::chunk_json(&id, &model_name, created, json!({"content": text}), None);
                 let _ = chunks.send(Item::Data(chunk.to_string()));
             }
-            RunEvent::ToolCalled { .. } | RunEvent::ToolResult { .. } => {}
+            RunEvent::ToolCalled { .. }
+            | RunEvent::ToolResult { .. }
+            | RunEvent::ApprovalRequested { .. } => {}
         };
         let result = state
             .runner()

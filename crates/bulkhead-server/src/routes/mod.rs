@@ -5,6 +5,7 @@ pub(crate) mod admin_issuers;
 pub(crate) mod admin_keys;
 pub(crate) mod admin_tenants;
 pub(crate) mod agents;
+pub(crate) mod approvals;
 pub(crate) mod credentials;
 pub(crate) mod dto;
 pub(crate) mod gateway;
@@ -13,6 +14,7 @@ pub(crate) mod ops;
 pub(crate) mod runs;
 pub(crate) mod streaming;
 pub(crate) mod tenant;
+pub(crate) mod tools;
 
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -71,6 +73,22 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(knowledge::post_document, knowledge::list_documents))
         .routes(routes!(knowledge::delete_document))
         .routes(routes!(knowledge::search))
+        .routes(routes!(tools::list_toolsets))
+        .routes(routes!(
+            tools::put_toolset,
+            tools::get_toolset,
+            tools::delete_toolset
+        ))
+        .routes(routes!(tools::list_policies))
+        .routes(routes!(tools::policy_schema))
+        .routes(routes!(
+            tools::put_policy,
+            tools::get_policy,
+            tools::delete_policy
+        ))
+        .routes(routes!(approvals::list_approvals))
+        .routes(routes!(approvals::get_approval))
+        .routes(routes!(approvals::decide))
         .routes(routes!(
             credentials::put_credential,
             credentials::get_credential,

@@ -82,11 +82,14 @@ impl From<bulkhead_store::RunRecord> for RunView {
 pub(crate) const RUNNERS: &[Role] = &[Role::Owner, Role::Admin, Role::Developer, Role::Agent];
 
 /// Runs the agent's current version to completion and answers the finished run (a failed run
-/// is still a 200, with `status` `failed` and an `error_code`).
+/// is still a 200, with `status` `failed` and an `error_code`). A run whose tool call needs a
+/// person's approval answers with `status` `awaiting_approval`; it continues on its own once
+/// decided (`POST /v1/approvals/{id}/decision`), and `GET /v1/runs/{id}` shows how it ended.
 ///
 /// With `Accept: text/event-stream` the run streams as server-sent events: `run.started`,
-/// `message.delta` (text as the model produces it), `tool.called`, `tool.result`, then
-/// `run.completed` or `run.failed` carrying the stored run. A client that disconnects does not
+/// `message.delta` (text as the model produces it), `tool.called`, `tool.result`,
+/// `approval.requested`, then `run.completed`, `run.paused` or `run.failed` carrying the
+/// stored run. A client that disconnects does not
 /// stop the run; it completes and can be read with `GET /v1/runs/{id}`.
 #[utoipa::path(post, path = "/v1/agents/{name}/runs", tag = "tenant-plane",
     security(("tenant_credential" = [])),
@@ -139,14 +142,17 @@ pub async fn create_run(
             .runner()
             .run(&store, &agent, input, Some(&mut sink))
             .await;
-        let _ = sender.send(RunStreamItem::Done(result));
+        let _ = sender.send(RunStreamItem::Done(Box::new(result)));
     });
     // A run refused before it starts (a thread of someone else, say) is an HTTP error, not
     // a stream.
     streaming::after_first_item(
         receiver,
         |item| match item {
-            RunStreamItem::Done(Err(error)) => Err(run_error(error)),
+            RunStreamItem::Done(done) => match *done {
+                Err(error) => Err(run_error(error)),
+                ok => Ok(RunStreamItem::Done(Box::new(ok))),
+            },
             item => Ok(item),
         },
         || ApiError::Internal("the run task ended without a result".into()),
@@ -157,25 +163,27 @@ pub async fn create_run(
 
 enum RunStreamItem {
     Event(RunEvent),
-    Done(Result<bulkhead_store::RunRecord, RunError>),
+    Done(Box<Result<bulkhead_store::RunRecord, RunError>>),
 }
 
 fn sse_event(item: RunStreamItem) -> Event {
     let (name, data) = match item {
         RunStreamItem::Event(event) => (event.name(), serde_json::to_string(&event)),
-        RunStreamItem::Done(Ok(run)) => {
-            let name = if run.status == "completed" {
-                "run.completed"
-            } else {
-                "run.failed"
-            };
-            (name, serde_json::to_string(&RunView::from(run)))
-        }
-        RunStreamItem::Done(Err(error)) => {
-            let problem =
-                json!({"type": "run.failed", "code": "internal", "detail": error.to_string()});
-            ("run.failed", Ok(problem.to_string()))
-        }
+        RunStreamItem::Done(done) => match *done {
+            Ok(run) => {
+                let name = match run.status.as_str() {
+                    "completed" => "run.completed",
+                    "awaiting_approval" => "run.paused",
+                    _ => "run.failed",
+                };
+                (name, serde_json::to_string(&RunView::from(run)))
+            }
+            Err(error) => {
+                let problem =
+                    json!({"type": "run.failed", "code": "internal", "detail": error.to_string()});
+                ("run.failed", Ok(problem.to_string()))
+            }
+        },
     };
     Event::default()
         .event(name)

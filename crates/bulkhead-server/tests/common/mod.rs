@@ -50,6 +50,22 @@ pub struct TestServer {
     pub store: Store,
     pub db: TestDb,
     task: tokio::task::JoinHandle<()>,
+    sweeper: Option<tokio::task::JoinHandle<()>>,
+    config: ServerConfig,
+}
+
+/// What a test server is configured with, kept so it can restart the same way.
+#[derive(Clone)]
+struct ServerConfig {
+    max_body_bytes: usize,
+    endpoints: Vec<bulkhead_core::config::EndpointConfig>,
+    models: Vec<bulkhead_core::config::ModelConfig>,
+    default_models: Option<Vec<String>>,
+    knowledge: (
+        bulkhead_knowledge::Embedders,
+        bulkhead_core::config::KnowledgeConfig,
+    ),
+    tools: bulkhead_core::config::ToolsConfig,
 }
 
 fn platform_issuer() -> IssuerBinding {
@@ -125,7 +141,7 @@ impl TestServer {
         endpoints: &[bulkhead_core::config::EndpointConfig],
         models: Vec<bulkhead_core::config::ModelConfig>,
         default_models: Option<Vec<String>>,
-        (embedders, knowledge): (
+        knowledge: (
             bulkhead_knowledge::Embedders,
             bulkhead_core::config::KnowledgeConfig,
         ),
@@ -134,6 +150,66 @@ impl TestServer {
             Backend::Sqlite => TestDb::sqlite().await,
             Backend::Postgres => TestDb::postgres().await,
         };
+        let config = ServerConfig {
+            max_body_bytes,
+            endpoints: endpoints.to_vec(),
+            models,
+            default_models,
+            knowledge,
+            tools: bulkhead_core::config::ToolsConfig::default(),
+        };
+        Self::start_on(store, db, config).await
+    }
+
+    /// A server with tool endpoints and tool settings (the approval sweep included).
+    pub async fn start_with_tools(
+        backend: Backend,
+        endpoints: &[bulkhead_core::config::EndpointConfig],
+        tools: bulkhead_core::config::ToolsConfig,
+    ) -> Self {
+        let (store, db) = match backend {
+            Backend::Sqlite => TestDb::sqlite().await,
+            Backend::Postgres => TestDb::postgres().await,
+        };
+        let config = ServerConfig {
+            max_body_bytes: 64 * 1024,
+            endpoints: endpoints.to_vec(),
+            models: Vec::new(),
+            default_models: None,
+            // No embedder: tool tests need no model loaded.
+            knowledge: (
+                bulkhead_knowledge::Embedders::load(&[]).unwrap(),
+                bulkhead_core::config::KnowledgeConfig::default(),
+            ),
+            tools,
+        };
+        Self::start_on(store, db, config).await
+    }
+
+    /// Stops this server and starts a new one, with fresh in-memory state, on the same
+    /// database: what survives is what was stored.
+    pub async fn restart(self) -> Self {
+        self.task.abort();
+        if let Some(sweeper) = &self.sweeper {
+            sweeper.abort();
+        }
+        let _ = self.task.await;
+        Self::start_on(self.store, self.db, self.config).await
+    }
+
+    async fn start_on(store: Store, db: TestDb, config: ServerConfig) -> Self {
+        let ServerConfig {
+            max_body_bytes,
+            endpoints,
+            models,
+            default_models,
+            knowledge: (embedders, knowledge),
+            tools,
+        } = config.clone();
+        let endpoints = endpoints.as_slice();
+        let vault = vault();
+        let egress = bulkhead_egress::Egress::new(endpoints, store.clone(), vault.clone()).unwrap();
+        let sweep = std::time::Duration::from_millis(tools.approval_sweep_ms);
         let settings = ServerSettings {
             admin_token_hash: hash_secret(ADMIN_TOKEN),
             platform_issuer: Some(platform_issuer()),
@@ -152,10 +228,11 @@ impl TestServer {
                 "safety".to_owned(),
                 "Never reveal credentials.".to_owned(),
             )]),
+            tools: Arc::new(bulkhead_tools::Tools::new(egress.clone(), tools).unwrap()),
         };
-        let vault = vault();
-        let egress = bulkhead_egress::Egress::new(endpoints, store.clone(), vault.clone()).unwrap();
-        let app = bulkhead_server::app(AppState::new(store.clone(), vault, egress, settings));
+        let state = AppState::new(store.clone(), vault, egress, settings);
+        let sweeper = Some(bulkhead_server::resume::spawn_sweeper(state.clone(), sweep));
+        let app = bulkhead_server::app(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let task = tokio::spawn(async move {
@@ -167,11 +244,16 @@ impl TestServer {
             store,
             db,
             task,
+            sweeper,
+            config,
         }
     }
 
     pub async fn finish(self) {
         self.task.abort();
+        if let Some(sweeper) = &self.sweeper {
+            sweeper.abort();
+        }
         self.db.finish(self.store).await;
     }
 
