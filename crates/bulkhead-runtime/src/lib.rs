@@ -8,3 +8,4 @@ pub mod prompts;
 pub mod providers;
 pub mod retrieval;
 pub mod runs;
+pub mod tool_calls;

@@ -14,10 +14,11 @@ use bulkhead_core::config::{ModelConfig, ProviderKind};
 use bulkhead_egress::Egress;
 use bulkhead_knowledge::{Knowledge, KnowledgeError};
 use bulkhead_store::{
-    AgentRecord, ApprovalDraft, ApprovalRecord, RunEnd, RunProgress, RunRecord, StoreError,
-    TenantStore,
+    AgentRecord, ApprovalRecord, RunEnd, RunProgress, RunRecord, StoreError, TenantStore,
 };
-use bulkhead_tools::{Caller, ResolvedTool, ToolError, Toolbox, Tools, Verdict};
+use bulkhead_tools::{Caller, ToolError, Toolbox, Tools};
+
+use crate::tool_calls::{self, CallOrigin, Gate, refusal};
 use serde::Serialize;
 use serde_json::json;
 
@@ -758,41 +759,26 @@ impl Runner {
                     .to_string(),
             ));
         };
-        let arguments = match serde_json::from_str::<serde_json::Value>(&call.arguments) {
-            Ok(value) if value.is_object() => value,
-            _ => {
-                return Ok(CallAnswer::Content(refusal(&ToolError::InvalidArguments(
-                    "the arguments must be a JSON object".into(),
-                ))));
+        let arguments: serde_json::Value =
+            serde_json::from_str(&call.arguments).unwrap_or(serde_json::Value::Null);
+        let origin = CallOrigin {
+            caller: Caller::Agent(agent.name.to_string()),
+            via: "agent",
+            run_id: turn.run_id,
+        };
+        let execute = || async {
+            match tool_calls::execute(&self.tools, store, turn.toolbox, &origin, tool, &arguments)
+                .await?
+            {
+                Ok(content) => Ok(CallAnswer::Content(content)),
+                Err(error) => Ok(CallAnswer::Content(refusal(&error))),
             }
         };
-        if let Err(error) =
-            bulkhead_tools::http::check_arguments(&tool.operation.parameters, &arguments)
-        {
-            return Ok(CallAnswer::Content(refusal(&error)));
-        }
-        let caller = Caller::Agent(agent.name.to_string());
-        let verdict = self
-            .tools
-            .decide(store, &caller, tool, &arguments, "agent")
-            .await
-            .map_err(Failure::from)?;
-        match verdict {
-            Verdict::Deny { policies } => {
-                store
-                    .record_event(bulkhead_core::audit::AuditDraft {
-                        action: "tool.denied",
-                        resource: format!("tool/{}", tool.id()),
-                        outcome: bulkhead_core::audit::Outcome::Failure,
-                        details: json!({"run_id": turn.run_id, "agent": agent.name, "target": tool.target(&arguments), "policies": policies}),
-                    })
-                    .await?;
-                Ok(CallAnswer::Content(refusal(&ToolError::Denied { policies })))
-            }
-            Verdict::NeedsApproval => match decided.filter(|a| a.tool_call_id == call.id) {
-                Some(approval) if approval.status == "approved" => {
-                    self.execute(store, turn, tool, &arguments).await
-                }
+        match tool_calls::gate(&self.tools, store, &origin, tool, &arguments).await? {
+            Gate::Refused(error) => Ok(CallAnswer::Content(refusal(&error))),
+            Gate::Allowed => execute().await,
+            Gate::NeedsApproval => match decided.filter(|a| a.tool_call_id == call.id) {
+                Some(approval) if approval.status == "approved" => execute().await,
                 Some(approval) => Ok(CallAnswer::Content(
                     json!({
                         "error": format!("approval_{}", approval.status),
@@ -803,38 +789,6 @@ impl Runner {
                 )),
                 None => Ok(CallAnswer::Pause),
             },
-            Verdict::Allow => self.execute(store, turn, tool, &arguments).await,
-        }
-    }
-
-    async fn execute(
-        &self,
-        store: &TenantStore<'_>,
-        turn: &CallScope<'_>,
-        tool: &ResolvedTool,
-        arguments: &serde_json::Value,
-    ) -> Result<CallAnswer, Failure> {
-        let result = self
-            .tools
-            .execute(store, turn.toolbox, tool, arguments)
-            .await;
-        store
-            .record_event(bulkhead_core::audit::AuditDraft {
-                action: "tool.called",
-                resource: format!("tool/{}", tool.id()),
-                outcome: if result.is_ok() {
-                    bulkhead_core::audit::Outcome::Success
-                } else {
-                    bulkhead_core::audit::Outcome::Failure
-                },
-                details: json!({"run_id": turn.run_id, "target": tool.target(arguments),
-                    "error": result.as_ref().err().map(ToolError::code)}),
-            })
-            .await?;
-        match result {
-            Ok(content) => Ok(CallAnswer::Content(content)),
-            Err(ToolError::Store(error)) => Err(error.into()),
-            Err(error) => Ok(CallAnswer::Content(refusal(&error))),
         }
     }
 
@@ -855,24 +809,12 @@ impl Runner {
         };
         let arguments: serde_json::Value =
             serde_json::from_str(&call.arguments).unwrap_or_default();
-        let ttl = i64::try_from(
-            self.tools
-                .config()
-                .approval_ttl_seconds
-                .saturating_mul(1000),
-        )
-        .unwrap_or(i64::MAX);
-        let draft = ApprovalDraft {
-            approval_id: bulkhead_core::ids::new_approval_id(),
-            run_id: turn.run_id.to_owned(),
-            agent: agent.name.to_string(),
-            tool: tool.id(),
-            tool_call_id: call.id.clone(),
-            action: tool.operation.action.clone(),
-            target: tool.target(&arguments),
-            arguments: bulkhead_tools::policy::canonical_json(&arguments),
-            expires_at: bulkhead_core::timestamp::now_millis().saturating_add(ttl),
+        let origin = CallOrigin {
+            caller: Caller::Agent(agent.name.to_string()),
+            via: "agent",
+            run_id: turn.run_id,
         };
+        let draft = tool_calls::approval_draft(&self.tools, &origin, tool, &arguments, &call.id);
         let record = store.request_approval(&draft, &saved).await?;
         crate::approvals::notify(&self.tools, store, &record).await;
         Ok(record)
@@ -969,11 +911,6 @@ fn unanswered_calls(transcript: &[ChatMessage]) -> Vec<ToolCall> {
         .filter(|c| !answered.contains(&c.id.as_str()))
         .cloned()
         .collect()
-}
-
-/// What the model reads when its call was not made or failed: the stable code and why.
-fn refusal(error: &ToolError) -> String {
-    json!({"error": error.code(), "message": error.to_string()}).to_string()
 }
 
 impl From<ToolError> for Failure {

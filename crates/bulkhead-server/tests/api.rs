@@ -566,6 +566,8 @@ async fn the_openapi_document_covers_every_route() {
         ("/v1/approvals", "get"),
         ("/v1/approvals/{id}", "get"),
         ("/v1/approvals/{id}/decision", "post"),
+        ("/mcp", "post"),
+        ("/mcp", "get"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     let documented: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();

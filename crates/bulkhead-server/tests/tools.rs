@@ -1037,3 +1037,269 @@ async fn an_mcp_server_that_hangs_or_speaks_garbage_fails_the_run_with_a_clear_c
     }
     server.finish().await;
 }
+
+/// Sends one JSON-RPC message to `/mcp` with `key`; answers the HTTP status and the JSON-RPC
+/// reply (read from JSON or from the first server-sent event).
+async fn mcp_rpc(
+    server: &TestServer,
+    key: &str,
+    id: u64,
+    method: &str,
+    params: Value,
+) -> (StatusCode, Value) {
+    let response = server
+        .request(Method::POST, "/mcp", Some(key))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    let body = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data:"))
+        .map(str::trim)
+        .unwrap_or(&text)
+        .to_owned();
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn mcp_call(server: &TestServer, key: &str, name: &str, arguments: Value) -> Value {
+    let (status, reply) = mcp_rpc(
+        server,
+        key,
+        3,
+        "tools/call",
+        json!({"name": name, "arguments": arguments}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    reply["result"].clone()
+}
+
+#[tokio::test]
+async fn the_mcp_gateway_shows_each_key_its_own_tenants_tools_and_applies_policies_and_approvals() {
+    let saas = FakeSaas::start(&[("xoxb-acme", "T_ACME"), ("xoxb-globex", "T_GLOBEX")])
+        .await
+        .unwrap();
+    let server = TestServer::start_with_tools(
+        Backend::Postgres,
+        &endpoints(&saas.base),
+        ToolsConfig::default(),
+    )
+    .await;
+    let acme = slack_tenant(&server, "acme", "xoxb-acme").await;
+    let globex = tenant(&server, "globex").await;
+    put_credential(&server, &globex.owner, "crm", "globex-crm").await;
+    put_toolset(&server, &globex.owner, "crm", json!({
+        "kind": "http", "endpoint": "crm", "credential": "crm",
+        "operations": [{"name": "ping", "description": "Ping", "method": "GET", "path": "/ping", "arguments": {"type": "object"}}]
+    })).await;
+    put_policy(&server, &acme.owner, "incidents",
+        r##"permit(principal, action == Bulkhead::Action::"needs_approval", resource) when { context.target like "#incidents*" };"##).await;
+
+    let (status, init) = mcp_rpc(&server, &acme.developer, 1, "initialize", json!({
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}})).await;
+    assert_eq!(status, StatusCode::OK, "{init}");
+    assert_eq!(init["result"]["serverInfo"]["name"], "bulkhead", "{init}");
+    let (_, listed) = mcp_rpc(&server, &acme.developer, 2, "tools/list", json!({})).await;
+    let names: Vec<&str> = listed["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["slack__post_message", "slack__list_channels"],
+        "{listed}"
+    );
+    let (_, listed) = mcp_rpc(&server, &globex.developer, 2, "tools/list", json!({})).await;
+    let names: Vec<&str> = listed["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["crm__ping"], "{listed}");
+
+    // A call goes out with the tenant's own token.
+    let result = mcp_call(
+        &server,
+        &acme.developer,
+        "slack__post_message",
+        json!({"channel": "#general", "text": "hi"}),
+    )
+    .await;
+    assert_eq!(result["isError"], false, "{result}");
+    assert_eq!(saas.requests()[0].credential, "Bearer xoxb-acme");
+    // Globex cannot reach Acme's tool by its name, nor by a forged toolset name.
+    let result = mcp_call(
+        &server,
+        &globex.developer,
+        "slack__post_message",
+        json!({"channel": "#general", "text": "x"}),
+    )
+    .await;
+    assert_eq!(result["isError"], true);
+    assert!(
+        result["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("unknown_tool"),
+        "{result}"
+    );
+    // Bad arguments are refused before any call.
+    let result = mcp_call(
+        &server,
+        &acme.developer,
+        "slack__post_message",
+        json!({"channel": 1}),
+    )
+    .await;
+    assert!(
+        result["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("invalid_arguments"),
+        "{result}"
+    );
+
+    // A call that needs approval is refused with the approval's id, goes through once after
+    // an approver of the tenant approves it, and needs a new approval after that.
+    let incident = json!({"channel": "#incidents", "text": "down"});
+    let result = mcp_call(
+        &server,
+        &acme.developer,
+        "slack__post_message",
+        incident.clone(),
+    )
+    .await;
+    let text = result["content"][0]["text"].as_str().unwrap().to_owned();
+    assert!(text.contains("approval_required"), "{text}");
+    let (_, pending) = server
+        .tenant_get("/v1/approvals?status=pending", &acme.approver)
+        .await;
+    let approval = &pending[0];
+    assert!(
+        approval["line"]
+            .as_str()
+            .unwrap()
+            .starts_with("Agent `mcp:key:"),
+        "{approval}"
+    );
+    assert!(text.contains(approval["id"].as_str().unwrap()));
+    let (status, _) = call(
+        &server,
+        Method::POST,
+        &format!(
+            "/v1/approvals/{}/decision",
+            approval["id"].as_str().unwrap()
+        ),
+        &acme.approver,
+        Some(json!({"approve": true})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    // Another principal's identical call is not covered by it.
+    let result = mcp_call(
+        &server,
+        &acme.owner,
+        "slack__post_message",
+        incident.clone(),
+    )
+    .await;
+    assert!(
+        result["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("approval_required"),
+        "{result}"
+    );
+    let result = mcp_call(
+        &server,
+        &acme.developer,
+        "slack__post_message",
+        incident.clone(),
+    )
+    .await;
+    assert_eq!(result["isError"], false, "{result}");
+    let result = mcp_call(
+        &server,
+        &acme.developer,
+        "slack__post_message",
+        incident.clone(),
+    )
+    .await;
+    assert!(
+        result["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("approval_required"),
+        "{result}"
+    );
+    let posted: Vec<_> = saas
+        .requests()
+        .into_iter()
+        .filter(|r| r.body["channel"] == "#incidents")
+        .collect();
+    assert_eq!(posted.len(), 1);
+
+    // Without a credential: 401; a viewer may not call tools.
+    let (status, _) = server
+        .send(server.request(Method::POST, "/mcp", None).json(&json!({})))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (viewer, _) = server.create_key("acme", "viewer").await;
+    let (status, _) = mcp_rpc(&server, &viewer, 1, "tools/list", json!({})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    server.finish().await;
+}
+
+#[tokio::test]
+async fn the_official_mcp_python_sdk_sees_only_its_tenants_tools() {
+    let saas = FakeSaas::start(&[("xoxb-acme", "T_ACME")]).await.unwrap();
+    let server = TestServer::start_with_tools(
+        Backend::Sqlite,
+        &endpoints(&saas.base),
+        ToolsConfig::default(),
+    )
+    .await;
+    let acme = slack_tenant(&server, "acme", "xoxb-acme").await;
+    let globex = tenant(&server, "globex").await;
+    put_credential(&server, &globex.owner, "crm", "globex-crm").await;
+    put_toolset(&server, &globex.owner, "crm", json!({
+        "kind": "http", "endpoint": "crm", "credential": "crm",
+        "operations": [{"name": "ping", "description": "Ping", "method": "GET", "path": "/ping", "arguments": {"type": "object"}}]
+    })).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/mcp_client.py");
+    let (base, acme_key, globex_key) = (
+        server.base.clone(),
+        acme.developer.clone(),
+        globex.developer.clone(),
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args([script, &base, &acme_key, &globex_key])
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the MCP SDK's checks failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("all mcp checks passed"), "{stdout}");
+    let requests = saas.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].credential, "Bearer xoxb-acme");
+    server.finish().await;
+}

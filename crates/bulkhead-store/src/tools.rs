@@ -463,6 +463,85 @@ impl TenantStore<'_> {
         Ok(Some(DecisionOutcome::Decided(record)))
     }
 
+    /// Records an approval for a call made outside any run (the MCP gateway): the caller
+    /// retries once it is approved, and [`TenantStore::consume_approval`] lets exactly one
+    /// retry through.
+    pub async fn request_call_approval(
+        &self,
+        draft: &ApprovalDraft,
+    ) -> Result<ApprovalRecord, StoreError> {
+        let tenant = self.context().tenant_id();
+        let mut tx = self.begin(Access::Write).await?;
+        let sql = format!(
+            "INSERT INTO approvals (tenant_id, approval_id, run_id, agent, tool, tool_call_id, action, target, arguments, \
+             status, created_at, expires_at) VALUES ($1, $2, '', $3, $4, '', $5, $6, $7, 'pending', $8, $9) \
+             RETURNING {APPROVAL_COLUMNS}"
+        );
+        let record = fetch_optional!(
+            &mut tx,
+            ApprovalRecord,
+            &sql,
+            tenant.as_str(),
+            draft.approval_id.as_str(),
+            draft.agent.as_str(),
+            draft.tool.as_str(),
+            draft.action.as_str(),
+            draft.target.as_str(),
+            draft.arguments.as_str(),
+            now_millis(),
+            draft.expires_at,
+        )?
+        .ok_or_else(|| StoreError::Corrupt("approval insert returned no row".into()))?;
+        audit::append(
+            &mut tx,
+            tenant,
+            &self.origin(),
+            AuditDraft {
+                action: "approval.requested",
+                resource: format!("approval/{}", draft.approval_id),
+                outcome: Outcome::Success,
+                details: json!({"via": "mcp", "caller": draft.agent, "tool": draft.tool,
+                    "target": draft.target, "expires_at": draft.expires_at}),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    /// Uses up one approved, unused, unexpired approval of `caller` for exactly this tool
+    /// and these arguments (canonical JSON). `None` if there is none.
+    pub async fn consume_approval(
+        &self,
+        caller: &str,
+        tool: &str,
+        arguments: &str,
+    ) -> Result<Option<ApprovalRecord>, StoreError> {
+        let tenant = self.context().tenant_id();
+        let mut tx = self.begin(Access::Write).await?;
+        let sql = format!(
+            "UPDATE approvals SET consumed_at = $6 WHERE tenant_id = $1 AND approval_id = ( \
+                SELECT approval_id FROM approvals WHERE tenant_id = $1 AND run_id = '' AND agent = $2 \
+                AND tool = $3 AND arguments = $4 AND status = 'approved' AND consumed_at IS NULL AND expires_at > $5 \
+                ORDER BY decided_at LIMIT 1) \
+             AND consumed_at IS NULL RETURNING {APPROVAL_COLUMNS}"
+        );
+        let now = now_millis();
+        let record = fetch_optional!(
+            &mut tx,
+            ApprovalRecord,
+            &sql,
+            tenant.as_str(),
+            caller,
+            tool,
+            arguments,
+            now,
+            now,
+        )?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
     /// Takes a paused run whose approval has been decided back to `running`, so exactly one
     /// process resumes it. `false` if it is not paused or its approval is still pending.
     pub async fn claim_paused_run(&self, run_id: &str) -> Result<bool, StoreError> {

@@ -38,6 +38,12 @@ pub enum ToolError {
     Upstream { status: u16, message: String },
     #[error("the MCP server failed: {0}")]
     Mcp(String),
+    /// The call waits for a person's approval (through the MCP gateway: call again once it
+    /// is approved).
+    #[error(
+        "this call needs the approval of a person of this organisation: approval {0} is pending; call again once it is approved"
+    )]
+    ApprovalRequired(String),
     /// The tool ran and reported a failure (an MCP result with `isError`).
     #[error("the tool reported an error: {0}")]
     Failed(String),
@@ -58,6 +64,7 @@ impl ToolError {
             ToolError::Upstream { .. } => "tool_failed",
             ToolError::Mcp(_) => "mcp_error",
             ToolError::Failed(_) => "tool_failed",
+            ToolError::ApprovalRequired(_) => "approval_required",
             ToolError::Egress(e) => e.code(),
             ToolError::Policy(e) => e.code(),
             ToolError::Store(_) => "internal",
@@ -128,6 +135,12 @@ impl Toolbox {
     /// The tool a model called by name.
     pub fn by_model_name(&self, name: &str) -> Option<&ResolvedTool> {
         self.tools.iter().find(|t| t.model_name() == name)
+    }
+
+    /// Adds another toolbox's tools and connections.
+    pub fn extend(&mut self, other: Toolbox) {
+        self.tools.extend(other.tools);
+        self.mcp.extend(other.mcp);
     }
 
     /// The tool by its policy name, `<toolset>.<operation>`.

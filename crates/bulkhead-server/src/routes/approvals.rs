@@ -189,11 +189,14 @@ pub(crate) async fn decide_approval(
             record.status
         ))),
         Some(DecisionOutcome::Decided(record)) => {
-            crate::resume::spawn(
-                state.clone(),
-                ctx.tenant_id().clone(),
-                record.run_id.clone(),
-            );
+            // A gateway call has no run: its caller retries once approved.
+            if !record.run_id.is_empty() {
+                crate::resume::spawn(
+                    state.clone(),
+                    ctx.tenant_id().clone(),
+                    record.run_id.clone(),
+                );
+            }
             Ok(record)
         }
     }

@@ -10,6 +10,7 @@ pub(crate) mod credentials;
 pub(crate) mod dto;
 pub(crate) mod gateway;
 pub(crate) mod knowledge;
+pub(crate) mod mcp;
 pub(crate) mod ops;
 pub(crate) mod runs;
 pub(crate) mod streaming;
@@ -89,6 +90,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(approvals::list_approvals))
         .routes(routes!(approvals::get_approval))
         .routes(routes!(approvals::decide))
+        .routes(routes!(mcp::mcp_post, mcp::mcp_get))
         .routes(routes!(
             credentials::put_credential,
             credentials::get_credential,

@@ -27,6 +27,7 @@ CREATE TABLE policy_heads (
     generation BIGINT NOT NULL
 );
 
+-- `run_id` is empty for a call made through the MCP gateway, which has no run to pause.
 CREATE TABLE approvals (
     tenant_id    TEXT    NOT NULL REFERENCES tenants (tenant_id) ON DELETE CASCADE,
     approval_id  TEXT    NOT NULL,
@@ -43,6 +44,9 @@ CREATE TABLE approvals (
     created_at   BIGINT NOT NULL,
     expires_at   BIGINT NOT NULL,
     decided_at   BIGINT,
+    -- A call approved outside a run (through the MCP gateway) is made once, when its caller
+    -- retries it; this records that it was.
+    consumed_at  BIGINT,
     PRIMARY KEY (tenant_id, approval_id)
 );
 CREATE INDEX approvals_by_status ON approvals (tenant_id, status, created_at);

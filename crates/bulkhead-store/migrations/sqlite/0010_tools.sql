@@ -27,6 +27,7 @@ CREATE TABLE policy_heads (
     generation INTEGER NOT NULL
 ) STRICT;
 
+-- `run_id` is empty for a call made through the MCP gateway, which has no run to pause.
 CREATE TABLE approvals (
     tenant_id    TEXT    NOT NULL REFERENCES tenants (tenant_id) ON DELETE CASCADE,
     approval_id  TEXT    NOT NULL,
@@ -43,6 +44,9 @@ CREATE TABLE approvals (
     created_at   INTEGER NOT NULL,
     expires_at   INTEGER NOT NULL,
     decided_at   INTEGER,
+    -- A call approved outside a run (through the MCP gateway) is made once, when its caller
+    -- retries it; this records that it was.
+    consumed_at  INTEGER,
     PRIMARY KEY (tenant_id, approval_id)
 ) STRICT;
 CREATE INDEX approvals_by_status ON approvals (tenant_id, status, created_at);
