@@ -53,6 +53,8 @@ pub enum AuthError {
     MissingTenantClaim(String),
     #[error("the token matches issuer bindings of more than one tenant")]
     AmbiguousIssuer,
+    #[error("no such console session, or it has expired")]
+    UnknownSession,
     #[error("the tenant does not exist")]
     UnknownTenant,
     #[error("the tenant is suspended")]
@@ -286,11 +288,31 @@ pub struct VerifiedJwt {
     issuer: String,
     subject: String,
     roles: BTreeSet<Role>,
+    /// `exp`, in Unix seconds (required and checked).
+    expires_at: i64,
 }
 
 impl VerifiedJwt {
     pub fn tenant_id(&self) -> &TenantId {
         &self.tenant_id
+    }
+
+    /// When the token expires, in Unix seconds.
+    pub fn expires_at(&self) -> i64 {
+        self.expires_at
+    }
+
+    /// What a console session opened with this token records: it ends when the token would.
+    pub fn session(&self, max_until_millis: i64) -> StoredSession {
+        StoredSession {
+            tenant_id: self.tenant_id.clone(),
+            principal: SessionPrincipal::User {
+                issuer: self.issuer.clone(),
+                subject: self.subject.clone(),
+            },
+            roles: self.roles.clone(),
+            expires_at: self.expires_at.saturating_mul(1000).min(max_until_millis),
+        }
     }
 }
 
@@ -389,11 +411,16 @@ fn verify_with_binding(
     if roles.is_empty() {
         roles.insert(Role::Viewer);
     }
+    let expires_at = claims
+        .get("exp")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| AuthError::InvalidJwt("exp must be an integer".into()))?;
     Ok(VerifiedJwt {
         tenant_id,
         issuer: binding.issuer.clone(),
         subject,
         roles,
+        expires_at,
     })
 }
 
@@ -460,6 +487,60 @@ pub fn operator_context(tenant: &Tenant) -> TenantContext {
         BTreeSet::from([Role::Owner]),
         RequestId::generate(),
     )
+}
+
+/// Who a console session was opened by: the principal of the credential signed in with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionPrincipal {
+    /// An API key; the session lives only as long as the key is not revoked.
+    ApiKey(ApiKeyId),
+    /// A JWT's subject; the session ends when the token would have expired.
+    User { issuer: String, subject: String },
+}
+
+/// A console session as the store holds it (looked up by the hash of its cookie).
+#[derive(Debug, Clone)]
+pub struct StoredSession {
+    pub tenant_id: TenantId,
+    pub principal: SessionPrincipal,
+    pub roles: BTreeSet<Role>,
+    pub expires_at: i64,
+}
+
+/// Checks a console session: unexpired, its tenant active, and, for a key's session, the key
+/// still there, not revoked, and of the same tenant. The roles are the key's current ones,
+/// so a session never outlives a change to its key.
+pub fn authenticate_session(
+    session: Option<&StoredSession>,
+    key: Option<&StoredApiKey>,
+    tenant: Option<&Tenant>,
+    now: i64,
+    request_id: RequestId,
+) -> Result<TenantContext, AuthError> {
+    let session = session.ok_or(AuthError::UnknownSession)?;
+    if session.expires_at <= now {
+        return Err(AuthError::UnknownSession);
+    }
+    let tenant = active_tenant(tenant, &session.tenant_id)?;
+    let (principal, roles) = match &session.principal {
+        SessionPrincipal::ApiKey(id) => {
+            let key = key
+                .filter(|k| &k.id == id && k.tenant_id == session.tenant_id)
+                .ok_or(AuthError::UnknownApiKey)?;
+            if key.revoked {
+                return Err(AuthError::RevokedApiKey);
+            }
+            (Principal::ApiKey(id.clone()), BTreeSet::from([key.role]))
+        }
+        SessionPrincipal::User { issuer, subject } => (
+            Principal::User {
+                issuer: issuer.clone(),
+                subject: subject.clone(),
+            },
+            session.roles.clone(),
+        ),
+    };
+    Ok(TenantContext::new(tenant, principal, roles, request_id))
 }
 
 /// The context in which Bulkhead continues one of `tenant`'s paused runs: the tenant must

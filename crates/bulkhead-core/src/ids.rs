@@ -235,6 +235,17 @@ pub fn new_approval_id() -> String {
     format!("apr_{}", random_alphanumeric(24))
 }
 
+/// A console session's cookie value: `bhs_` and 48 random lowercase letters and digits (about
+/// 248 bits). Stored only as its SHA-256.
+pub fn new_session_token() -> String {
+    format!("bhs_{}", random_alphanumeric(48))
+}
+
+/// A console session's anti-CSRF token, echoed by its forms.
+pub fn new_csrf_token() -> String {
+    random_alphanumeric(32)
+}
+
 /// A new thread id: `thr_` and 24 random lowercase letters and digits.
 pub fn new_thread_id() -> String {
     format!("thr_{}", random_alphanumeric(24))

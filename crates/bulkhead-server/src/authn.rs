@@ -57,7 +57,7 @@ pub async fn request_context(
     response
 }
 
-fn request_id(parts: &Parts) -> RequestId {
+pub(crate) fn request_id(parts: &Parts) -> RequestId {
     parts
         .extensions
         .get::<RequestId>()
@@ -84,7 +84,7 @@ impl FromRequestParts<AppState> for Authenticated {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let header = authorization(parts)?;
         match authenticate(state, header, request_id(parts)).await {
-            Ok(ctx) => {
+            Ok((ctx, _)) => {
                 let span = tracing::Span::current();
                 span.record("tenant.id", ctx.tenant_id().as_str());
                 span.record("principal", ctx.principal().to_string());
@@ -99,7 +99,7 @@ impl FromRequestParts<AppState> for Authenticated {
     }
 }
 
-enum Refusal {
+pub(crate) enum Refusal {
     Auth(AuthError),
     Api(ApiError),
 }
@@ -116,22 +116,20 @@ impl From<bulkhead_store::StoreError> for Refusal {
     }
 }
 
-async fn authenticate(
+/// Verifies a tenant credential; with a JWT, also answers when it expires (Unix seconds).
+pub(crate) async fn authenticate(
     state: &AppState,
     header: Option<&str>,
     request_id: RequestId,
-) -> Result<TenantContext, Refusal> {
+) -> Result<(TenantContext, Option<i64>), Refusal> {
     let admin = state.store().admin();
     match auth::parse_authorization(header)? {
         Credential::ApiKey(presented) => {
             let found = admin.api_key_for_auth(presented.id()).await?;
             let (stored, tenant) = found.unzip();
-            Ok(authenticate_api_key(
-                &presented,
-                stored.as_ref(),
-                tenant.as_ref(),
-                request_id,
-            )?)
+            let ctx =
+                authenticate_api_key(&presented, stored.as_ref(), tenant.as_ref(), request_id)?;
+            Ok((ctx, None))
         }
         Credential::Jwt(token) => {
             let iss = peek_issuer(&token)?;
@@ -154,7 +152,11 @@ async fn authenticate(
             }
             let verified = verify_jwt(&token, &candidates, state.leeway_seconds())?;
             let tenant = admin.get_tenant(verified.tenant_id()).await?;
-            Ok(authenticate_jwt(verified, tenant.as_ref(), request_id)?)
+            let expires_at = verified.expires_at();
+            Ok((
+                authenticate_jwt(verified, tenant.as_ref(), request_id)?,
+                Some(expires_at),
+            ))
         }
     }
 }

@@ -47,7 +47,7 @@ impl<'a> AdminStore<'a> {
         self.backend
     }
 
-    async fn begin(&self, access: Access) -> Result<Tx, StoreError> {
+    pub(crate) async fn begin(&self, access: Access) -> Result<Tx, StoreError> {
         self.backend.begin(access, Scope::ControlPlane).await
     }
 

@@ -22,6 +22,7 @@ mod models;
 mod pgvector;
 mod records;
 mod runs;
+mod sessions;
 mod tenant;
 #[cfg(feature = "test-support")]
 pub mod testing;

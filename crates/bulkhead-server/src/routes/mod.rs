@@ -6,6 +6,7 @@ pub(crate) mod admin_keys;
 pub(crate) mod admin_tenants;
 pub(crate) mod agents;
 pub(crate) mod approvals;
+pub(crate) mod console;
 pub(crate) mod credentials;
 pub(crate) mod dto;
 pub(crate) mod gateway;
@@ -91,6 +92,10 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(approvals::get_approval))
         .routes(routes!(approvals::decide))
         .routes(routes!(mcp::mcp_post, mcp::mcp_get))
+        .routes(routes!(console::approvals_page))
+        .routes(routes!(console::sign_in))
+        .routes(routes!(console::sign_out))
+        .routes(routes!(console::decide))
         .routes(routes!(
             credentials::put_credential,
             credentials::get_credential,
