@@ -1250,6 +1250,21 @@ async fn the_mcp_gateway_shows_each_key_its_own_tenants_tools_and_applies_polici
         .collect();
     assert_eq!(posted.len(), 1);
 
+    // A policy denial is a clear error to the MCP caller, and nothing is sent.
+    put_policy(&server, &acme.owner, "no-listing",
+        r#"forbid(principal, action == Bulkhead::Action::"call", resource) when { resource.operation == "list_channels" };"#).await;
+    let before = saas.requests().len();
+    let result = mcp_call(&server, &acme.developer, "slack__list_channels", json!({})).await;
+    assert_eq!(result["isError"], true);
+    assert!(
+        result["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("policy_denied"),
+        "{result}"
+    );
+    assert_eq!(saas.requests().len(), before);
+
     // Without a credential: 401; a viewer may not call tools.
     let (status, _) = server
         .send(server.request(Method::POST, "/mcp", None).json(&json!({})))
@@ -1301,5 +1316,65 @@ async fn the_official_mcp_python_sdk_sees_only_its_tenants_tools() {
     let requests = saas.requests();
     assert_eq!(requests.len(), 1);
     assert_eq!(requests[0].credential, "Bearer xoxb-acme");
+    server.finish().await;
+}
+
+#[tokio::test]
+async fn the_approval_webhook_is_told_of_each_new_pending_approval() {
+    let saas = FakeSaas::start(&[("xoxb-acme", "T_ACME")]).await.unwrap();
+    let mut all = endpoints(&saas.base);
+    all.push(EndpointConfig {
+        kind: EndpointKind::Webhook,
+        ..endpoint(
+            "approvals-hook",
+            format!("{}/echo/hook", saas.base),
+            None,
+            AuthScheme::None {},
+            5_000,
+        )
+    });
+    let tools = ToolsConfig {
+        approval_webhook: Some("approvals-hook".into()),
+        ..ToolsConfig::default()
+    };
+    let server = TestServer::start_with_tools(Backend::Sqlite, &all, tools).await;
+    let acme = slack_tenant(&server, "acme", "xoxb-acme").await;
+    put_policy(
+        &server,
+        &acme.owner,
+        "all",
+        r#"permit(principal, action == Bulkhead::Action::"needs_approval", resource);"#,
+    )
+    .await;
+    scripted_agent(
+        &server,
+        &acme.owner,
+        "poster",
+        &["slack"],
+        &[(
+            "slack__post_message",
+            json!({"channel": "#ops", "text": "hi"}),
+        )],
+    )
+    .await;
+    let run = start_run(&server, &acme.owner, "poster").await;
+    assert_eq!(run["status"], "awaiting_approval");
+    let hooks: Vec<_> = saas
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/echo/hook/")
+        .collect();
+    assert_eq!(hooks.len(), 1, "{:?}", saas.requests());
+    let notice = &hooks[0].body;
+    assert_eq!(notice["type"], "approval.requested");
+    assert_eq!(notice["tenant_id"], "acme");
+    assert_eq!(
+        notice["line"],
+        "Agent `poster` acting as `acme org` (`acme`) wants to `post a message to` `#ops`"
+    );
+    assert_eq!(
+        hooks[0].credential, "",
+        "the webhook carries no tenant credential"
+    );
     server.finish().await;
 }
