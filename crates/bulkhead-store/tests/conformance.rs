@@ -27,6 +27,7 @@ bulkhead_store::on_both_backends!(
     usage_is_counted_per_tenant_and_model,
     expired_threads_go_with_an_audit_event,
     documents_replace_their_chunks_atomically_per_tenant,
+    approvals_are_decided_once_and_their_runs_claimed_once,
 );
 
 fn id(s: &str) -> TenantId {
@@ -649,6 +650,56 @@ async fn a_query_without_a_tenant_filter_still_sees_one_tenant(store: &Store, _d
             .put_document("kb", &document("d", "h", &["x"]))
             .await
             .unwrap();
+        scoped
+            .put_toolset("slack", &serde_json::json!({"kind": "slack"}))
+            .await
+            .unwrap();
+        scoped
+            .put_policy("p", "permit(principal, action, resource);")
+            .await
+            .unwrap();
+        scoped
+            .start_run("run_2", None, &agent_name, 1, "act")
+            .await
+            .unwrap();
+        scoped
+            .request_approval(
+                &bulkhead_store::ApprovalDraft {
+                    approval_id: "apr_1".into(),
+                    run_id: "run_2".into(),
+                    agent: "a".into(),
+                    tool: "slack.post_message".into(),
+                    tool_call_id: "call_1".into(),
+                    action: "post a message to".into(),
+                    target: "#x".into(),
+                    arguments: "{}".into(),
+                    expires_at: i64::MAX,
+                },
+                &bulkhead_store::RunProgress {
+                    transcript: serde_json::json!([]),
+                    steps: 1,
+                    input_tokens: 0,
+                    output_tokens: 0,
+                },
+            )
+            .await
+            .unwrap();
+        scoped
+            .create_console_session(
+                &format!("hash-{}", tenant.id),
+                &bulkhead_core::auth::StoredSession {
+                    tenant_id: tenant.id.clone(),
+                    principal: bulkhead_core::auth::SessionPrincipal::User {
+                        issuer: "i".into(),
+                        subject: "s".into(),
+                    },
+                    roles: [Role::Approver].into(),
+                    expires_at: i64::MAX,
+                },
+                "csrf",
+            )
+            .await
+            .unwrap();
         store
             .admin()
             .create_issuer(
@@ -691,6 +742,11 @@ async fn a_query_without_a_tenant_filter_still_sees_one_tenant(store: &Store, _d
                 "knowledge_bases",
                 "kb_documents",
                 "kb_chunks",
+                "toolsets",
+                "tenant_policies",
+                "policy_heads",
+                "approvals",
+                "console_sessions",
             ] {
                 let seen = scoped.unfiltered_tenant_ids(table).await.unwrap();
                 assert!(
@@ -1025,4 +1081,167 @@ async fn documents_replace_their_chunks_atomically_per_tenant(store: &Store, _db
         "{actions:?}"
     );
     verify_chain(&id("acme"), &events).unwrap();
+}
+
+async fn approvals_are_decided_once_and_their_runs_claimed_once(store: &Store, _db: &TestDb) {
+    use bulkhead_store::{ApprovalDraft, DecisionOutcome, RunProgress};
+    let acme = create(store, "acme").await;
+    let globex = create(store, "globex").await;
+    let ctx = TenantContext::for_tests(&acme, &[Role::Approver]);
+    let scoped = store.tenant(&ctx);
+    let agent = bulkhead_core::AgentName::try_from("a").unwrap();
+    let progress = RunProgress {
+        transcript: serde_json::json!([{"role": "user", "content": "go"}]),
+        steps: 1,
+        input_tokens: 3,
+        output_tokens: 4,
+    };
+    let draft = |id: &str, run: &str, expires_at: i64| ApprovalDraft {
+        approval_id: id.into(),
+        run_id: run.into(),
+        agent: "a".into(),
+        tool: "slack.post_message".into(),
+        tool_call_id: "call_1".into(),
+        action: "post a message to".into(),
+        target: "#x".into(),
+        arguments: "{}".into(),
+        expires_at,
+    };
+    scoped
+        .start_run("run_1", None, &agent, 1, "go")
+        .await
+        .unwrap();
+    scoped
+        .request_approval(&draft("apr_1", "run_1", i64::MAX), &progress)
+        .await
+        .unwrap();
+    let run = scoped.run("run_1").await.unwrap().unwrap();
+    assert_eq!(
+        (run.status.as_str(), run.steps, run.output_tokens),
+        ("awaiting_approval", 1, 4)
+    );
+    // A paused run cannot pause again, and nobody claims it while its approval is pending.
+    assert!(matches!(
+        scoped
+            .request_approval(&draft("apr_2", "run_1", i64::MAX), &progress)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(!scoped.claim_paused_run("run_1").await.unwrap());
+    // Another tenant sees nothing and decides nothing.
+    let other = TenantContext::for_tests(&globex, &[Role::Approver]);
+    let theirs = store.tenant(&other);
+    assert!(theirs.approval("apr_1").await.unwrap().is_none());
+    assert!(
+        theirs
+            .decide_approval("apr_1", true, "")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(theirs.approvals(None, 10).await.unwrap().is_empty());
+    // The first decision wins; the run is claimed exactly once.
+    assert!(
+        matches!(scoped.decide_approval("apr_1", true, "ok").await.unwrap(), Some(DecisionOutcome::Decided(r)) if r.status == "approved")
+    );
+    assert!(
+        matches!(scoped.decide_approval("apr_1", false, "no").await.unwrap(), Some(DecisionOutcome::AlreadyDecided(r)) if r.status == "approved")
+    );
+    let claims = tokio::join!(
+        scoped.claim_paused_run("run_1"),
+        scoped.claim_paused_run("run_1"),
+        scoped.claim_paused_run("run_1"),
+        scoped.claim_paused_run("run_1")
+    );
+    let claims = [claims.0, claims.1, claims.2, claims.3];
+    assert_eq!(claims.iter().filter(|c| *c.as_ref().unwrap()).count(), 1);
+    assert_eq!(
+        scoped.run("run_1").await.unwrap().unwrap().status,
+        "running"
+    );
+    // An overdue approval expires in the sweep, with an event in its tenant's chain, and its
+    // run becomes resumable; a decision after expiry is refused.
+    scoped
+        .start_run("run_2", None, &agent, 1, "go")
+        .await
+        .unwrap();
+    scoped
+        .request_approval(&draft("apr_3", "run_2", 1), &progress)
+        .await
+        .unwrap();
+    assert!(matches!(
+        scoped.decide_approval("apr_3", true, "").await.unwrap(),
+        Some(DecisionOutcome::AlreadyDecided(_))
+    ));
+    let expired = store
+        .admin()
+        .expire_approvals(bulkhead_core::timestamp::now_millis())
+        .await
+        .unwrap();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(
+        (expired[0].tenant_id.as_str(), expired[0].run_id.as_str()),
+        ("acme", "run_2")
+    );
+    let resumable = store.admin().resumable_runs().await.unwrap();
+    assert_eq!(
+        resumable
+            .iter()
+            .map(|r| r.run_id.as_str())
+            .collect::<Vec<_>>(),
+        ["run_2"]
+    );
+    let events = store.admin().audit_events(&acme.id, 0, 100).await.unwrap();
+    assert!(events.iter().any(|e| e.action == "approval.expired"));
+    // A gateway approval (no run) lets exactly one identical call through once approved.
+    scoped
+        .request_call_approval(&ApprovalDraft {
+            run_id: String::new(),
+            ..draft("apr_4", "", i64::MAX)
+        })
+        .await
+        .unwrap();
+    assert!(
+        scoped
+            .consume_approval("a", "slack.post_message", "{}")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    scoped.decide_approval("apr_4", true, "").await.unwrap();
+    assert!(
+        scoped
+            .consume_approval("a", "slack.post_message", "{\"x\":1}")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        scoped
+            .consume_approval("b", "slack.post_message", "{}")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        theirs
+            .consume_approval("a", "slack.post_message", "{}")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        scoped
+            .consume_approval("a", "slack.post_message", "{}")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        scoped
+            .consume_approval("a", "slack.post_message", "{}")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }

@@ -45,7 +45,7 @@ pub struct SaasRequest {
 struct Inner {
     /// Slack bot token -> team id.
     slack_tokens: HashMap<String, String>,
-    requests: Vec<SaasRequest>,
+    requests: std::collections::VecDeque<SaasRequest>,
     next_issue: u64,
 }
 
@@ -61,6 +61,12 @@ impl FakeSaas {
     /// Serves on an ephemeral loopback port; `slack_tokens` maps each bot token to its
     /// workspace.
     pub async fn start(slack_tokens: &[(&str, &str)]) -> std::io::Result<Self> {
+        Self::start_on("127.0.0.1:0", slack_tokens).await
+    }
+
+    /// Like [`FakeSaas::start`], on `addr`. Under load it keeps only the last 10,000
+    /// requests.
+    pub async fn start_on(addr: &str, slack_tokens: &[(&str, &str)]) -> std::io::Result<Self> {
         let inner = Shared::default();
         if let Ok(mut state) = inner.lock() {
             state.slack_tokens = slack_tokens
@@ -81,7 +87,7 @@ impl FakeSaas {
             .route("/echo/{*rest}", any(echo))
             .route("/hang/{*rest}", any(hang))
             .with_state(inner.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let base = format!("http://{}", listener.local_addr()?);
         tokio::spawn(async move { axum::serve(listener, app).await });
         Ok(Self { base, inner })
@@ -91,7 +97,7 @@ impl FakeSaas {
     pub fn requests(&self) -> Vec<SaasRequest> {
         self.inner
             .lock()
-            .map(|s| s.requests.clone())
+            .map(|s| s.requests.iter().cloned().collect())
             .unwrap_or_default()
     }
 }
@@ -107,7 +113,10 @@ fn authorization(headers: &HeaderMap) -> String {
 fn record(state: &Shared, request: SaasRequest) -> u64 {
     match state.lock() {
         Ok(mut s) => {
-            s.requests.push(request);
+            if s.requests.len() >= 10_000 {
+                s.requests.pop_front();
+            }
+            s.requests.push_back(request);
             s.next_issue += 1;
             s.next_issue
         }
