@@ -5,7 +5,7 @@
 //! breaks a link that [`verify_chain`] finds. The store appends events in the same database
 //! transaction as the change they describe.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -13,7 +13,7 @@ use crate::{RequestId, TenantId};
 
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Success,
@@ -72,7 +72,7 @@ pub struct AuditDraft {
     pub details: Value,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEvent {
     pub tenant_id: TenantId,
     pub seq: i64,
@@ -195,16 +195,41 @@ pub fn verify_chain<'a>(
     tenant: &TenantId,
     events: impl IntoIterator<Item = &'a AuditEvent>,
 ) -> Result<ChainHead, ChainError> {
-    let mut head = ChainHead {
-        events: 0,
-        last_seq: 0,
-        head_hash: GENESIS_HASH.to_owned(),
-    };
+    let mut verifier = ChainVerifier::new(tenant.clone());
     for event in events {
-        if &event.tenant_id != tenant {
+        verifier.push(event)?;
+    }
+    Ok(verifier.head())
+}
+
+/// Verifies a chain one event at a time, so a long trail is checked page by page (or line by
+/// line from an export) without holding it all.
+#[derive(Debug, Clone)]
+pub struct ChainVerifier {
+    tenant: TenantId,
+    head: ChainHead,
+}
+
+impl ChainVerifier {
+    pub fn new(tenant: TenantId) -> Self {
+        Self {
+            tenant,
+            head: ChainHead {
+                events: 0,
+                last_seq: 0,
+                head_hash: GENESIS_HASH.to_owned(),
+            },
+        }
+    }
+
+    /// Checks the next event: it must belong to the tenant, come next in sequence, link to
+    /// the previous hash and match its own.
+    pub fn push(&mut self, event: &AuditEvent) -> Result<(), ChainError> {
+        let head = &mut self.head;
+        if event.tenant_id != self.tenant {
             return Err(ChainError::ForeignEvent {
                 seq: event.seq,
-                expected: tenant.to_string(),
+                expected: self.tenant.to_string(),
                 found: event.tenant_id.to_string(),
             });
         }
@@ -223,8 +248,13 @@ pub fn verify_chain<'a>(
         head.events += 1;
         head.last_seq = event.seq;
         head.head_hash.clone_from(&event.hash);
+        Ok(())
     }
-    Ok(head)
+
+    /// What has been verified so far.
+    pub fn head(&self) -> ChainHead {
+        self.head.clone()
+    }
 }
 
 #[cfg(test)]

@@ -18,9 +18,24 @@ pub fn to_rfc3339(millis: i64) -> String {
         .unwrap_or_else(|| millis.to_string())
 }
 
+/// Unix milliseconds of an RFC 3339 time; `None` if it does not parse.
+pub fn parse_rfc3339(text: &str) -> Option<i64> {
+    let time = OffsetDateTime::parse(text, &Rfc3339).ok()?;
+    i64::try_from(time.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_what_it_formats() {
+        assert_eq!(
+            parse_rfc3339("2023-11-14T22:13:20.123Z"),
+            Some(1_700_000_000_123)
+        );
+        assert_eq!(parse_rfc3339("yesterday"), None);
+    }
 
     #[test]
     fn formats_milliseconds_as_rfc3339() {

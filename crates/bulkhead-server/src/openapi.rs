@@ -18,6 +18,7 @@ use crate::routes;
         (name = "gateway", description = "OpenAI-compatible Chat Completions for outside agent frameworks, with a tenant API key as the OpenAI key"),
         (name = "knowledge", description = "Knowledge bases: documents in, passages out, searched by meaning and keyword within the calling tenant only"),
         (name = "tools", description = "Toolsets the tenant's agents call with its own credentials, the Cedar policies over them, approvals of high-stakes calls, and the MCP gateway"),
+        (name = "audit", description = "The tenant's own hash-chained audit trail: paged, exported, verified"),
         (name = "console", description = "Server-rendered pages for people: the approvals console (cookie session, CSRF-protected forms)"),
         (name = "operations", description = "Health, readiness and this document"),
     )

@@ -111,3 +111,116 @@ pub(crate) async fn read(
     let rows = fetch_all!(tx, AuditRow, &sql, tenant.as_str(), after, limit)?;
     convert_all(rows)
 }
+
+/// Which of a tenant's events to read.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Only events with a greater sequence number (the paging cursor).
+    pub after_seq: i64,
+    /// At or after this time (Unix milliseconds).
+    pub since: Option<i64>,
+    /// Before this time (Unix milliseconds).
+    pub until: Option<i64>,
+    /// This action exactly, or every action starting with it when it ends in `.`
+    /// (`approval.` for all approval events).
+    pub action: Option<String>,
+    pub limit: i64,
+}
+
+impl crate::TenantStore<'_> {
+    /// The tenant's events matching `filter`, oldest first.
+    pub async fn audit_page(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {
+        let (exact, prefix) = match filter.action.as_deref() {
+            Some(action) if action.ends_with('.') => (None, Some(format!("{action}%"))),
+            Some(action) => (Some(action.to_owned()), None),
+            None => (None, None),
+        };
+        let sql = format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE tenant_id = $1 AND seq > $2 \
+             AND occurred_at >= $3 AND occurred_at < $4 \
+             AND ($5 = '' OR action = $5) AND ($6 = '' OR action LIKE $6) ORDER BY seq LIMIT $7"
+        );
+        let mut tx = self.begin(crate::backend::Access::Read).await?;
+        let rows = fetch_all!(
+            &mut tx,
+            AuditRow,
+            &sql,
+            self.context().tenant_id().as_str(),
+            filter.after_seq,
+            filter.since.unwrap_or(i64::MIN),
+            filter.until.unwrap_or(i64::MAX),
+            exact.unwrap_or_default(),
+            prefix.unwrap_or_default(),
+            filter.limit,
+        )?;
+        tx.commit().await?;
+        convert_all(rows)
+    }
+
+    /// The head of the tenant's chain as the store records it on every append: the last
+    /// sequence number and hash. A trail whose verified head differs was cut short.
+    pub async fn audit_head(&self) -> Result<(i64, String), StoreError> {
+        let mut tx = self.begin(crate::backend::Access::Read).await?;
+        let head = fetch_optional!(
+            &mut tx,
+            HeadRow,
+            "SELECT seq, hash FROM audit_heads WHERE tenant_id = $1",
+            self.context().tenant_id().as_str(),
+        )?;
+        tx.commit().await?;
+        Ok(head.map_or((0, GENESIS_HASH.to_owned()), |h| (h.seq, h.hash)))
+    }
+}
+
+/// What verifying a tenant's stored trail found.
+#[derive(Debug, Clone)]
+pub struct AuditVerification {
+    /// The chain as far as it verified.
+    pub head: bulkhead_core::audit::ChainHead,
+    /// The head the store recorded with the last append.
+    pub recorded_seq: i64,
+    pub recorded_hash: String,
+    /// The first fault, in words; `None` when the whole trail verified.
+    pub error: Option<String>,
+}
+
+impl crate::TenantStore<'_> {
+    /// Verifies the whole stored chain page by page (every hash, link and sequence number) and
+    /// that it ends at the head recorded with the last append, so a cut tail is found too.
+    pub async fn verify_audit(&self) -> Result<AuditVerification, StoreError> {
+        let (recorded_seq, recorded_hash) = self.audit_head().await?;
+        let mut verifier =
+            bulkhead_core::audit::ChainVerifier::new(self.context().tenant_id().clone());
+        let mut filter = AuditFilter {
+            limit: 1_000,
+            ..AuditFilter::default()
+        };
+        let mut error = None;
+        'pages: loop {
+            let events = self.audit_page(&filter).await?;
+            let Some(last) = events.last().map(|e| e.seq) else {
+                break;
+            };
+            for event in &events {
+                if let Err(fault) = verifier.push(event) {
+                    error = Some(fault.to_string());
+                    break 'pages;
+                }
+            }
+            filter.after_seq = last;
+        }
+        let head = verifier.head();
+        if error.is_none() && (head.last_seq != recorded_seq || head.head_hash != recorded_hash) {
+            error = Some(format!(
+                "the chain ends at event {} but the store recorded event {recorded_seq} as its head: events were removed or added at the end",
+                head.last_seq
+            ));
+        }
+        Ok(AuditVerification {
+            head,
+            recorded_seq,
+            recorded_hash,
+            error,
+        })
+    }
+}

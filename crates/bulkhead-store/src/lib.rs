@@ -40,6 +40,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 pub use admin::AdminStore;
 pub use agents::{AgentRecord, PromptRecord};
+pub use audit::{AuditFilter, AuditVerification};
 pub use credentials::{CredentialRecord, CredentialWrite, DataKeyRecord};
 pub use knowledge::{
     ChunkRecord, DocumentOutcome, DocumentRecord, DocumentWrite, IndexedChunk, KnowledgeBaseRecord,

@@ -4,6 +4,7 @@
 mod bench;
 mod bench_knowledge;
 mod cli_admin;
+mod cli_audit;
 mod cli_ingest;
 mod demo;
 mod serve;
@@ -64,6 +65,9 @@ enum Command {
     /// Manage the platform admin token.
     #[command(subcommand)]
     AdminToken(cli_admin::AdminTokenCommand),
+    /// Verify audit trails.
+    #[command(subcommand)]
+    Audit(cli_audit::AuditCommand),
     /// Measure end-to-end costs against the real store.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -104,6 +108,7 @@ fn main() -> ExitCode {
             Command::Keys(command) => cli_admin::keys(&cli.global, command).await,
             Command::AdminToken(command) => cli_admin::admin_token(&cli.global, command).await,
             Command::Bench(command) => bench::run(&cli.global, command).await,
+            Command::Audit(command) => cli_audit::run(&cli.global, command).await,
         }
     });
     match result {

@@ -937,3 +937,82 @@ fn ingest_skips_unchanged_files_and_resumes_after_a_kill() {
         .unwrap();
     assert!(String::from_utf8_lossy(&output.stderr).contains("no tenant nobody"));
 }
+
+#[test]
+fn audit_trails_verify_in_the_database_and_as_exports_and_tampering_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    run(bulkhead(d).args(["tenant", "create", "acme", "--name", "Acme"]));
+    for name in ["ci", "ops", "audit"] {
+        run(bulkhead(d).args([
+            "key", "create", "--tenant", "acme", "--name", name, "--role", "viewer",
+        ]));
+    }
+    let verified =
+        String::from_utf8(run(bulkhead(d).args(["audit", "verify", "--tenant", "acme"])).stdout)
+            .unwrap();
+    assert!(
+        verified.starts_with("ok: 4 events, last seq 4, head hash "),
+        "{verified}"
+    );
+    let export = run(bulkhead(d).args(["audit", "export", "--tenant", "acme"])).stdout;
+    let lines: Vec<String> = String::from_utf8(export)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines.len(), 4);
+    let last: Value = serde_json::from_str(&lines[3]).unwrap();
+    assert!(
+        verified
+            .trim_end()
+            .ends_with(last["hash"].as_str().unwrap()),
+        "{verified}"
+    );
+    let file = d.join("export.ndjson");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let from_file =
+        String::from_utf8(run(bulkhead(d).args(["audit", "verify", "--file"]).arg(&file)).stdout)
+            .unwrap();
+    assert_eq!(from_file, verified);
+
+    let edited = lines[1].replace("\"actor\":\"cli\"", "\"actor\":\"someone\"");
+    assert_ne!(edited, lines[1]);
+    for (name, tampered, expect) in [
+        (
+            "edited",
+            vec![lines[0].clone(), edited, lines[2].clone(), lines[3].clone()],
+            "edited",
+        ),
+        (
+            "deleted",
+            vec![lines[0].clone(), lines[2].clone(), lines[3].clone()],
+            "missing",
+        ),
+        (
+            "reordered",
+            vec![
+                lines[0].clone(),
+                lines[2].clone(),
+                lines[1].clone(),
+                lines[3].clone(),
+            ],
+            "follows",
+        ),
+    ] {
+        std::fs::write(&file, tampered.join("\n")).unwrap();
+        let output = bulkhead(d)
+            .args(["audit", "verify", "--file"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{name} passed");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expect), "{name}: {stderr}");
+    }
+    let output = bulkhead(d)
+        .args(["audit", "verify", "--tenant", "nobody"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+}

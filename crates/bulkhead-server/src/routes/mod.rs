@@ -6,6 +6,7 @@ pub(crate) mod admin_keys;
 pub(crate) mod admin_tenants;
 pub(crate) mod agents;
 pub(crate) mod approvals;
+pub(crate) mod audit;
 pub(crate) mod console;
 pub(crate) mod credentials;
 pub(crate) mod dto;
@@ -92,6 +93,9 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(approvals::get_approval))
         .routes(routes!(approvals::decide))
         .routes(routes!(mcp::mcp_post, mcp::mcp_get))
+        .routes(routes!(audit::list_audit))
+        .routes(routes!(audit::export_audit))
+        .routes(routes!(audit::verify_audit))
         .routes(routes!(console::approvals_page))
         .routes(routes!(console::sign_in))
         .routes(routes!(console::sign_out))
