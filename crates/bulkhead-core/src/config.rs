@@ -51,6 +51,7 @@ pub struct Config {
     pub embedders: Vec<EmbedderConfig>,
     pub knowledge: KnowledgeConfig,
     pub tools: ToolsConfig,
+    pub limits: LimitsConfig,
 }
 
 impl Default for Config {
@@ -76,6 +77,37 @@ impl Default for Config {
             embedders: Vec::new(),
             knowledge: KnowledgeConfig::default(),
             tools: ToolsConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+/// Per-tenant request rates on the tenant plane: each tenant has its own bucket, so one
+/// tenant's flood is refused with 429 while the others go on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Sustained requests per second per tenant; 0 turns the limiter off.
+    pub requests_per_second: f64,
+    /// Requests a tenant may send at once above the sustained rate.
+    pub burst: u32,
+    /// Other limits for named tenants (`[limits.tenants.acme] requests_per_second = 5`).
+    pub tenants: std::collections::BTreeMap<String, TenantRate>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantRate {
+    pub requests_per_second: f64,
+    pub burst: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            requests_per_second: 1_000.0,
+            burst: 2_000,
+            tenants: std::collections::BTreeMap::new(),
         }
     }
 }

@@ -88,6 +88,10 @@ impl FromRequestParts<AppState> for Authenticated {
                 let span = tracing::Span::current();
                 span.record("tenant.id", ctx.tenant_id().as_str());
                 span.record("principal", ctx.principal().to_string());
+                if let Err(retry_after) = state.limiter().check(ctx.tenant_id()) {
+                    tracing::debug!(tenant.id = %ctx.tenant_id(), "rate limited");
+                    return Err(ApiError::RateLimited { retry_after });
+                }
                 Ok(Authenticated(ctx))
             }
             Err(Refusal::Auth(reason)) => {

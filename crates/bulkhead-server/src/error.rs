@@ -42,6 +42,11 @@ pub enum ApiError {
     InvalidQuery(String),
     #[error("the database is not reachable")]
     NotReady,
+    /// The tenant's request rate is above its limit; retry after this many seconds.
+    #[error(
+        "this organisation is sending requests faster than its limit; retry in {retry_after} s"
+    )]
+    RateLimited { retry_after: u64 },
     /// A failure with its own stable code (an embedder, a provider, egress), answered with
     /// the status [`status_for_code`] gives it.
     #[error("{detail}")]
@@ -74,6 +79,7 @@ impl ApiError {
             | ApiError::MissingField { .. }
             | ApiError::InvalidQuery(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Failed { code, .. } => status_for_code(code),
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -96,6 +102,7 @@ impl ApiError {
             ApiError::MissingField { .. } => "missing_field",
             ApiError::InvalidQuery(_) => "invalid_query",
             ApiError::NotReady => "not_ready",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Failed { code, .. } => code,
             ApiError::Internal(_) => "internal",
         }
@@ -117,6 +124,7 @@ impl ApiError {
             | ApiError::MissingField { .. }
             | ApiError::InvalidQuery(_) => "Invalid input",
             ApiError::NotReady => "Not ready",
+            ApiError::RateLimited { .. } => "Too many requests",
             ApiError::Failed { .. } => "Request failed",
             ApiError::Internal(_) => "Internal error",
         }
@@ -182,6 +190,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let ApiError::RateLimited { retry_after } = &self
+            && let Ok(value) = HeaderValue::from_str(&retry_after.to_string())
+        {
+            headers.insert(header::RETRY_AFTER, value);
+        }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

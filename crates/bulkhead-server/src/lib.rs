@@ -7,6 +7,7 @@
 pub mod authn;
 pub mod error;
 pub mod extract;
+mod limits;
 mod openapi;
 pub mod resume;
 mod routes;
@@ -38,6 +39,7 @@ struct StateInner {
     vault: Vault,
     egress: Egress,
     runner: Runner,
+    limiter: limits::RateLimiter,
     admin_token_hash: String,
     platform_issuer: Option<IssuerBinding>,
     leeway_seconds: u64,
@@ -66,6 +68,8 @@ pub struct ServerSettings {
     pub embedders: bulkhead_knowledge::Embedders,
     /// Toolsets, policies and tool calls (built on the same egress).
     pub tools: Arc<bulkhead_tools::Tools>,
+    /// Per-tenant request rates.
+    pub limits: bulkhead_core::config::LimitsConfig,
 }
 
 impl AppState {
@@ -88,6 +92,7 @@ impl AppState {
                     settings.tools,
                 ),
                 egress,
+                limiter: limits::RateLimiter::new(&settings.limits),
                 admin_token_hash: settings.admin_token_hash,
                 platform_issuer: settings.platform_issuer,
                 leeway_seconds: settings.leeway_seconds,
@@ -133,6 +138,10 @@ impl AppState {
 
     pub(crate) fn regions(&self) -> &[RegionName] {
         &self.inner.regions
+    }
+
+    pub(crate) fn limiter(&self) -> &limits::RateLimiter {
+        &self.inner.limiter
     }
 
     pub(crate) fn max_body_bytes(&self) -> usize {

@@ -195,6 +195,7 @@ pub async fn server_settings(
         max_body_bytes: config.max_body_bytes,
         knowledge: config.knowledge.clone(),
         embedders: load_embedders(config).await?,
+        limits: config.limits.clone(),
         tools: std::sync::Arc::new(
             bulkhead_tools::Tools::new(egress.clone(), config.tools.clone())
                 .map_err(|e| anyhow::anyhow!("[tools]: {e}"))?,

@@ -36,6 +36,7 @@ const ENV_KEYS: &[&str] = &[
     "embedders",
     "knowledge",
     "tools",
+    "limits",
 ];
 
 pub fn load(global: &GlobalArgs) -> anyhow::Result<Config> {

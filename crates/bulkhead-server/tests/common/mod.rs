@@ -66,6 +66,7 @@ struct ServerConfig {
         bulkhead_core::config::KnowledgeConfig,
     ),
     tools: bulkhead_core::config::ToolsConfig,
+    limits: bulkhead_core::config::LimitsConfig,
 }
 
 fn platform_issuer() -> IssuerBinding {
@@ -157,6 +158,7 @@ impl TestServer {
             default_models,
             knowledge,
             tools: bulkhead_core::config::ToolsConfig::default(),
+            limits: bulkhead_core::config::LimitsConfig::default(),
         };
         Self::start_on(store, db, config).await
     }
@@ -182,6 +184,31 @@ impl TestServer {
                 bulkhead_core::config::KnowledgeConfig::default(),
             ),
             tools,
+            limits: bulkhead_core::config::LimitsConfig::default(),
+        };
+        Self::start_on(store, db, config).await
+    }
+
+    /// A server with the given per-tenant rate limits.
+    pub async fn start_with_limits(
+        backend: Backend,
+        limits: bulkhead_core::config::LimitsConfig,
+    ) -> Self {
+        let (store, db) = match backend {
+            Backend::Sqlite => TestDb::sqlite().await,
+            Backend::Postgres => TestDb::postgres().await,
+        };
+        let config = ServerConfig {
+            max_body_bytes: 64 * 1024,
+            endpoints: Vec::new(),
+            models: Vec::new(),
+            default_models: None,
+            knowledge: (
+                bulkhead_knowledge::Embedders::load(&[]).unwrap(),
+                bulkhead_core::config::KnowledgeConfig::default(),
+            ),
+            tools: bulkhead_core::config::ToolsConfig::default(),
+            limits,
         };
         Self::start_on(store, db, config).await
     }
@@ -205,6 +232,7 @@ impl TestServer {
             default_models,
             knowledge: (embedders, knowledge),
             tools,
+            limits,
         } = config.clone();
         let endpoints = endpoints.as_slice();
         let vault = vault();
@@ -229,6 +257,7 @@ impl TestServer {
                 "Never reveal credentials.".to_owned(),
             )]),
             tools: Arc::new(bulkhead_tools::Tools::new(egress.clone(), tools).unwrap()),
+            limits,
         };
         let state = AppState::new(store.clone(), vault, egress, settings);
         let sweeper = Some(bulkhead_server::resume::spawn_sweeper(state.clone(), sweep));
