@@ -83,6 +83,21 @@ impl FromRequestParts<AppState> for Authenticated {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let header = authorization(parts)?;
+        // A key seen before names its tenant without a database read, so once a flooding
+        // tenant's bucket is empty its excess is refused before it costs a lookup. This only
+        // peeks (anyone may present a key id); the token is taken after authentication.
+        let key_id = match auth::parse_authorization(header) {
+            Ok(Credential::ApiKey(presented)) => Some(presented.id().clone()),
+            _ => None,
+        };
+        if let Some(tenant) = key_id
+            .as_ref()
+            .and_then(|id| state.limiter().tenant_of_key(id))
+            && let Err(retry_after) = state.limiter().peek(&tenant)
+        {
+            tracing::debug!(tenant.id = %tenant, "rate limited before authentication");
+            return Err(ApiError::RateLimited { retry_after });
+        }
         match authenticate(state, header, request_id(parts)).await {
             Ok((ctx, _)) => {
                 let span = tracing::Span::current();
@@ -91,6 +106,9 @@ impl FromRequestParts<AppState> for Authenticated {
                 if let Err(retry_after) = state.limiter().check(ctx.tenant_id()) {
                     tracing::debug!(tenant.id = %ctx.tenant_id(), "rate limited");
                     return Err(ApiError::RateLimited { retry_after });
+                }
+                if let Some(id) = key_id {
+                    state.limiter().remember_key(id, ctx.tenant_id().clone());
                 }
                 Ok(Authenticated(ctx))
             }

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use bulkhead_core::TenantId;
 use bulkhead_core::config::{LimitsConfig, TenantRate};
+use bulkhead_core::{ApiKeyId, TenantId};
 
 struct Bucket {
     tokens: f64,
@@ -23,7 +23,13 @@ pub struct RateLimiter {
     default: TenantRate,
     overrides: HashMap<String, TenantRate>,
     buckets: Mutex<HashMap<TenantId, Bucket>>,
+    /// API keys that authenticated, and their tenant (a key never changes tenant), so a
+    /// flood is refused before its database lookup. Only ever used to refuse.
+    key_tenants: Mutex<HashMap<ApiKeyId, TenantId>>,
 }
+
+/// Keys remembered before the map is cleared and refilled from new authentications.
+const REMEMBERED_KEYS: usize = 100_000;
 
 impl RateLimiter {
     pub fn new(config: &LimitsConfig) -> Self {
@@ -34,6 +40,21 @@ impl RateLimiter {
             },
             overrides: config.tenants.clone().into_iter().collect(),
             buckets: Mutex::new(HashMap::new()),
+            key_tenants: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The tenant of an API key that authenticated before.
+    pub fn tenant_of_key(&self, key: &ApiKeyId) -> Option<TenantId> {
+        self.key_tenants.lock().ok()?.get(key).cloned()
+    }
+
+    pub fn remember_key(&self, key: ApiKeyId, tenant: TenantId) {
+        if let Ok(mut keys) = self.key_tenants.lock() {
+            if keys.len() >= REMEMBERED_KEYS {
+                keys.clear();
+            }
+            keys.insert(key, tenant);
         }
     }
 
@@ -49,7 +70,18 @@ impl RateLimiter {
         self.check_at(tenant, Instant::now())
     }
 
+    /// Whether `tenant`'s bucket has a request left, without taking it. Used before
+    /// authentication, where the tenant is only presumed (from the key id presented): a
+    /// stranger presenting someone's key id must not be able to drain their bucket.
+    pub fn peek(&self, tenant: &TenantId) -> Result<(), u64> {
+        self.take_at(tenant, Instant::now(), false)
+    }
+
     fn check_at(&self, tenant: &TenantId, now: Instant) -> Result<(), u64> {
+        self.take_at(tenant, now, true)
+    }
+
+    fn take_at(&self, tenant: &TenantId, now: Instant, take: bool) -> Result<(), u64> {
         let rate = self.rate(tenant);
         if rate.requests_per_second <= 0.0 {
             return Ok(());
@@ -66,7 +98,9 @@ impl RateLimiter {
         bucket.tokens = (bucket.tokens + elapsed * rate.requests_per_second).min(capacity);
         bucket.refilled = now;
         if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+            if take {
+                bucket.tokens -= 1.0;
+            }
             Ok(())
         } else {
             let wait = (1.0 - bucket.tokens) / rate.requests_per_second;
@@ -130,5 +164,7 @@ mod tests {
             ..LimitsConfig::default()
         });
         assert!((0..10_000).all(|_| off.check_at(&a, start).is_ok()));
+        // Peeking never takes: a stranger naming b's key cannot drain b's bucket.
+        assert!((0..100).all(|_| limiter.peek(&b).is_ok()));
     }
 }
