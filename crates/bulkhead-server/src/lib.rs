@@ -7,7 +7,7 @@
 pub mod authn;
 pub mod error;
 pub mod extract;
-mod limits;
+pub mod limits;
 mod openapi;
 pub mod resume;
 mod routes;
