@@ -80,6 +80,14 @@ impl Browser {
             .as_str()
             .unwrap_or_else(|| panic!("no WebDriver session: {created}"))
             .to_owned();
+        // A click that submits a form returns before the next page has loaded; finding an
+        // element then waits for it (up to 5 s) instead of failing on the old page.
+        client
+            .post(format!("{base}/session/{session}/timeouts"))
+            .json(&json!({"implicit": 5_000}))
+            .send()
+            .await
+            .unwrap();
         Self {
             driver,
             base,
@@ -359,5 +367,109 @@ async fn an_approver_approves_in_chromium_and_the_run_resumes() {
     );
     let html = page.text().await.unwrap();
     assert!(html.contains("needs the approver role"), "{html}");
+    server.finish().await;
+}
+
+/// A platform JWT (the test issuer's RS256 key) with the approver role for `tenant`,
+/// expiring `lifetime` seconds from now.
+fn approver_jwt(tenant: &str, lifetime: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = json!({"iss": common::PLATFORM_ISS, "aud": common::AUDIENCE, "sub": "ada",
+        "exp": now + lifetime, "nbf": now - 10, "iat": now, "tenant_id": tenant, "roles": ["approver"]});
+    let pem = common::fixture_text("rsa_a.pem");
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("rsa-a".into());
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+#[tokio::test]
+async fn a_jwt_opens_a_session_that_ends_with_the_token_and_a_revoked_key_ends_its_session() {
+    let server = TestServer::start_with_tools(Backend::Sqlite, &[], ToolsConfig::default()).await;
+    server.create_tenant("acme").await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let console = format!("{}/console/approvals", server.base);
+    let sign_in = |credential: String| {
+        let client = client.clone();
+        let url = format!("{}/console/sign-in", server.base);
+        async move {
+            let response = client
+                .post(url)
+                .form(&[("credential", credential)])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::SEE_OTHER);
+            let cookie = response.headers()["set-cookie"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let max_age: i64 = cookie
+                .split("Max-Age=")
+                .nth(1)
+                .unwrap()
+                .split(';')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            (cookie.split(';').next().unwrap().to_owned(), max_age)
+        }
+    };
+    let page = |cookie: String| {
+        let client = client.clone();
+        let url = console.clone();
+        async move {
+            client
+                .get(url)
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    // A JWT's session lasts no longer than the token.
+    let (session, max_age) = sign_in(approver_jwt("acme", 2)).await;
+    assert!(max_age <= 2, "{max_age}");
+    let html = page(session.clone()).await;
+    assert!(
+        html.contains("Pending approvals for acme org") && html.contains("user:ada@"),
+        "{html}"
+    );
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert!(
+        page(session).await.contains("id=\"credential\""),
+        "the session outlived its token"
+    );
+
+    // A key's session ends when the key is revoked.
+    let (key, key_id) = server.create_key("acme", "approver").await;
+    let (session, _) = sign_in(key).await;
+    assert!(
+        page(session.clone())
+            .await
+            .contains("Pending approvals for acme org")
+    );
+    let (status, _) = server
+        .admin(
+            Method::DELETE,
+            &format!("/admin/v1/tenants/acme/api-keys/{key_id}"),
+            None,
+        )
+        .await;
+    assert!(status.is_success(), "{status}");
+    assert!(
+        page(session).await.contains("id=\"credential\""),
+        "the session outlived its key"
+    );
     server.finish().await;
 }

@@ -76,27 +76,12 @@ async fn the_openai_python_client_uses_the_gateway_in_both_modes() {
     )
     .await;
 
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/python/gateway_client.py"
-    );
-    let base = server.base.clone();
-    let (acme, globex) = (keys[0].clone(), keys[1].clone());
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .args([script, &base, &acme, &globex])
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "the openai client's checks failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(stdout.contains("all gateway checks passed"), "{stdout}");
+    common::python_checks(
+        "gateway_client.py",
+        vec![server.base.clone(), keys[0].clone(), keys[1].clone()],
+        "all gateway checks passed",
+    )
+    .await;
 
     // Usage is recorded per tenant and model; globex sees only its own.
     let (_, usage) = server.tenant_get("/v1/usage", &keys[0]).await;

@@ -1292,27 +1292,16 @@ async fn the_official_mcp_python_sdk_sees_only_its_tenants_tools() {
         "kind": "http", "endpoint": "crm", "credential": "crm",
         "operations": [{"name": "ping", "description": "Ping", "method": "GET", "path": "/ping", "arguments": {"type": "object"}}]
     })).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/mcp_client.py");
-    let (base, acme_key, globex_key) = (
-        server.base.clone(),
-        acme.developer.clone(),
-        globex.developer.clone(),
-    );
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .args([script, &base, &acme_key, &globex_key])
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "the MCP SDK's checks failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(stdout.contains("all mcp checks passed"), "{stdout}");
+    common::python_checks(
+        "mcp_client.py",
+        vec![
+            server.base.clone(),
+            acme.developer.clone(),
+            globex.developer.clone(),
+        ],
+        "all mcp checks passed",
+    )
+    .await;
     let requests = saas.requests();
     assert_eq!(requests.len(), 1);
     assert_eq!(requests[0].credential, "Bearer xoxb-acme");

@@ -306,41 +306,7 @@ impl TenantStore<'_> {
         if paused == 0 {
             return Err(StoreError::NotFound("running run"));
         }
-        let sql = format!(
-            "INSERT INTO approvals (tenant_id, approval_id, run_id, agent, tool, tool_call_id, action, target, arguments, \
-             status, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $11) \
-             RETURNING {APPROVAL_COLUMNS}"
-        );
-        let record = fetch_optional!(
-            &mut tx,
-            ApprovalRecord,
-            &sql,
-            tenant.as_str(),
-            draft.approval_id.as_str(),
-            draft.run_id.as_str(),
-            draft.agent.as_str(),
-            draft.tool.as_str(),
-            draft.tool_call_id.as_str(),
-            draft.action.as_str(),
-            draft.target.as_str(),
-            draft.arguments.as_str(),
-            now,
-            draft.expires_at,
-        )?
-        .ok_or_else(|| StoreError::Corrupt("approval insert returned no row".into()))?;
-        audit::append(
-            &mut tx,
-            tenant,
-            &self.origin(),
-            AuditDraft {
-                action: "approval.requested",
-                resource: format!("approval/{}", draft.approval_id),
-                outcome: Outcome::Success,
-                details: json!({"run_id": draft.run_id, "agent": draft.agent, "tool": draft.tool,
-                    "target": draft.target, "expires_at": draft.expires_at}),
-            },
-        )
-        .await?;
+        let record = insert_approval(&mut tx, tenant, &self.origin(), draft, now).await?;
         tx.commit().await?;
         Ok(record)
     }
@@ -472,39 +438,12 @@ impl TenantStore<'_> {
     ) -> Result<ApprovalRecord, StoreError> {
         let tenant = self.context().tenant_id();
         let mut tx = self.begin(Access::Write).await?;
-        let sql = format!(
-            "INSERT INTO approvals (tenant_id, approval_id, run_id, agent, tool, tool_call_id, action, target, arguments, \
-             status, created_at, expires_at) VALUES ($1, $2, '', $3, $4, '', $5, $6, $7, 'pending', $8, $9) \
-             RETURNING {APPROVAL_COLUMNS}"
-        );
-        let record = fetch_optional!(
-            &mut tx,
-            ApprovalRecord,
-            &sql,
-            tenant.as_str(),
-            draft.approval_id.as_str(),
-            draft.agent.as_str(),
-            draft.tool.as_str(),
-            draft.action.as_str(),
-            draft.target.as_str(),
-            draft.arguments.as_str(),
-            now_millis(),
-            draft.expires_at,
-        )?
-        .ok_or_else(|| StoreError::Corrupt("approval insert returned no row".into()))?;
-        audit::append(
-            &mut tx,
-            tenant,
-            &self.origin(),
-            AuditDraft {
-                action: "approval.requested",
-                resource: format!("approval/{}", draft.approval_id),
-                outcome: Outcome::Success,
-                details: json!({"via": "mcp", "caller": draft.agent, "tool": draft.tool,
-                    "target": draft.target, "expires_at": draft.expires_at}),
-            },
-        )
-        .await?;
+        let draft = ApprovalDraft {
+            run_id: String::new(),
+            tool_call_id: String::new(),
+            ..draft.clone()
+        };
+        let record = insert_approval(&mut tx, tenant, &self.origin(), &draft, now_millis()).await?;
         tx.commit().await?;
         Ok(record)
     }
@@ -559,6 +498,52 @@ impl TenantStore<'_> {
         tx.commit().await?;
         Ok(claimed > 0)
     }
+}
+
+/// Inserts a pending approval and appends its `approval.requested` event, in `tx`.
+async fn insert_approval(
+    tx: &mut crate::backend::Tx,
+    tenant: &TenantId,
+    origin: &bulkhead_core::audit::Origin,
+    draft: &ApprovalDraft,
+    now: i64,
+) -> Result<ApprovalRecord, StoreError> {
+    let sql = format!(
+        "INSERT INTO approvals (tenant_id, approval_id, run_id, agent, tool, tool_call_id, action, target, arguments, \
+         status, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $11) \
+         RETURNING {APPROVAL_COLUMNS}"
+    );
+    let record = fetch_optional!(
+        tx,
+        ApprovalRecord,
+        &sql,
+        tenant.as_str(),
+        draft.approval_id.as_str(),
+        draft.run_id.as_str(),
+        draft.agent.as_str(),
+        draft.tool.as_str(),
+        draft.tool_call_id.as_str(),
+        draft.action.as_str(),
+        draft.target.as_str(),
+        draft.arguments.as_str(),
+        now,
+        draft.expires_at,
+    )?
+    .ok_or_else(|| StoreError::Corrupt("approval insert returned no row".into()))?;
+    audit::append(
+        tx,
+        tenant,
+        origin,
+        AuditDraft {
+            action: "approval.requested",
+            resource: format!("approval/{}", draft.approval_id),
+            outcome: Outcome::Success,
+            details: json!({"run_id": draft.run_id, "caller": draft.agent, "tool": draft.tool,
+                "target": draft.target, "expires_at": draft.expires_at}),
+        },
+    )
+    .await?;
+    Ok(record)
 }
 
 async fn read_policy_generation(

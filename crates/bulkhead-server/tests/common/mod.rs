@@ -421,3 +421,25 @@ pub async fn put_agent(server: &TestServer, key: &str, name: &str, spec: serde_j
         .await;
     assert!(status.is_success(), "{body}");
 }
+
+/// Runs `tests/python/<script>` with `args` and checks that it succeeded and printed
+/// `expected` (the Python clients' own assertions are the checks).
+pub async fn python_checks(script: &str, args: Vec<String>, expected: &str) {
+    let path = format!("{}/tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(path)
+            .args(args)
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{script}'s checks failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains(expected), "{stdout}");
+}
