@@ -29,6 +29,8 @@ pub enum BenchCommand {
     /// Knowledge search: one tenant's latency while the others' chunks grow, graph recall,
     /// memory per tenant, cold loads and ingest throughput.
     Knowledge(crate::bench_knowledge::KnowledgeBenchArgs),
+    /// Audit appends per second (durable) on this database, and chain verification speed.
+    Audit(crate::bench_audit::AuditBenchArgs),
 }
 
 pub async fn run(global: &GlobalArgs, command: BenchCommand) -> anyhow::Result<()> {
@@ -39,6 +41,7 @@ pub async fn run(global: &GlobalArgs, command: BenchCommand) -> anyhow::Result<(
             prefix,
         } => (tenants, concurrency, prefix),
         BenchCommand::Knowledge(args) => return crate::bench_knowledge::run(global, args).await,
+        BenchCommand::Audit(args) => return crate::bench_audit::run(global, args).await,
     };
     let config = settings::load(global)?;
     let store = settings::open_store(&config).await?;

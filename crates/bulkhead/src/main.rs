@@ -2,6 +2,7 @@
 //! the data directory or database. The only crate that uses `anyhow`.
 
 mod bench;
+mod bench_audit;
 mod bench_knowledge;
 mod cli_admin;
 mod cli_audit;
