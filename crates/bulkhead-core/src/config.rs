@@ -52,6 +52,7 @@ pub struct Config {
     pub knowledge: KnowledgeConfig,
     pub tools: ToolsConfig,
     pub limits: LimitsConfig,
+    pub metrics: MetricsConfig,
 }
 
 impl Default for Config {
@@ -78,8 +79,18 @@ impl Default for Config {
             knowledge: KnowledgeConfig::default(),
             tools: ToolsConfig::default(),
             limits: LimitsConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
+}
+
+/// Prometheus metrics at `/metrics` (admin token).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Tenants whose id may appear as a `tenant` label; every other tenant is counted as
+    /// `other`, so the number of series stays bounded however many tenants there are.
+    pub tenant_labels: Vec<String>,
 }
 
 /// Per-tenant request rates on the tenant plane: each tenant has its own bucket, so one

@@ -392,8 +392,18 @@ impl TenantEgress<'_> {
                 details,
             })
             .await?;
-        if let Err(error) = result {
-            tracing::warn!(tenant.id = %self.ctx.tenant_id(), endpoint = name, code = error.code(), "outbound call failed");
+        let failed = match result {
+            Err(error) => {
+                tracing::warn!(tenant.id = %self.ctx.tenant_id(), endpoint = name, code = error.code(), "outbound call failed");
+                Some(error.code().to_owned())
+            }
+            Ok((status, ..)) if *status >= 500 || *status == 429 => Some(format!("http_{status}")),
+            Ok(_) => None,
+        };
+        // Labelled by endpoint (a configured name: bounded) and code, never by tenant.
+        if let Some(code) = failed {
+            metrics::counter!("bulkhead_upstream_errors_total", "endpoint" => name.clone(), "code" => code)
+                .increment(1);
         }
         Ok(())
     }

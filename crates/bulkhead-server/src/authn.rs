@@ -96,6 +96,8 @@ impl FromRequestParts<AppState> for Authenticated {
             && let Err(retry_after) = state.limiter().peek(&tenant)
         {
             tracing::debug!(tenant.id = %tenant, "rate limited before authentication");
+            metrics::counter!("bulkhead_rate_limited_total", "tenant" => state.metric_tenant(&tenant))
+                .increment(1);
             return Err(ApiError::RateLimited { retry_after });
         }
         match authenticate(state, header, request_id(parts)).await {
@@ -105,6 +107,8 @@ impl FromRequestParts<AppState> for Authenticated {
                 span.record("principal", ctx.principal().to_string());
                 if let Err(retry_after) = state.limiter().check(ctx.tenant_id()) {
                     tracing::debug!(tenant.id = %ctx.tenant_id(), "rate limited");
+                    metrics::counter!("bulkhead_rate_limited_total", "tenant" => state.metric_tenant(ctx.tenant_id()))
+                        .increment(1);
                     return Err(ApiError::RateLimited { retry_after });
                 }
                 if let Some(id) = key_id {

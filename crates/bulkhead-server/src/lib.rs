@@ -8,6 +8,7 @@ pub mod authn;
 pub mod error;
 pub mod extract;
 pub mod limits;
+mod metrics;
 mod openapi;
 pub mod resume;
 mod routes;
@@ -40,6 +41,7 @@ struct StateInner {
     egress: Egress,
     runner: Runner,
     limiter: limits::RateLimiter,
+    metric_tenants: Vec<String>,
     admin_token_hash: String,
     platform_issuer: Option<IssuerBinding>,
     leeway_seconds: u64,
@@ -70,6 +72,8 @@ pub struct ServerSettings {
     pub tools: Arc<bulkhead_tools::Tools>,
     /// Per-tenant request rates.
     pub limits: bulkhead_core::config::LimitsConfig,
+    /// Which tenants may appear as metric labels.
+    pub metrics: bulkhead_core::config::MetricsConfig,
 }
 
 impl AppState {
@@ -93,6 +97,7 @@ impl AppState {
                 ),
                 egress,
                 limiter: limits::RateLimiter::new(&settings.limits),
+                metric_tenants: settings.metrics.tenant_labels,
                 admin_token_hash: settings.admin_token_hash,
                 platform_issuer: settings.platform_issuer,
                 leeway_seconds: settings.leeway_seconds,
@@ -140,6 +145,11 @@ impl AppState {
         &self.inner.regions
     }
 
+    /// The `tenant` label for metrics about `tenant` (allowlisted, or `other`).
+    pub(crate) fn metric_tenant(&self, tenant: &bulkhead_core::TenantId) -> String {
+        metrics::tenant_label(&self.inner.metric_tenants, tenant)
+    }
+
     pub(crate) fn limiter(&self) -> &limits::RateLimiter {
         &self.inner.limiter
     }
@@ -151,11 +161,14 @@ impl AppState {
 
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
+    // Installed before the first request, so nothing counted is lost.
+    metrics::handle();
     let (router, _) = routes::router().split_for_parts();
     router
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body_bytes()))
+        .layer(middleware::from_fn(metrics::track))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             authn::request_context,

@@ -568,6 +568,7 @@ async fn the_openapi_document_covers_every_route() {
         ("/v1/approvals/{id}/decision", "post"),
         ("/mcp", "post"),
         ("/mcp", "get"),
+        ("/metrics", "get"),
         ("/v1/audit", "get"),
         ("/v1/audit/export", "get"),
         ("/v1/audit/verify", "get"),

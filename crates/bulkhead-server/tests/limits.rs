@@ -88,5 +88,37 @@ async fn a_tenant_flooding_twenty_times_its_limit_does_not_stop_another_tenants_
         noisy_statuses.len()
     );
     assert!(refused > allowed, "refused {refused}, allowed {allowed}");
+
+    // Prometheus metrics, for the admin token only: refusals by tenant for the allowlisted
+    // tenant only (the test server allowlists "noisy"), requests by route template, and no
+    // secret anywhere.
+    let (status, _) = server
+        .send(server.request(reqwest::Method::GET, "/metrics", Some(&quiet)))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let text = server
+        .request(reqwest::Method::GET, "/metrics", Some(common::ADMIN_TOKEN))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refusals = text
+        .lines()
+        .find(|l| l.starts_with("bulkhead_rate_limited_total{tenant=\"noisy\"}"))
+        .unwrap_or_else(|| panic!("no refusal counter for the allowlisted tenant:\n{text}"));
+    let counted: f64 = refusals.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(counted >= refused as f64, "{refusals} < {refused}");
+    assert!(text.contains("route=\"/v1/whoami\""), "{text}");
+    assert!(
+        text.contains("bulkhead_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("quiet"),
+        "a tenant outside the allowlist got a label:\n{text}"
+    );
+    assert!(!text.contains("bhk_"), "a key in the metrics:\n{text}");
     server.finish().await;
 }

@@ -196,6 +196,7 @@ pub async fn server_settings(
         knowledge: config.knowledge.clone(),
         embedders: load_embedders(config).await?,
         limits: config.limits.clone(),
+        metrics: config.metrics.clone(),
         tools: std::sync::Arc::new(
             bulkhead_tools::Tools::new(egress.clone(), config.tools.clone())
                 .map_err(|e| anyhow::anyhow!("[tools]: {e}"))?,

@@ -37,6 +37,7 @@ const ENV_KEYS: &[&str] = &[
     "knowledge",
     "tools",
     "limits",
+    "metrics",
 ];
 
 pub fn load(global: &GlobalArgs) -> anyhow::Result<Config> {

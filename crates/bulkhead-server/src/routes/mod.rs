@@ -29,6 +29,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::openapi_json))
+        .routes(routes!(ops::metrics))
         .routes(routes!(
             admin_tenants::create_tenant,
             admin_tenants::list_tenants

@@ -76,3 +76,25 @@ pub async fn method_not_allowed() -> ApiError {
 pub fn panic_response(_payload: Box<dyn Any + Send + 'static>) -> Response {
     ApiError::Internal("handler panicked".into()).into_response()
 }
+
+/// Prometheus metrics in the text exposition format: requests and latency by route,
+/// rate-limit rejections by tenant (allowlisted tenants only, the rest as `other`), upstream
+/// errors by endpoint. Needs the admin token (`authorization: Bearer` in the scrape config).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    security(("admin_token" = [])),
+    responses((status = 200, content_type = "text/plain", body = String, description = "Prometheus text format"),
+        (status = 401, body = crate::error::Problem)))]
+pub async fn metrics(_admin: crate::authn::Admin) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let text = crate::metrics::handle()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}

@@ -258,6 +258,9 @@ impl TestServer {
             )]),
             tools: Arc::new(bulkhead_tools::Tools::new(egress.clone(), tools).unwrap()),
             limits,
+            metrics: bulkhead_core::config::MetricsConfig {
+                tenant_labels: vec!["noisy".into()],
+            },
         };
         let state = AppState::new(store.clone(), vault, egress, settings);
         let sweeper = Some(bulkhead_server::resume::spawn_sweeper(state.clone(), sweep));
