@@ -55,7 +55,7 @@ fn as_text(value: &Value) -> String {
 
 /// RFC 3986 percent-encoding of everything but unreserved characters, so an argument cannot
 /// add a path segment, a query parameter or a fragment.
-fn encode(value: &str) -> String {
+pub fn percent_encode(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for byte in value.bytes() {
         if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
@@ -82,7 +82,7 @@ pub fn build_request(op: &Operation, arguments: &Value) -> Result<OutboundReques
             ToolError::InvalidArguments(format!("missing argument {name:?} for the path"))
         })?;
         path.push_str(&template[..start]);
-        path.push_str(&encode(&as_text(&value)));
+        path.push_str(&percent_encode(&as_text(&value)));
         template = &template[end + 1..];
     }
     path.push_str(template);
@@ -105,7 +105,7 @@ pub fn build_request(op: &Operation, arguments: &Value) -> Result<OutboundReques
         BodyShape::Arguments if in_query => {
             let query: Vec<String> = rest
                 .iter()
-                .map(|(k, v)| format!("{}={}", encode(k), encode(&as_text(v))))
+                .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(&as_text(v))))
                 .collect();
             if !query.is_empty() {
                 path.push('?');

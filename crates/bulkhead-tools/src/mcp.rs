@@ -30,7 +30,7 @@ use sse_stream::{Sse, SseStream};
 
 use crate::ToolError;
 use crate::http::{MAX_RESULT_BYTES, clip};
-use crate::spec::{BodyShape, Operation, valid_operation_name};
+use crate::spec::{BodyShape, Operation};
 
 /// Most bytes of one JSON answer read from an MCP server.
 const MAX_JSON_BYTES: usize = 4 * 1024 * 1024;
@@ -299,13 +299,11 @@ pub async fn connect(
 
 /// MCP tool names the model can call after `<toolset>__`: letters, digits, `_` and `-`.
 fn valid_mcp_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 48
+    name.len() <= 48
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        && (valid_operation_name(name)
-            || name.chars().next().is_some_and(|c| c.is_ascii_alphabetic()))
 }
 
 impl McpSession {

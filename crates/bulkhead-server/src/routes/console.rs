@@ -340,10 +340,6 @@ pub struct DecisionForm {
     reason: String,
 }
 
-fn refused(status: StatusCode, message: &str) -> Response {
-    page(status, "sign_in.html", context! { error => message })
-}
-
 /// Approves or denies one pending call from the console (approver role, same tenant, with
 /// the session's CSRF token).
 #[utoipa::path(post, path = "/console/approvals/{id}/decision", tag = "console",
@@ -358,18 +354,21 @@ pub async fn decide(
     Form(form): Form<DecisionForm>,
 ) -> Result<Response, ApiError> {
     let Some(session) = session else {
-        return Ok(refused(StatusCode::FORBIDDEN, "Please sign in again."));
+        return Ok(sign_in_page(
+            StatusCode::FORBIDDEN,
+            Some("Please sign in again."),
+        ));
     };
     if !csrf_matches(&session, &form.csrf) {
-        return Ok(refused(
+        return Ok(sign_in_page(
             StatusCode::FORBIDDEN,
-            "This form has expired; please reload the page.",
+            Some("This form has expired; please reload the page."),
         ));
     }
     if !session.ctx.has_any_role(DECIDERS) {
-        return Ok(refused(
+        return Ok(sign_in_page(
             StatusCode::FORBIDDEN,
-            "Deciding needs the approver role.",
+            Some("Deciding needs the approver role."),
         ));
     }
     let approve = match form.decision.as_str() {
@@ -382,16 +381,7 @@ pub async fn decide(
         Err(ApiError::Conflict(message)) => message,
         Err(error) => return Err(error),
     };
-    let query: String = notice
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect();
+    let query = bulkhead_tools::http::percent_encode(&notice);
     Ok(Redirect::to(&format!("/console/approvals?notice={query}")).into_response())
 }
 
