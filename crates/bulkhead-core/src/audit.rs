@@ -41,6 +41,7 @@ impl Outcome {
 #[derive(Debug, Clone)]
 pub struct Origin {
     pub actor: String,
+    /// The request and the trace it belongs to.
     pub request_id: Option<RequestId>,
 }
 
@@ -83,6 +84,9 @@ pub struct AuditEvent {
     pub resource: String,
     pub outcome: Outcome,
     pub request_id: Option<String>,
+    /// The W3C trace the event was recorded under. Absent on events older than trace ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     pub details: Value,
     pub prev_hash: String,
     pub hash: String,
@@ -93,7 +97,7 @@ impl AuditEvent {
     /// order and object keys sorted at every depth, so the hash does not depend on how a map
     /// happened to be built or on serde_json's feature flags.
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        let fields: [(&str, Value); 9] = [
+        let mut fields: Vec<(&str, Value)> = vec![
             ("tenant_id", Value::from(self.tenant_id.as_str())),
             ("seq", Value::from(self.seq)),
             ("occurred_at", Value::from(self.occurred_at)),
@@ -107,6 +111,10 @@ impl AuditEvent {
             ),
             ("details", self.details.clone()),
         ];
+        // Appended only when present, so events from before trace ids keep their hashes.
+        if let Some(trace_id) = &self.trace_id {
+            fields.push(("trace_id", Value::from(trace_id.as_str())));
+        }
         let mut out = Vec::with_capacity(256);
         out.push(b'{');
         for (i, (key, value)) in fields.iter().enumerate() {
@@ -277,6 +285,8 @@ mod tests {
                     resource: "tenant/acme".into(),
                     outcome: Outcome::Success,
                     request_id: Some(format!("req-{seq}")),
+                    // Older events have no trace id; a chain may hold both kinds.
+                    trace_id: (seq % 2 == 0).then(|| format!("{seq:032x}")),
                     details: json!({"b": seq, "a": [1, {"z": 1, "y": 2}]}),
                     prev_hash: prev.clone(),
                     hash: String::new(),
@@ -349,6 +359,29 @@ mod tests {
             event.seq = i64::try_from(i).unwrap() + 1;
         }
         assert!(verify_chain(&acme(), &inserted).is_err());
+    }
+
+    #[test]
+    fn a_trace_id_is_hashed_when_present_and_changes_nothing_when_absent() {
+        let events = chain(2);
+        let (untraced, traced) = (&events[0], &events[1]);
+        assert!(!String::from_utf8_lossy(&untraced.canonical_bytes()).contains("trace_id"));
+        assert!(
+            String::from_utf8_lossy(&traced.canonical_bytes())
+                .ends_with(&format!(r#","trace_id":"{:032x}"}}"#, 2))
+        );
+        let mut edited = events.clone();
+        edited[1].trace_id = Some(format!("{:032x}", 3));
+        assert_eq!(
+            verify_chain(&acme(), &edited),
+            Err(ChainError::Tampered { seq: 2 })
+        );
+        let mut stripped = events.clone();
+        stripped[1].trace_id = None;
+        assert_eq!(
+            verify_chain(&acme(), &stripped),
+            Err(ChainError::Tampered { seq: 2 })
+        );
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub struct Config {
     pub tools: ToolsConfig,
     pub limits: LimitsConfig,
     pub metrics: MetricsConfig,
+    /// Publishing every audit event to NATS JetStream. Unset: the database chain only.
+    pub audit_stream: Option<AuditStreamConfig>,
 }
 
 impl Default for Config {
@@ -80,6 +82,39 @@ impl Default for Config {
             tools: ToolsConfig::default(),
             limits: LimitsConfig::default(),
             metrics: MetricsConfig::default(),
+            audit_stream: None,
+        }
+    }
+}
+
+/// `[audit_stream]`: every audit event also goes to NATS JetStream, on the subject
+/// `<subject_prefix>.<tenant id>` with message id `<tenant id>:<seq>`, at least once and in
+/// each tenant's order, from the chain in the database (which is the outbox).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditStreamConfig {
+    /// The NATS server, `nats://host:port`.
+    pub url: String,
+    /// The JetStream stream, created if missing, covering `<subject_prefix>.>`.
+    pub stream: String,
+    pub subject_prefix: String,
+    /// How long JetStream remembers message ids to drop a republished event.
+    pub duplicate_window_seconds: u64,
+    /// How often the publisher looks for new events, in milliseconds.
+    pub poll_ms: u64,
+    /// Events published per tenant before the next tenant gets its turn.
+    pub batch: u32,
+}
+
+impl Default for AuditStreamConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".to_owned(),
+            stream: "BULKHEAD_AUDIT".to_owned(),
+            subject_prefix: "bulkhead.audit".to_owned(),
+            duplicate_window_seconds: 120,
+            poll_ms: 200,
+            batch: 256,
         }
     }
 }

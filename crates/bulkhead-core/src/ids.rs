@@ -177,14 +177,21 @@ impl fmt::Debug for ApiKeyId {
     }
 }
 
-/// Correlates a request's log lines, spans and audit events. Taken from the caller's
-/// `x-request-id` when it is sane, generated otherwise.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize)]
-pub struct RequestId(String);
+/// Correlates a request's log lines, spans and audit events: its own id, taken from the
+/// caller's `x-request-id` when it is sane and generated otherwise, and the W3C trace it is
+/// part of (from the caller's `traceparent`, or new).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct RequestId {
+    id: String,
+    trace_id: String,
+}
 
 impl RequestId {
     pub fn generate() -> Self {
-        Self(random_alphanumeric(20))
+        Self {
+            id: random_alphanumeric(20),
+            trace_id: new_trace_id(),
+        }
     }
 
     /// Accepts a caller-supplied id only if it is short and printable, so it cannot smuggle
@@ -194,26 +201,94 @@ impl RequestId {
             Some(v)
                 if !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()) =>
             {
-                Self(v.to_owned())
+                Self {
+                    id: v.to_owned(),
+                    trace_id: new_trace_id(),
+                }
             }
             _ => Self::generate(),
         }
     }
 
+    /// Joins the trace named by a W3C `traceparent` header; a malformed one is ignored (the
+    /// request keeps its own new trace), as the Trace Context spec asks.
+    pub fn within_trace(mut self, traceparent: Option<&str>) -> Self {
+        if let Some(trace_id) = traceparent.and_then(trace_id_of_traceparent) {
+            self.trace_id = trace_id.to_owned();
+        }
+        self
+    }
+
+    /// Joins a trace whose id is already known (32 lowercase hex digits, not all zero).
+    pub fn with_trace_id(mut self, trace_id: &str) -> Self {
+        if is_trace_id(trace_id) {
+            self.trace_id = trace_id.to_owned();
+        }
+        self
+    }
+
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.id
+    }
+
+    /// 32 lowercase hex digits.
+    pub fn trace_id(&self) -> &str {
+        &self.trace_id
+    }
+}
+
+impl Serialize for RequestId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.id)
+    }
+}
+
+/// The trace id of a `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`), if it is one.
+pub fn trace_id_of_traceparent(header: &str) -> Option<&str> {
+    let mut parts = header.trim().split('-');
+    let (version, trace_id, parent_id, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let well_formed = hex(version, 2)
+        && version != "ff"
+        && (version != "00" || parts.next().is_none())
+        && hex(parent_id, 16)
+        && parent_id != "0000000000000000"
+        && hex(flags, 2);
+    (well_formed && is_trace_id(trace_id)).then_some(trace_id)
+}
+
+fn is_trace_id(value: &str) -> bool {
+    value.len() == 32
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && value.bytes().any(|b| b != b'0')
+}
+
+/// A new W3C trace id: 16 random bytes, never all zero.
+pub fn new_trace_id() -> String {
+    loop {
+        let bytes: [u8; 16] = rand::random();
+        if bytes != [0; 16] {
+            return hex::encode(bytes);
+        }
     }
 }
 
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.id)
     }
 }
 
 impl fmt::Debug for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RequestId({:?})", self.0)
+        write!(f, "RequestId({:?}, trace {})", self.id, self.trace_id)
     }
 }
 
@@ -293,6 +368,30 @@ mod tests {
         let replaced = RequestId::from_header_or_generate(Some("bad\nid"));
         assert_ne!(replaced.as_str(), "bad\nid");
         assert_eq!(replaced.as_str().len(), 20);
+    }
+
+    #[test]
+    fn a_callers_traceparent_is_joined_only_when_well_formed() {
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let joined =
+            RequestId::generate().within_trace(Some(&format!("00-{trace}-00f067aa0ba902b7-01")));
+        assert_eq!(joined.trace_id(), trace);
+        for bad in [
+            format!("00-{}-00f067aa0ba902b7-01", "0".repeat(32)),
+            format!("00-{trace}-0000000000000000-01"),
+            format!("ff-{trace}-00f067aa0ba902b7-01"),
+            format!("00-{}-00f067aa0ba902b7-01", trace.to_uppercase()),
+            format!("00-{trace}-00f067aa0ba902b7-01-extra"),
+            "00-abc-def-01".to_owned(),
+        ] {
+            let fresh = RequestId::generate().within_trace(Some(&bad));
+            assert_ne!(fresh.trace_id(), trace, "{bad}");
+            assert!(is_trace_id(fresh.trace_id()), "{bad}");
+        }
+        assert_ne!(
+            RequestId::generate().trace_id(),
+            RequestId::generate().trace_id()
+        );
     }
 
     #[test]

@@ -23,6 +23,8 @@ use crate::error::ApiError;
 use crate::extract::BodyLimit;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// W3C Trace Context: a caller's trace is joined, so our spans and audit events carry its id.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
 
 /// Gives every request an id (the caller's `x-request-id` if sane) and a span that the
 /// authentication extractors fill with `tenant.id`, and echoes the id in the response.
@@ -31,11 +33,11 @@ pub async fn request_context(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let request_id = RequestId::from_header_or_generate(
-        req.headers()
-            .get(REQUEST_ID_HEADER)
-            .and_then(|v| v.to_str().ok()),
-    );
+    let request_id = {
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        RequestId::from_header_or_generate(header(REQUEST_ID_HEADER))
+            .within_trace(header(TRACEPARENT_HEADER))
+    };
     req.extensions_mut().insert(request_id.clone());
     req.extensions_mut()
         .insert(BodyLimit(state.max_body_bytes()));
@@ -44,6 +46,7 @@ pub async fn request_context(
         method = %req.method(),
         path = %req.uri().path(),
         request_id = %request_id,
+        trace_id = request_id.trace_id(),
         tenant.id = tracing::field::Empty,
         principal = tracing::field::Empty,
         status = tracing::field::Empty,

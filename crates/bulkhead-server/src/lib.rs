@@ -4,6 +4,7 @@
 //! **Architecture Invariant:** handlers never see a tenant id they could choose: tenant-plane
 //! handlers take [`authn::Authenticated`] and reach data through `store.tenant(&ctx)`.
 
+pub mod audit_stream;
 pub mod authn;
 pub mod error;
 pub mod extract;

@@ -159,7 +159,7 @@ async fn a_tenant_reads_pages_exports_and_verifies_its_own_trail_and_tampering_i
                   UPDATE audit_events SET seq = seq - 999999 WHERE tenant_id = 'acme' AND seq > 1000000")
             .await;
         let insert = format!(
-            "INSERT INTO audit_events SELECT tenant_id, 6, occurred_at, actor, action, resource, outcome, request_id, details, prev_hash, hash \
+            "INSERT INTO audit_events SELECT tenant_id, 6, occurred_at, actor, action, resource, outcome, request_id, details, prev_hash, hash, trace_id \
              FROM audit_events WHERE tenant_id = 'acme' AND seq = {}",
             original.seq
         );

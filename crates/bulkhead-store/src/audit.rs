@@ -46,6 +46,7 @@ pub(crate) async fn append(
         resource: draft.resource,
         outcome: draft.outcome,
         request_id: origin.request_id.as_ref().map(|r| r.as_str().to_owned()),
+        trace_id: origin.request_id.as_ref().map(|r| r.trace_id().to_owned()),
         details: draft.details,
         prev_hash: head.hash,
         hash: String::new(),
@@ -55,8 +56,8 @@ pub(crate) async fn append(
     execute!(
         tx,
         "INSERT INTO audit_events (tenant_id, seq, occurred_at, actor, action, resource, \
-         outcome, request_id, details, prev_hash, hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+         outcome, request_id, details, prev_hash, hash, trace_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         event.tenant_id.as_str(),
         event.seq,
         event.occurred_at,
@@ -68,6 +69,7 @@ pub(crate) async fn append(
         event.details.to_string(),
         event.prev_hash.as_str(),
         event.hash.as_str(),
+        event.trace_id.as_deref(),
     )?;
     execute!(
         tx,

@@ -14,6 +14,7 @@
 mod admin;
 mod agents;
 mod audit;
+mod audit_stream;
 mod backend;
 mod credentials;
 mod events;
@@ -41,6 +42,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 pub use admin::AdminStore;
 pub use agents::{AgentRecord, PromptRecord};
 pub use audit::{AuditFilter, AuditVerification};
+pub use audit_stream::StreamBacklog;
 pub use credentials::{CredentialRecord, CredentialWrite, DataKeyRecord};
 pub use knowledge::{
     ChunkRecord, DocumentOutcome, DocumentRecord, DocumentWrite, IndexedChunk, KnowledgeBaseRecord,

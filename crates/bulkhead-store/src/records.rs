@@ -230,13 +230,14 @@ pub(crate) struct AuditRow {
     resource: String,
     outcome: String,
     request_id: Option<String>,
+    trace_id: Option<String>,
     details: String,
     prev_hash: String,
     hash: String,
 }
 
 pub(crate) const AUDIT_COLUMNS: &str = "tenant_id, seq, occurred_at, actor, action, resource, \
-     outcome, request_id, details, prev_hash, hash";
+     outcome, request_id, trace_id, details, prev_hash, hash";
 
 impl TryFrom<AuditRow> for AuditEvent {
     type Error = StoreError;
@@ -251,6 +252,7 @@ impl TryFrom<AuditRow> for AuditEvent {
             outcome: Outcome::parse(&row.outcome)
                 .ok_or_else(|| corrupt("outcome", &row.outcome))?,
             request_id: row.request_id,
+            trace_id: row.trace_id,
             details: serde_json::from_str(&row.details).map_err(|e| corrupt("details", e))?,
             prev_hash: row.prev_hash,
             hash: row.hash,

@@ -28,6 +28,7 @@ bulkhead_store::on_both_backends!(
     expired_threads_go_with_an_audit_event,
     documents_replace_their_chunks_atomically_per_tenant,
     approvals_are_decided_once_and_their_runs_claimed_once,
+    the_stream_cursor_follows_each_chain_and_never_moves_back,
 );
 
 fn id(s: &str) -> TenantId {
@@ -442,6 +443,11 @@ async fn every_change_extends_a_verifiable_chain(store: &Store, _db: &TestDb) {
     assert_eq!(events[2].prev_hash, events[1].hash);
     assert_eq!(events[1].actor, "admin");
     assert_eq!(events[1].request_id.as_deref(), Some("req-42"));
+    // The trace the request was part of is stored and hashed with the event.
+    assert_eq!(
+        events[1].trace_id.as_deref(),
+        Some(origin.request_id.as_ref().unwrap().trace_id())
+    );
     let head = verify_chain(&id("acme"), &events).unwrap();
     assert_eq!(head.head_hash, events[2].hash);
     // No secret reaches the log: the key's hash and the key are absent.
@@ -457,6 +463,55 @@ async fn every_change_extends_a_verifiable_chain(store: &Store, _db: &TestDb) {
     assert_eq!(
         admin.audit_events(&id("acme"), 2, 100).await.unwrap().len(),
         1
+    );
+}
+
+async fn the_stream_cursor_follows_each_chain_and_never_moves_back(store: &Store, _db: &TestDb) {
+    let acme = create(store, "acme").await;
+    create(store, "globex").await;
+    let admin = store.admin();
+    let behind = |backlog: Vec<bulkhead_store::StreamBacklog>| {
+        let mut rows: Vec<_> = backlog
+            .into_iter()
+            .map(|b| (b.tenant.to_string(), b.published_seq, b.head_seq))
+            .collect();
+        rows.sort();
+        rows
+    };
+    assert_eq!(
+        behind(admin.audit_stream_backlog().await.unwrap()),
+        [("acme".into(), 0, 1), ("globex".into(), 0, 1)]
+    );
+    admin.mark_audit_published(&id("acme"), 1).await.unwrap();
+    admin
+        .update_tenant(
+            &id("globex"),
+            TenantPatch {
+                status: Some(TenantStatus::Suspended),
+                ..TenantPatch::default()
+            },
+            &Origin::cli(),
+        )
+        .await
+        .unwrap();
+    admin.mark_audit_published(&id("globex"), 2).await.unwrap();
+    // A slower publisher's older acknowledgement does not undo a newer one.
+    admin.mark_audit_published(&id("globex"), 1).await.unwrap();
+    assert!(admin.audit_stream_backlog().await.unwrap().is_empty());
+    let ctx = TenantContext::for_tests(&acme, &[Role::Owner]);
+    store
+        .tenant(&ctx)
+        .record_event(bulkhead_core::audit::AuditDraft {
+            action: "test.event",
+            resource: "x".into(),
+            outcome: bulkhead_core::audit::Outcome::Success,
+            details: serde_json::json!({}),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        behind(admin.audit_stream_backlog().await.unwrap()),
+        [("acme".into(), 1, 2)]
     );
 }
 

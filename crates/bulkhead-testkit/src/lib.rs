@@ -5,6 +5,7 @@
 pub mod fake_llm;
 pub mod fake_mcp;
 pub mod fake_saas;
+pub mod nats;
 
 use std::path::PathBuf;
 

@@ -56,6 +56,10 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
         state.clone(),
         std::time::Duration::from_millis(config.tools.approval_sweep_ms),
     );
+    if let Some(stream) = &config.audit_stream {
+        tracing::info!(url = %stream.url, stream = %stream.stream, "publishing audit events to NATS JetStream");
+        bulkhead_server::audit_stream::spawn(store.clone(), stream.clone());
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -38,6 +38,7 @@ const ENV_KEYS: &[&str] = &[
     "tools",
     "limits",
     "metrics",
+    "audit_stream",
 ];
 
 pub fn load(global: &GlobalArgs) -> anyhow::Result<Config> {
