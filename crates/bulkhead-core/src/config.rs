@@ -128,8 +128,9 @@ pub struct MetricsConfig {
     pub tenant_labels: Vec<String>,
 }
 
-/// Per-tenant request rates on the tenant plane: each tenant has its own bucket, so one
-/// tenant's flood is refused with 429 while the others go on.
+/// Per-tenant limits on the tenant plane: request rates, a daily token budget and how many
+/// runs may go at once. Each tenant has its own bucket, budget and run slots, so one tenant's
+/// flood is refused with 429 while the others go on.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
@@ -137,15 +138,45 @@ pub struct LimitsConfig {
     pub requests_per_second: f64,
     /// Requests a tenant may send at once above the sustained rate.
     pub burst: u32,
-    /// Other limits for named tenants (`[limits.tenants.acme] requests_per_second = 5`).
-    pub tenants: std::collections::BTreeMap<String, TenantRate>,
+    /// Model tokens (input and output) a tenant may use per UTC day, over the gateway and
+    /// agent runs together; 0 means no budget. A run that reaches it mid-way fails with
+    /// `budget_exhausted`; new requests get 429 until the next day.
+    pub tokens_per_day: u64,
+    /// Agent runs of one tenant in progress at once in this process; 0 means no cap.
+    pub max_concurrent_runs: u32,
+    /// Other limits for named tenants (`[limits.tenants.acme] tokens_per_day = 50000`);
+    /// what a tenant's entry leaves out comes from the defaults above.
+    pub tenants: std::collections::BTreeMap<String, TenantLimits>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TenantRate {
+pub struct TenantLimits {
+    pub requests_per_second: Option<f64>,
+    pub burst: Option<u32>,
+    pub tokens_per_day: Option<u64>,
+    pub max_concurrent_runs: Option<u32>,
+}
+
+/// One tenant's limits, its own entry over the defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EffectiveLimits {
     pub requests_per_second: f64,
     pub burst: u32,
+    pub tokens_per_day: u64,
+    pub max_concurrent_runs: u32,
+}
+
+impl LimitsConfig {
+    pub fn for_tenant(&self, tenant: &str) -> EffectiveLimits {
+        let own = self.tenants.get(tenant).copied().unwrap_or_default();
+        EffectiveLimits {
+            requests_per_second: own.requests_per_second.unwrap_or(self.requests_per_second),
+            burst: own.burst.unwrap_or(self.burst),
+            tokens_per_day: own.tokens_per_day.unwrap_or(self.tokens_per_day),
+            max_concurrent_runs: own.max_concurrent_runs.unwrap_or(self.max_concurrent_runs),
+        }
+    }
 }
 
 impl Default for LimitsConfig {
@@ -153,6 +184,8 @@ impl Default for LimitsConfig {
         Self {
             requests_per_second: 1_000.0,
             burst: 2_000,
+            tokens_per_day: 0,
+            max_concurrent_runs: 0,
             tenants: std::collections::BTreeMap::new(),
         }
     }
@@ -400,6 +433,21 @@ pub struct ModelConfig {
     /// For `local`: the GGUF file (from `scripts/fetch-models`).
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// What the platform pays (or charges) per million input tokens, in US dollars; used to
+    /// attribute cost to tenants and agents in usage reports. 0 when unset.
+    #[serde(default)]
+    pub input_usd_per_million: f64,
+    /// Per million output tokens, in US dollars.
+    #[serde(default)]
+    pub output_usd_per_million: f64,
+}
+
+impl ModelConfig {
+    /// The cost of `input` and `output` tokens at this model's prices, in US dollars.
+    pub fn cost_usd(&self, input: i64, output: i64) -> f64 {
+        (input as f64 * self.input_usd_per_million + output as f64 * self.output_usd_per_million)
+            / 1_000_000.0
+    }
 }
 
 impl ModelConfig {

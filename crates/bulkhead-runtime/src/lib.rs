@@ -6,6 +6,7 @@ pub mod approvals;
 pub mod gateway;
 pub mod prompts;
 pub mod providers;
+pub mod quotas;
 pub mod retrieval;
 pub mod runs;
 pub mod tool_calls;

@@ -18,6 +18,7 @@ use bulkhead_store::{
 };
 use bulkhead_tools::{Caller, ToolError, Toolbox, Tools};
 
+use crate::quotas::{QuotaError, Quotas};
 use crate::tool_calls::{self, CallOrigin, Gate, refusal};
 use serde::Serialize;
 use serde_json::json;
@@ -96,6 +97,7 @@ pub struct Runner {
     local: LocalModels,
     knowledge: Arc<Knowledge>,
     tools: Arc<Tools>,
+    quotas: Arc<Quotas>,
 }
 
 #[derive(Debug, Clone)]
@@ -115,6 +117,18 @@ pub enum RunError {
     /// alike, so thread ids cannot be probed.
     #[error("no such thread")]
     ThreadNotFound,
+    /// Refused before it started: the tenant's budget is spent or its run slots are taken.
+    #[error(transparent)]
+    Quota(QuotaError),
+}
+
+impl From<QuotaError> for RunError {
+    fn from(error: QuotaError) -> Self {
+        match error {
+            QuotaError::Store(e) => RunError::Store(e),
+            other => RunError::Quota(other),
+        }
+    }
 }
 
 /// What a run has produced so far, kept whether it completes or fails.
@@ -220,7 +234,19 @@ impl Runner {
             default_models,
             platform_prompts,
             local,
+            quotas: Arc::new(Quotas::new(bulkhead_core::config::LimitsConfig::default())),
         }
+    }
+
+    /// Applies the tenants' token budgets and run caps (none by default).
+    pub fn with_limits(mut self, limits: bulkhead_core::config::LimitsConfig) -> Self {
+        self.quotas = Arc::new(Quotas::new(limits));
+        self
+    }
+
+    /// Token budgets and run caps, which the plain gateway checks too.
+    pub fn quotas(&self) -> &Arc<Quotas> {
+        &self.quotas
     }
 
     /// Knowledge bases: what runs retrieve from and what the HTTP routes ingest into.
@@ -284,6 +310,11 @@ impl Runner {
         }
     }
 
+    /// A configured model by alias (not the built-in scripted one), for its prices.
+    pub fn model_config(&self, alias: &str) -> Option<&ModelConfig> {
+        self.models.iter().find(|m| m.alias == alias)
+    }
+
     /// Whether `alias` is a configured model (or the built-in scripted one).
     pub fn knows_model(&self, alias: &str) -> bool {
         alias == SCRIPTED_MODEL || self.models.iter().any(|m| m.alias == alias)
@@ -319,6 +350,9 @@ impl Runner {
         input: RunInput,
         events: Option<EventSink<'_>>,
     ) -> Result<RunRecord, RunError> {
+        // Refused before anything is stored: a run that cannot get a model answer is no run.
+        let _slot = self.quotas.run_slot(store.context().tenant_id())?;
+        self.quotas.check_tokens(store).await?;
         let streaming = events.is_some();
         let mut ignore = |_: RunEvent| {};
         let events: EventSink<'_> = match events {
@@ -387,13 +421,11 @@ impl Runner {
                 message: message.clone(),
             }),
         };
-        let model = spec.as_ref().ok().map(|s| s.model.as_str());
         self.conclude(
             store,
             &run_id,
             thread_id.as_deref(),
             &user_input,
-            model,
             turn.progress,
             result,
         )
@@ -459,13 +491,11 @@ impl Runner {
                 message: "the run's agent version is gone".into(),
             }),
         };
-        let model = spec.as_ref().ok().map(|s| s.model.as_str());
         self.conclude(
             store,
             run_id,
             run.thread_id.as_deref(),
             &run.input,
-            model,
             turn.progress,
             result,
         )
@@ -474,7 +504,7 @@ impl Runner {
     }
 
     /// Stores how a run ended (unless it paused), appends the exchange to its thread and
-    /// meters its tokens; answers the stored run.
+    /// answers the stored run. (Tokens are metered per model request, as they are spent.)
     #[allow(clippy::too_many_arguments)]
     async fn conclude(
         &self,
@@ -482,7 +512,6 @@ impl Runner {
         run_id: &str,
         thread_id: Option<&str>,
         user_input: &str,
-        model: Option<&str>,
         progress: Progress,
         result: Result<Outcome, Failure>,
     ) -> Result<RunRecord, RunError> {
@@ -513,13 +542,6 @@ impl Runner {
             progress: progress.saved(),
         };
         store.finish_run(run_id, &end).await?;
-        if let Some(model) = model.filter(|_| progress.steps > 0) {
-            store.record_usage(
-                model,
-                progress.usage.input_tokens,
-                progress.usage.output_tokens,
-            );
-        }
         Ok(store
             .run(run_id)
             .await?
@@ -628,6 +650,12 @@ impl Runner {
             parameters: d.parameters,
         }));
         while turn.progress.steps < i64::from(spec.max_steps) {
+            if let Err(refused) = self.quotas.check_tokens(store).await {
+                return Err(Failure {
+                    code: refused.code(),
+                    message: refused.to_string(),
+                });
+            }
             turn.progress.steps += 1;
             let step = turn.progress.steps;
             let request = ChatRequest {
@@ -648,6 +676,14 @@ impl Runner {
                 .await?;
             turn.progress.usage.input_tokens += response.usage.input_tokens;
             turn.progress.usage.output_tokens += response.usage.output_tokens;
+            // Metered per model request, not per run, so the budget sees a run's spending as
+            // it happens and cost is attributed to the agent that spent it.
+            store.record_usage(
+                &spec.model,
+                Some(agent.name.as_str()),
+                response.usage.input_tokens,
+                response.usage.output_tokens,
+            );
             let calls = response.message.tool_calls.clone();
             turn.progress.transcript.push(response.message.clone());
             if calls.is_empty() {

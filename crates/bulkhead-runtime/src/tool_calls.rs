@@ -94,6 +94,11 @@ pub async fn execute(
     arguments: &Value,
 ) -> Result<Result<String, ToolError>, StoreError> {
     let result = tools.execute(store, toolbox, tool, arguments).await;
+    let agent = match &origin.caller {
+        Caller::Agent(name) => Some(name.as_str()),
+        Caller::User { .. } => None,
+    };
+    store.record_tool_call(agent, &tool.id(), result.is_err());
     store
         .record_event(AuditDraft {
             action: "tool.called",

@@ -226,11 +226,25 @@ pub(crate) fn status_for_code(code: &str) -> StatusCode {
             StatusCode::BAD_REQUEST
         }
         "document_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-        "provider_rate_limited" => StatusCode::TOO_MANY_REQUESTS,
+        "provider_rate_limited" | "budget_exhausted" | "too_many_runs" => {
+            StatusCode::TOO_MANY_REQUESTS
+        }
         "embedder_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
         "upstream_timeout" => StatusCode::GATEWAY_TIMEOUT,
         "internal" => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_GATEWAY,
+    }
+}
+
+impl From<bulkhead_runtime::quotas::QuotaError> for ApiError {
+    fn from(error: bulkhead_runtime::quotas::QuotaError) -> Self {
+        match error {
+            bulkhead_runtime::quotas::QuotaError::Store(e) => e.into(),
+            other => ApiError::Failed {
+                code: other.code(),
+                detail: other.to_string(),
+            },
+        }
     }
 }
 

@@ -95,7 +95,8 @@ impl AppState {
                         egress.clone(),
                     )),
                     settings.tools,
-                ),
+                )
+                .with_limits(settings.limits.clone()),
                 egress,
                 limiter: limits::RateLimiter::new(&settings.limits),
                 metric_tenants: settings.metrics.tenant_labels,

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use bulkhead_core::config::{LimitsConfig, TenantRate};
+use bulkhead_core::config::LimitsConfig;
 use bulkhead_core::{ApiKeyId, TenantId};
 
 struct Bucket {
@@ -20,8 +20,7 @@ struct Bucket {
 }
 
 pub struct RateLimiter {
-    default: TenantRate,
-    overrides: HashMap<String, TenantRate>,
+    limits: LimitsConfig,
     buckets: Mutex<HashMap<TenantId, Bucket>>,
     /// API keys that authenticated, and their tenant (a key never changes tenant), so a
     /// flood is refused before its database lookup. Only ever used to refuse.
@@ -34,11 +33,7 @@ const REMEMBERED_KEYS: usize = 100_000;
 impl RateLimiter {
     pub fn new(config: &LimitsConfig) -> Self {
         Self {
-            default: TenantRate {
-                requests_per_second: config.requests_per_second,
-                burst: config.burst,
-            },
-            overrides: config.tenants.clone().into_iter().collect(),
+            limits: config.clone(),
             buckets: Mutex::new(HashMap::new()),
             key_tenants: Mutex::new(HashMap::new()),
         }
@@ -58,13 +53,6 @@ impl RateLimiter {
         }
     }
 
-    fn rate(&self, tenant: &TenantId) -> TenantRate {
-        self.overrides
-            .get(tenant.as_str())
-            .copied()
-            .unwrap_or(self.default)
-    }
-
     /// Takes one request from `tenant`'s bucket; `Err(seconds)` to wait when it is empty.
     pub fn check(&self, tenant: &TenantId) -> Result<(), u64> {
         self.check_at(tenant, Instant::now())
@@ -82,7 +70,7 @@ impl RateLimiter {
     }
 
     fn take_at(&self, tenant: &TenantId, now: Instant, take: bool) -> Result<(), u64> {
-        let rate = self.rate(tenant);
+        let rate = self.limits.for_tenant(tenant.as_str());
         if rate.requests_per_second <= 0.0 {
             return Ok(());
         }
@@ -124,9 +112,10 @@ mod tests {
         };
         config.tenants.insert(
             "big".into(),
-            TenantRate {
-                requests_per_second: 100.0,
-                burst: 50,
+            bulkhead_core::config::TenantLimits {
+                requests_per_second: Some(100.0),
+                burst: Some(50),
+                ..Default::default()
             },
         );
         let limiter = RateLimiter::new(&config);

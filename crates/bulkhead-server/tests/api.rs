@@ -522,6 +522,7 @@ async fn the_openapi_document_covers_every_route() {
         ("/admin/v1/tenants/{id}", "delete"),
         ("/admin/v1/tenants/{id}/api-keys", "get"),
         ("/admin/v1/tenants/{id}/models", "put"),
+        ("/admin/v1/usage", "get"),
         ("/admin/v1/tenants/{id}/api-keys", "post"),
         ("/admin/v1/tenants/{id}/api-keys/{key_id}", "delete"),
         ("/admin/v1/tenants/{id}/issuers", "get"),

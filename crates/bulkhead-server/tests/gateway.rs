@@ -18,6 +18,8 @@ fn model(alias: &str, provider: ProviderKind, endpoint: &str) -> ModelConfig {
         endpoint: endpoint.into(),
         upstream_model: None,
         path: None,
+        input_usd_per_million: 0.0,
+        output_usd_per_million: 0.0,
     }
 }
 

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bulkhead_core::config::{LimitsConfig, TenantRate};
+use bulkhead_core::config::{LimitsConfig, TenantLimits};
 use common::{Backend, TestServer};
 use reqwest::StatusCode;
 
@@ -20,9 +20,10 @@ async fn a_tenant_flooding_twenty_times_its_limit_does_not_stop_another_tenants_
     };
     limits.tenants.insert(
         "noisy".into(),
-        TenantRate {
-            requests_per_second: 10.0,
-            burst: 10,
+        TenantLimits {
+            requests_per_second: Some(10.0),
+            burst: Some(10),
+            ..TenantLimits::default()
         },
     );
     let server = TestServer::start_with_limits(Backend::Sqlite, limits).await;

@@ -38,6 +38,8 @@ async fn server_on(fake: &FakeLlm, backend: Backend, timeout_ms: u64) -> TestSer
             endpoint: "openai".into(),
             upstream_model: Some("gpt-4o-mini".into()),
             path: None,
+            input_usd_per_million: 0.0,
+            output_usd_per_million: 0.0,
         },
         ModelConfig {
             alias: "claude".into(),
@@ -45,6 +47,8 @@ async fn server_on(fake: &FakeLlm, backend: Backend, timeout_ms: u64) -> TestSer
             endpoint: "anthropic".into(),
             upstream_model: Some("claude-3-5-haiku-latest".into()),
             path: None,
+            input_usd_per_million: 0.0,
+            output_usd_per_million: 0.0,
         },
     ];
     TestServer::start_full(backend, 64 * 1024, &endpoints, models, None).await
@@ -282,6 +286,8 @@ async fn the_local_model_answers_runs_and_the_gateway_offline() {
         endpoint: String::new(),
         upstream_model: None,
         path: Some(bulkhead_testkit::local_chat_model()),
+        input_usd_per_million: 0.0,
+        output_usd_per_million: 0.0,
     };
     let server = TestServer::start_full(Backend::Sqlite, 64 * 1024, &[], vec![local], None).await;
     server.create_tenant("acme").await;

@@ -256,6 +256,8 @@ async fn runs_call_the_configured_provider_with_each_tenants_own_key() {
         endpoint: "openai".into(),
         upstream_model: Some("gpt-4o-mini".into()),
         path: None,
+        input_usd_per_million: 0.0,
+        output_usd_per_million: 0.0,
     };
     let server =
         TestServer::start_full(Backend::Sqlite, 64 * 1024, &[endpoint], vec![model], None).await;
@@ -321,6 +323,8 @@ async fn a_tenant_uses_only_the_models_allowed_for_it() {
         endpoint: "openai".into(),
         upstream_model: None,
         path: None,
+        input_usd_per_million: 0.0,
+        output_usd_per_million: 0.0,
     };
     // Everyone may use "fast"; "premium" only where granted.
     let server = TestServer::start_full(

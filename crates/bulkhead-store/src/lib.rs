@@ -63,7 +63,7 @@ pub use tools::{
 use crate::backend::Backend;
 use crate::events::EventBatcher;
 use crate::usage::UsageMeter;
-pub use usage::{UsageCounts, UsageRow};
+pub use usage::{TenantUsageRow, ToolUsageRow, UsageCounts, UsageRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -695,7 +695,8 @@ async fn a_query_without_a_tenant_filter_still_sees_one_tenant(store: &Store, _d
             .start_run("run_1", Some("thr_1"), &agent_name, 1, "hi")
             .await
             .unwrap();
-        scoped.record_usage("fast", 10, 2);
+        scoped.record_usage("fast", None, 10, 2);
+        scoped.record_tool_call(Some("a"), "slack.post_message", false);
         store.flush_usage().await.unwrap();
         scoped
             .ensure_knowledge_base("kb", "local", 2)
@@ -794,6 +795,7 @@ async fn a_query_without_a_tenant_filter_still_sees_one_tenant(store: &Store, _d
                 "thread_messages",
                 "runs",
                 "usage_daily",
+                "tool_usage_daily",
                 "knowledge_bases",
                 "kb_documents",
                 "kb_chunks",
@@ -967,28 +969,62 @@ async fn usage_is_counted_per_tenant_and_model(store: &Store, _db: &TestDb) {
     let acme = TenantContext::for_tests(&create(store, "acme").await, &[Role::Owner]);
     let globex = TenantContext::for_tests(&create(store, "globex").await, &[Role::Owner]);
     let (a, g) = (store.tenant(&acme), store.tenant(&globex));
-    a.record_usage("fast", 10, 2);
-    a.record_usage("fast", 5, 1);
+    a.record_usage("fast", None, 10, 2);
+    a.record_usage("fast", None, 5, 1);
+    // Spent today counts what is still in memory.
+    assert_eq!(a.tokens_spent_today().await.unwrap(), 18);
     store.flush_usage().await.unwrap();
-    // Counts after a flush add to the same row.
-    a.record_usage("fast", 1, 1);
-    a.record_usage("claude", 7, 3);
-    g.record_usage("fast", 100, 50);
+    // Counts after a flush add to the same row; an agent's use is a row of its own.
+    a.record_usage("fast", None, 1, 1);
+    a.record_usage("fast", Some("triage"), 4, 4);
+    a.record_usage("claude", Some("triage"), 7, 3);
+    g.record_usage("fast", None, 100, 50);
+    a.record_tool_call(Some("triage"), "slack.post_message", false);
+    a.record_tool_call(Some("triage"), "slack.post_message", true);
+    g.record_tool_call(None, "jira.create_issue", false);
+    // Written and unwritten counts together, once each, per tenant.
+    assert_eq!(a.tokens_spent_today().await.unwrap(), 18 + 2 + 8 + 10);
+    assert_eq!(g.tokens_spent_today().await.unwrap(), 150);
     let usage = a.usage().await.unwrap();
-    let line = |model: &str| usage.iter().find(|r| r.model == model).cloned().unwrap();
-    assert_eq!(usage.len(), 2);
+    let line = |model: &str, agent: &str| {
+        usage
+            .iter()
+            .find(|r| r.model == model && r.agent == agent)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(usage.len(), 3);
     assert_eq!(
         (
-            line("fast").requests,
-            line("fast").input_tokens,
-            line("fast").output_tokens
+            line("fast", "").requests,
+            line("fast", "").input_tokens,
+            line("fast", "").output_tokens
         ),
         (3, 16, 4)
     );
-    assert_eq!(line("claude").requests, 1);
+    assert_eq!(line("fast", "triage").input_tokens, 4);
+    assert_eq!(line("claude", "triage").requests, 1);
+    let tools = a.tool_usage().await.unwrap();
+    assert_eq!(tools.len(), 1);
+    assert_eq!(
+        (
+            tools[0].agent.as_str(),
+            tools[0].tool.as_str(),
+            tools[0].calls,
+            tools[0].failures
+        ),
+        ("triage", "slack.post_message", 2, 1)
+    );
     let theirs = g.usage().await.unwrap();
     assert_eq!(theirs.len(), 1);
     assert_eq!(theirs[0].input_tokens, 100);
+    assert_eq!(g.tool_usage().await.unwrap()[0].agent, "");
+    // After everything is written, the total is unchanged (nothing counted twice).
+    assert_eq!(a.tokens_spent_today().await.unwrap(), 38);
+    let day = &usage[0].day;
+    let report = store.admin().usage_report(day, day).await.unwrap();
+    assert_eq!(report.len(), 4);
+    assert_eq!(report[3].tenant_id, "globex");
 }
 
 async fn expired_threads_go_with_an_audit_event(store: &Store, _db: &TestDb) {

@@ -200,6 +200,8 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<()> {
             endpoint: String::new(),
             upstream_model: None,
             path: Some(model_path),
+            input_usd_per_million: 0.0,
+            output_usd_per_million: 0.0,
         });
     }
     if !config.embedders.iter().any(|e| e.alias == "local") {

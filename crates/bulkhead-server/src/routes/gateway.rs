@@ -135,11 +135,18 @@ pub async fn chat_completions(
     if let Some(agent) = model.strip_prefix("agent/") {
         return agent_completion(state, ctx, agent, body, stream).await;
     }
+    state
+        .runner()
+        .quotas()
+        .check_tokens(&state.store().tenant(&ctx))
+        .await
+        .map_err(ApiError::from)?;
     if !stream {
         let store = state.store().tenant(&ctx);
         let completion = state.runner().complete(&store, body).await?;
         store.record_usage(
             &model,
+            None,
             completion.usage.input_tokens,
             completion.usage.output_tokens,
         );
@@ -162,7 +169,7 @@ pub async fn chat_completions(
             .await
             .map_err(OpenAiError::from);
         if let Ok(usage) = &result {
-            store.record_usage(&model, usage.input_tokens, usage.output_tokens);
+            store.record_usage(&model, None, usage.input_tokens, usage.output_tokens);
         }
         let _ = sender.send(Item::End(result.map(|_| ())));
     });

@@ -18,6 +18,7 @@ pub(crate) mod runs;
 pub(crate) mod streaming;
 pub(crate) mod tenant;
 pub(crate) mod tools;
+pub(crate) mod usage;
 
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -63,7 +64,8 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(agents::preview_prompt))
         .routes(routes!(runs::create_run))
         .routes(routes!(gateway::chat_completions))
-        .routes(routes!(tenant::usage))
+        .routes(routes!(usage::tenant_usage))
+        .routes(routes!(usage::platform_usage))
         .routes(routes!(runs::get_run))
         .routes(routes!(runs::get_thread))
         .routes(routes!(agents::list_prompts))

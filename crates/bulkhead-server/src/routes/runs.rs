@@ -194,6 +194,7 @@ pub(crate) fn run_error(error: RunError) -> ApiError {
     match error {
         RunError::ThreadNotFound => ApiError::NotFound,
         RunError::Store(e) => e.into(),
+        RunError::Quota(e) => e.into(),
     }
 }
 

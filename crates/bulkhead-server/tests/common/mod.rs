@@ -56,17 +56,35 @@ pub struct TestServer {
 
 /// What a test server is configured with, kept so it can restart the same way.
 #[derive(Clone)]
-struct ServerConfig {
-    max_body_bytes: usize,
-    endpoints: Vec<bulkhead_core::config::EndpointConfig>,
-    models: Vec<bulkhead_core::config::ModelConfig>,
-    default_models: Option<Vec<String>>,
-    knowledge: (
+pub struct ServerConfig {
+    pub max_body_bytes: usize,
+    pub endpoints: Vec<bulkhead_core::config::EndpointConfig>,
+    pub models: Vec<bulkhead_core::config::ModelConfig>,
+    pub default_models: Option<Vec<String>>,
+    pub knowledge: (
         bulkhead_knowledge::Embedders,
         bulkhead_core::config::KnowledgeConfig,
     ),
-    tools: bulkhead_core::config::ToolsConfig,
-    limits: bulkhead_core::config::LimitsConfig,
+    pub tools: bulkhead_core::config::ToolsConfig,
+    pub limits: bulkhead_core::config::LimitsConfig,
+}
+
+impl ServerConfig {
+    /// No endpoints, models or embedder; default tools and limits. Set what a test needs.
+    pub fn bare() -> Self {
+        Self {
+            max_body_bytes: 64 * 1024,
+            endpoints: Vec::new(),
+            models: Vec::new(),
+            default_models: None,
+            knowledge: (
+                bulkhead_knowledge::Embedders::load(&[]).unwrap(),
+                bulkhead_core::config::KnowledgeConfig::default(),
+            ),
+            tools: bulkhead_core::config::ToolsConfig::default(),
+            limits: bulkhead_core::config::LimitsConfig::default(),
+        }
+    }
 }
 
 fn platform_issuer() -> IssuerBinding {
@@ -163,30 +181,27 @@ impl TestServer {
         Self::start_on(store, db, config).await
     }
 
+    /// A server configured with `config`.
+    pub async fn start_configured(backend: Backend, config: ServerConfig) -> Self {
+        let (store, db) = match backend {
+            Backend::Sqlite => TestDb::sqlite().await,
+            Backend::Postgres => TestDb::postgres().await,
+        };
+        Self::start_on(store, db, config).await
+    }
+
     /// A server with tool endpoints and tool settings (the approval sweep included).
     pub async fn start_with_tools(
         backend: Backend,
         endpoints: &[bulkhead_core::config::EndpointConfig],
         tools: bulkhead_core::config::ToolsConfig,
     ) -> Self {
-        let (store, db) = match backend {
-            Backend::Sqlite => TestDb::sqlite().await,
-            Backend::Postgres => TestDb::postgres().await,
-        };
         let config = ServerConfig {
-            max_body_bytes: 64 * 1024,
             endpoints: endpoints.to_vec(),
-            models: Vec::new(),
-            default_models: None,
-            // No embedder: tool tests need no model loaded.
-            knowledge: (
-                bulkhead_knowledge::Embedders::load(&[]).unwrap(),
-                bulkhead_core::config::KnowledgeConfig::default(),
-            ),
             tools,
-            limits: bulkhead_core::config::LimitsConfig::default(),
+            ..ServerConfig::bare()
         };
-        Self::start_on(store, db, config).await
+        Self::start_configured(backend, config).await
     }
 
     /// A server with the given per-tenant rate limits.
@@ -194,23 +209,14 @@ impl TestServer {
         backend: Backend,
         limits: bulkhead_core::config::LimitsConfig,
     ) -> Self {
-        let (store, db) = match backend {
-            Backend::Sqlite => TestDb::sqlite().await,
-            Backend::Postgres => TestDb::postgres().await,
-        };
-        let config = ServerConfig {
-            max_body_bytes: 64 * 1024,
-            endpoints: Vec::new(),
-            models: Vec::new(),
-            default_models: None,
-            knowledge: (
-                bulkhead_knowledge::Embedders::load(&[]).unwrap(),
-                bulkhead_core::config::KnowledgeConfig::default(),
-            ),
-            tools: bulkhead_core::config::ToolsConfig::default(),
-            limits,
-        };
-        Self::start_on(store, db, config).await
+        Self::start_configured(
+            backend,
+            ServerConfig {
+                limits,
+                ..ServerConfig::bare()
+            },
+        )
+        .await
     }
 
     /// Stops this server and starts a new one, with fresh in-memory state, on the same
