@@ -55,6 +55,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Publishing every audit event to NATS JetStream. Unset: the database chain only.
     pub audit_stream: Option<AuditStreamConfig>,
+    pub alerts: AlertsConfig,
 }
 
 impl Default for Config {
@@ -83,6 +84,37 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             metrics: MetricsConfig::default(),
             audit_stream: None,
+            alerts: AlertsConfig::default(),
+        }
+    }
+}
+
+/// `[alerts]`: a tenant whose share of failed requests (status 5xx) over the window passes
+/// the threshold, with at least `min_requests` in the window, raises `alert.error_rate` in its
+/// audit trail and at the webhook; `alert.resolved` follows when it drops back.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// A fraction: 0.02 is 2%. 0 turns the alert off.
+    pub error_rate_threshold: f64,
+    pub window_seconds: u64,
+    /// Below this many requests in the window a tenant is not judged (a few failures of a
+    /// quiet tenant are no trend).
+    pub min_requests: u64,
+    /// How often tenants are judged, in milliseconds.
+    pub check_ms: u64,
+    /// An `[[endpoints]]` name (kind `webhook`) told of each alert and each resolution.
+    pub webhook: Option<String>,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            error_rate_threshold: 0.02,
+            window_seconds: 300,
+            min_requests: 100,
+            check_ms: 30_000,
+            webhook: None,
         }
     }
 }

@@ -4,6 +4,8 @@
 //! **Architecture Invariant:** the tenant comes from the credential only. No header, path
 //! segment or body field selects it; `X-Tenant-ID` and the like are ignored.
 
+use std::sync::{Arc, OnceLock};
+
 use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, header};
@@ -13,7 +15,7 @@ use bulkhead_core::auth::{
     self, AuthError, Credential, IssuerBinding, JwkSet, authenticate_api_key, authenticate_jwt,
     parse_algorithms, peek_issuer, secret_matches, verify_jwt,
 };
-use bulkhead_core::{RequestId, Role, TenantContext};
+use bulkhead_core::{RequestId, Role, TenantContext, TenantId};
 use bulkhead_store::IssuerRecord;
 use secrecy::SecretString;
 use tracing::Instrument;
@@ -51,14 +53,26 @@ pub async fn request_context(
         principal = tracing::field::Empty,
         status = tracing::field::Empty,
     );
+    let tenant = TenantSlot::default();
+    req.extensions_mut().insert(tenant.clone());
     let mut response = next.run(req).instrument(span.clone()).await;
     span.record("status", response.status().as_u16());
+    if let Some(tenant) = tenant.0.get() {
+        state
+            .error_rates()
+            .record(tenant, response.status().is_server_error());
+    }
     span.in_scope(|| tracing::info!("request finished"));
     if let Ok(value) = HeaderValue::from_str(request_id.as_str()) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
     response
 }
+
+/// Filled with the tenant once a request authenticates, so the request's middleware can
+/// count the outcome toward that tenant's error rate.
+#[derive(Clone, Default)]
+pub(crate) struct TenantSlot(Arc<OnceLock<TenantId>>);
 
 pub(crate) fn request_id(parts: &Parts) -> RequestId {
     parts
@@ -107,6 +121,9 @@ impl FromRequestParts<AppState> for Authenticated {
             Ok((ctx, _)) => {
                 let span = tracing::Span::current();
                 span.record("tenant.id", ctx.tenant_id().as_str());
+                if let Some(slot) = parts.extensions.get::<TenantSlot>() {
+                    let _ = slot.0.set(ctx.tenant_id().clone());
+                }
                 span.record("principal", ctx.principal().to_string());
                 if let Err(retry_after) = state.limiter().check(ctx.tenant_id()) {
                     tracing::debug!(tenant.id = %ctx.tenant_id(), "rate limited");

@@ -4,6 +4,7 @@
 //! **Architecture Invariant:** handlers never see a tenant id they could choose: tenant-plane
 //! handlers take [`authn::Authenticated`] and reach data through `store.tenant(&ctx)`.
 
+pub mod alerts;
 pub mod audit_stream;
 pub mod authn;
 pub mod error;
@@ -42,6 +43,7 @@ struct StateInner {
     egress: Egress,
     runner: Runner,
     limiter: limits::RateLimiter,
+    error_rates: alerts::ErrorRates,
     metric_tenants: Vec<String>,
     admin_token_hash: String,
     platform_issuer: Option<IssuerBinding>,
@@ -75,6 +77,8 @@ pub struct ServerSettings {
     pub limits: bulkhead_core::config::LimitsConfig,
     /// Which tenants may appear as metric labels.
     pub metrics: bulkhead_core::config::MetricsConfig,
+    /// The per-tenant error-rate alert.
+    pub alerts: bulkhead_core::config::AlertsConfig,
 }
 
 impl AppState {
@@ -99,6 +103,7 @@ impl AppState {
                 .with_limits(settings.limits.clone()),
                 egress,
                 limiter: limits::RateLimiter::new(&settings.limits),
+                error_rates: alerts::ErrorRates::new(settings.alerts),
                 metric_tenants: settings.metrics.tenant_labels,
                 admin_token_hash: settings.admin_token_hash,
                 platform_issuer: settings.platform_issuer,
@@ -154,6 +159,11 @@ impl AppState {
 
     pub(crate) fn limiter(&self) -> &limits::RateLimiter {
         &self.inner.limiter
+    }
+
+    /// Each tenant's recent error rate, for its alert.
+    pub fn error_rates(&self) -> &alerts::ErrorRates {
+        &self.inner.error_rates
     }
 
     pub(crate) fn max_body_bytes(&self) -> usize {

@@ -56,6 +56,7 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
         state.clone(),
         std::time::Duration::from_millis(config.tools.approval_sweep_ms),
     );
+    bulkhead_server::alerts::spawn_judge(state.clone());
     if let Some(stream) = &config.audit_stream {
         tracing::info!(url = %stream.url, stream = %stream.stream, "publishing audit events to NATS JetStream");
         bulkhead_server::audit_stream::spawn(store.clone(), stream.clone());
@@ -201,6 +202,7 @@ pub async fn server_settings(
         embedders: load_embedders(config).await?,
         limits: config.limits.clone(),
         metrics: config.metrics.clone(),
+        alerts: config.alerts.clone(),
         tools: std::sync::Arc::new(
             bulkhead_tools::Tools::new(egress.clone(), config.tools.clone())
                 .map_err(|e| anyhow::anyhow!("[tools]: {e}"))?,

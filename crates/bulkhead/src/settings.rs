@@ -39,6 +39,7 @@ const ENV_KEYS: &[&str] = &[
     "limits",
     "metrics",
     "audit_stream",
+    "alerts",
 ];
 
 pub fn load(global: &GlobalArgs) -> anyhow::Result<Config> {

@@ -50,7 +50,8 @@ pub struct TestServer {
     pub store: Store,
     pub db: TestDb,
     task: tokio::task::JoinHandle<()>,
-    sweeper: Option<tokio::task::JoinHandle<()>>,
+    /// The approval sweep and the alert judge.
+    background: Vec<tokio::task::JoinHandle<()>>,
     config: ServerConfig,
 }
 
@@ -67,6 +68,7 @@ pub struct ServerConfig {
     ),
     pub tools: bulkhead_core::config::ToolsConfig,
     pub limits: bulkhead_core::config::LimitsConfig,
+    pub alerts: bulkhead_core::config::AlertsConfig,
 }
 
 impl ServerConfig {
@@ -83,6 +85,7 @@ impl ServerConfig {
             ),
             tools: bulkhead_core::config::ToolsConfig::default(),
             limits: bulkhead_core::config::LimitsConfig::default(),
+            alerts: bulkhead_core::config::AlertsConfig::default(),
         }
     }
 }
@@ -177,6 +180,7 @@ impl TestServer {
             knowledge,
             tools: bulkhead_core::config::ToolsConfig::default(),
             limits: bulkhead_core::config::LimitsConfig::default(),
+            alerts: bulkhead_core::config::AlertsConfig::default(),
         };
         Self::start_on(store, db, config).await
     }
@@ -223,8 +227,8 @@ impl TestServer {
     /// database: what survives is what was stored.
     pub async fn restart(self) -> Self {
         self.task.abort();
-        if let Some(sweeper) = &self.sweeper {
-            sweeper.abort();
+        for task in &self.background {
+            task.abort();
         }
         let _ = self.task.await;
         Self::start_on(self.store, self.db, self.config).await
@@ -239,6 +243,7 @@ impl TestServer {
             knowledge: (embedders, knowledge),
             tools,
             limits,
+            alerts,
         } = config.clone();
         let endpoints = endpoints.as_slice();
         let vault = vault();
@@ -267,9 +272,11 @@ impl TestServer {
             metrics: bulkhead_core::config::MetricsConfig {
                 tenant_labels: vec!["noisy".into()],
             },
+            alerts,
         };
         let state = AppState::new(store.clone(), vault, egress, settings);
-        let sweeper = Some(bulkhead_server::resume::spawn_sweeper(state.clone(), sweep));
+        let mut background = vec![bulkhead_server::resume::spawn_sweeper(state.clone(), sweep)];
+        background.extend(bulkhead_server::alerts::spawn_judge(state.clone()));
         let app = bulkhead_server::app(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -282,15 +289,15 @@ impl TestServer {
             store,
             db,
             task,
-            sweeper,
+            background,
             config,
         }
     }
 
     pub async fn finish(self) {
         self.task.abort();
-        if let Some(sweeper) = &self.sweeper {
-            sweeper.abort();
+        for task in &self.background {
+            task.abort();
         }
         self.db.finish(self.store).await;
     }
