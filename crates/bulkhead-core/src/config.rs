@@ -56,6 +56,7 @@ pub struct Config {
     /// Publishing every audit event to NATS JetStream. Unset: the database chain only.
     pub audit_stream: Option<AuditStreamConfig>,
     pub alerts: AlertsConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 impl Default for Config {
@@ -85,6 +86,29 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             audit_stream: None,
             alerts: AlertsConfig::default(),
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+/// `[telemetry]`: request spans exported to an OpenTelemetry collector (OTLP over HTTP with
+/// JSON), each carrying its tenant, request id and status, in the caller's trace when it
+/// sent a `traceparent`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// The collector's OTLP/HTTP base URL, such as `http://127.0.0.1:4318`; spans go to
+    /// `<url>/v1/traces`. Unset: no export.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` on every span.
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "bulkhead".to_owned(),
         }
     }
 }

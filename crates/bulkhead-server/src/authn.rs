@@ -35,12 +35,13 @@ pub async fn request_context(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let request_id = {
+    let (request_id, traceparent) = {
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-        RequestId::from_header_or_generate(header(REQUEST_ID_HEADER))
-            .within_trace(header(TRACEPARENT_HEADER))
+        let traceparent = header(TRACEPARENT_HEADER).map(str::to_owned);
+        let request_id = RequestId::from_header_or_generate(header(REQUEST_ID_HEADER))
+            .within_trace(traceparent.as_deref());
+        (request_id, traceparent)
     };
-    req.extensions_mut().insert(request_id.clone());
     req.extensions_mut()
         .insert(BodyLimit(state.max_body_bytes()));
     let span = tracing::info_span!(
@@ -48,11 +49,14 @@ pub async fn request_context(
         method = %req.method(),
         path = %req.uri().path(),
         request_id = %request_id,
-        trace_id = request_id.trace_id(),
+        trace_id = tracing::field::Empty,
         tenant.id = tracing::field::Empty,
         principal = tracing::field::Empty,
         status = tracing::field::Empty,
     );
+    let request_id = crate::trace_context::link(&span, request_id, traceparent.as_deref());
+    span.record("trace_id", request_id.trace_id());
+    req.extensions_mut().insert(request_id.clone());
     let tenant = TenantSlot::default();
     req.extensions_mut().insert(tenant.clone());
     let mut response = next.run(req).instrument(span.clone()).await;
@@ -61,6 +65,9 @@ pub async fn request_context(
         state
             .error_rates()
             .record(tenant, response.status().is_server_error());
+        let status = format!("{}xx", response.status().as_u16() / 100);
+        metrics::counter!("bulkhead_tenant_requests_total", "tenant" => state.metric_tenant(tenant), "status" => status)
+            .increment(1);
     }
     span.in_scope(|| tracing::info!("request finished"));
     if let Ok(value) = HeaderValue::from_str(request_id.as_str()) {

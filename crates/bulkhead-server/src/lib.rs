@@ -14,6 +14,7 @@ mod metrics;
 mod openapi;
 pub mod resume;
 mod routes;
+mod trace_context;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

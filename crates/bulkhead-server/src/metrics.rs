@@ -1,5 +1,5 @@
-//! Prometheus metrics: request counts and latency by route, rate-limit rejections and
-//! upstream errors (counted in egress). A `tenant` label appears only for the tenants
+//! Prometheus metrics: request counts and latency by route, authenticated requests by tenant
+//! and status class, rate-limit rejections and upstream errors (counted in egress). A `tenant` label appears only for the tenants
 //! `[metrics] tenant_labels` names; the rest are `other`, so cardinality stays bounded.
 
 use std::sync::OnceLock;

@@ -24,7 +24,7 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
-    settings::init_logging(&config);
+    let telemetry = settings::init_logging(&config)?;
     let store = settings::open_store(&config).await?;
     let (admin_token_hash, generated) = admin_token_hash(&config, &store).await?;
     if let Some(token) = generated {
@@ -77,6 +77,8 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
         .context("server failed")?;
     tracing::info!("shut down; closing the database");
     store.close().await;
+    // The exporter's own thread blocks on its HTTP calls; keep that off the runtime.
+    tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;
     Ok(())
 }
 

@@ -40,6 +40,7 @@ const ENV_KEYS: &[&str] = &[
     "metrics",
     "audit_stream",
     "alerts",
+    "telemetry",
 ];
 
 pub fn load(global: &GlobalArgs) -> anyhow::Result<Config> {
@@ -164,17 +165,69 @@ pub fn local_key_file_provider(config: &Config) -> anyhow::Result<LocalKeyProvid
     Ok(LocalKeyProvider::load_or_create(&path)?)
 }
 
-pub fn init_logging(config: &Config) {
+/// Spans still buffered for the collector; flushed by [`Telemetry::shutdown`].
+pub struct Telemetry(Option<opentelemetry_sdk::trace::SdkTracerProvider>);
+
+impl Telemetry {
+    /// Sends what is left to the collector; call before the process exits.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.0
+            && let Err(error) = provider.shutdown()
+        {
+            tracing::warn!(%error, "spans not all exported at shutdown");
+        }
+    }
+}
+
+/// Logs to stderr (text or JSON) and, with `[telemetry] otlp_endpoint`, spans to a collector.
+pub fn init_logging(config: &Config) -> anyhow::Result<Telemetry> {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::{Protocol, WithExportConfig};
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.filter))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match config.log.format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+    let logs = match config.log.format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
+    let provider = match &config.telemetry.otlp_endpoint {
+        None => None,
+        Some(endpoint) => {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(Protocol::HttpJson)
+                .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+                .build()
+                .with_context(|| format!("invalid [telemetry] otlp_endpoint {endpoint}"))?;
+            let resource = opentelemetry_sdk::Resource::builder_empty()
+                .with_service_name(config.telemetry.service_name.clone())
+                .build();
+            Some(
+                opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(resource)
+                    .build(),
+            )
+        }
+    };
+    let spans = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("bulkhead")));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(logs)
+        .with(spans)
+        .try_init();
+    Ok(Telemetry(provider))
 }
 
 #[cfg(test)]
