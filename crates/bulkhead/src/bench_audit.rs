@@ -1,6 +1,7 @@
 //! `bulkhead bench audit`: durable audit appends per second (each caller answered only after
 //! its event is committed) at concurrency 1 and at the chosen concurrency, spread over several
-//! tenants' chains, then verification speed over one tenant's whole chain.
+//! tenants' chains, then verification speed over one tenant's whole chain. With `--nats`, also
+//! how fast the audit stream publishes a backlog to JetStream (every event acknowledged).
 
 use std::io::Write;
 use std::sync::Arc;
@@ -28,6 +29,10 @@ pub struct AuditBenchArgs {
     /// Prefix for the generated tenant ids, so runs can share a database.
     #[arg(long, default_value = "audit-bench")]
     prefix: String,
+    /// A NATS server with JetStream (`nats://127.0.0.1:4222`): measure publishing the
+    /// events just appended to the stream `BULKHEAD_AUDIT_BENCH`.
+    #[arg(long)]
+    nats: Option<String>,
 }
 
 pub async fn run(global: &GlobalArgs, args: AuditBenchArgs) -> anyhow::Result<()> {
@@ -87,7 +92,46 @@ pub async fn run(global: &GlobalArgs, args: AuditBenchArgs) -> anyhow::Result<()
         found.head.events,
         found.head.events as f64 / elapsed
     )?;
+    if let Some(url) = &args.nats {
+        publish_backlog(&store, url, &mut out).await?;
+    }
     store.close().await;
+    Ok(())
+}
+
+/// Starts the audit stream publisher on the backlog just appended and times it until the
+/// stream has acknowledged every event.
+async fn publish_backlog(store: &Store, url: &str, out: &mut impl Write) -> anyhow::Result<()> {
+    let backlog: i64 = store
+        .admin()
+        .audit_stream_backlog()
+        .await?
+        .iter()
+        .map(|b| b.head_seq - b.published_seq)
+        .sum();
+    let config = bulkhead_core::config::AuditStreamConfig {
+        url: url.to_owned(),
+        stream: "BULKHEAD_AUDIT_BENCH".to_owned(),
+        subject_prefix: "bulkhead.audit-bench".to_owned(),
+        poll_ms: 10,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let publisher = bulkhead_server::audit_stream::spawn(store.clone(), config);
+    while !store.admin().audit_stream_backlog().await?.is_empty() {
+        anyhow::ensure!(
+            started.elapsed().as_secs() < 300,
+            "the stream did not catch up in 5 minutes (is {url} up, with JetStream?)"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    publisher.abort();
+    writeln!(
+        out,
+        "stream: {backlog} events published and acknowledged in {elapsed:.2}s ({:.0} events per second)",
+        backlog as f64 / elapsed
+    )?;
     Ok(())
 }
 
