@@ -7,11 +7,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bulkhead_core::RegionName;
-use bulkhead_core::config::{AlertsConfig, AuthScheme, EndpointConfig, EndpointKind};
+use bulkhead_core::config::{AlertsConfig, AuthScheme, EndpointKind};
 use bulkhead_testkit::fake_llm::FakeLlm;
 use bulkhead_testkit::fake_saas::FakeSaas;
-use common::{Backend, ServerConfig, TestServer, model_endpoint, put_credential};
+use common::{
+    Backend, ServerConfig, TestServer, model_endpoint, openai_model, plain_endpoint, put_credential,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -46,26 +47,14 @@ async fn a_tenant_whose_errors_pass_the_threshold_is_alerted_on_alone_and_resolv
                 AuthScheme::Bearer {},
                 5_000,
             ),
-            EndpointConfig {
-                name: "alerts-hook".into(),
-                base_url: format!("{}/echo/alerts", saas.base),
-                region: RegionName::try_from("eu-west").unwrap(),
-                kind: EndpointKind::Webhook,
-                connector: None,
-                auth: AuthScheme::None {},
-                timeout_ms: 5_000,
-                max_retries: 0,
-            },
+            plain_endpoint(
+                "alerts-hook",
+                format!("{}/echo/alerts", saas.base),
+                EndpointKind::Webhook,
+                AuthScheme::None {},
+            ),
         ],
-        models: vec![bulkhead_core::config::ModelConfig {
-            alias: "fast".into(),
-            provider: bulkhead_core::config::ProviderKind::Openai,
-            endpoint: "openai".into(),
-            upstream_model: None,
-            path: None,
-            input_usd_per_million: 0.0,
-            output_usd_per_million: 0.0,
-        }],
+        models: vec![openai_model("fast", "openai", (0.0, 0.0))],
         alerts: AlertsConfig {
             error_rate_threshold: 0.02,
             window_seconds: 2,

@@ -6,13 +6,13 @@
 
 mod common;
 
-use bulkhead_core::RegionName;
-use bulkhead_core::config::{
-    AuthScheme, EndpointConfig, EndpointKind, LimitsConfig, ModelConfig, ProviderKind, TenantLimits,
-};
+use bulkhead_core::config::{AuthScheme, EndpointKind, LimitsConfig, TenantLimits};
 use bulkhead_testkit::fake_llm::FakeLlm;
 use bulkhead_testkit::fake_saas::FakeSaas;
-use common::{Backend, ServerConfig, TestServer, model_endpoint, put_agent, put_credential};
+use common::{
+    Backend, ServerConfig, TestServer, model_endpoint, openai_model, plain_endpoint, put_agent,
+    put_credential,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -45,26 +45,14 @@ async fn server(llm: &FakeLlm, saas: &FakeSaas) -> TestServer {
                 AuthScheme::Bearer {},
                 1_500,
             ),
-            EndpointConfig {
-                name: "crm".into(),
-                base_url: format!("{}/echo", saas.base),
-                region: RegionName::try_from("eu-west").unwrap(),
-                kind: EndpointKind::Tool,
-                connector: None,
-                auth: AuthScheme::Bearer {},
-                timeout_ms: 5_000,
-                max_retries: 0,
-            },
+            plain_endpoint(
+                "crm",
+                format!("{}/echo", saas.base),
+                EndpointKind::Tool,
+                AuthScheme::Bearer {},
+            ),
         ],
-        models: vec![ModelConfig {
-            alias: "fast".into(),
-            provider: ProviderKind::Openai,
-            endpoint: "openai".into(),
-            upstream_model: Some("gpt-4o-mini".into()),
-            path: None,
-            input_usd_per_million: INPUT_USD,
-            output_usd_per_million: OUTPUT_USD,
-        }],
+        models: vec![openai_model("fast", "openai", (INPUT_USD, OUTPUT_USD))],
         limits,
         ..ServerConfig::bare()
     };

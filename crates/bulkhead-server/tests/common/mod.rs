@@ -406,6 +406,43 @@ pub fn model_endpoint(
     }
 }
 
+/// An endpoint of `kind` without a default connector (a toolset or webhook names its own
+/// credential, or none), in region `eu-west`, without retries.
+pub fn plain_endpoint(
+    name: &str,
+    base_url: String,
+    kind: bulkhead_core::config::EndpointKind,
+    auth: bulkhead_core::config::AuthScheme,
+) -> bulkhead_core::config::EndpointConfig {
+    bulkhead_core::config::EndpointConfig {
+        name: name.into(),
+        base_url,
+        region: RegionName::try_from("eu-west").unwrap(),
+        kind,
+        connector: None,
+        auth,
+        timeout_ms: 5_000,
+        max_retries: 0,
+    }
+}
+
+/// Model alias `alias`, OpenAI-compatible, at `endpoint`, with these prices per million.
+pub fn openai_model(
+    alias: &str,
+    endpoint: &str,
+    (input_usd_per_million, output_usd_per_million): (f64, f64),
+) -> bulkhead_core::config::ModelConfig {
+    bulkhead_core::config::ModelConfig {
+        alias: alias.into(),
+        provider: bulkhead_core::config::ProviderKind::Openai,
+        endpoint: endpoint.into(),
+        upstream_model: None,
+        path: None,
+        input_usd_per_million,
+        output_usd_per_million,
+    }
+}
+
 /// Stores `secret` as the tenant's credential for `connector`.
 pub async fn put_credential(server: &TestServer, key: &str, connector: &str, secret: &str) {
     let (status, body) = server
