@@ -1,7 +1,10 @@
 //! Egress: the one way out of the process.
 //!
-//! **Architecture Invariant:** the only crate with an HTTP client (reqwest), checked by
-//! `only_the_egress_crate_has_an_http_client`.
+//! **Architecture Invariant:** the only crate with a network client (reqwest, async-nats, the
+//! OTLP exporter), checked by `only_the_egress_crate_has_a_network_client`. Tenants' calls
+//! go through [`Egress`]; the platform's own traffic (the audit stream in [`audit_stream`],
+//! spans in [`telemetry`]) goes to destinations only the operator configures, and carries
+//! ids, never a tenant's secret or content.
 //!
 //! **Architecture Invariant:** a call is made through [`Egress::for_tenant`] with a
 //! `TenantContext`; the endpoint is one declared in configuration; the credential injected is
@@ -10,7 +13,9 @@
 //! every call, refused or made, is appended to the tenant's audit chain. Credentials never
 //! come from the environment or the config file, only from the tenant's vault.
 
+pub mod audit_stream;
 mod breaker;
+pub mod telemetry;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

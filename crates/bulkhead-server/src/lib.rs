@@ -5,7 +5,6 @@
 //! handlers take [`authn::Authenticated`] and reach data through `store.tenant(&ctx)`.
 
 pub mod alerts;
-pub mod audit_stream;
 pub mod authn;
 pub mod error;
 pub mod extract;

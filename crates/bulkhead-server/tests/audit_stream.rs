@@ -101,7 +101,7 @@ async fn every_event_reaches_its_tenants_subject_once_across_a_nats_stop_and_sta
         batch: 64,
         ..AuditStreamConfig::default()
     };
-    let publisher = bulkhead_server::audit_stream::spawn(server.store.clone(), config.clone());
+    let publisher = bulkhead_egress::audit_stream::spawn(server.store.clone(), config.clone());
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();

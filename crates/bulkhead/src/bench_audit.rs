@@ -117,7 +117,7 @@ async fn publish_backlog(store: &Store, url: &str, out: &mut impl Write) -> anyh
         ..Default::default()
     };
     let started = Instant::now();
-    let publisher = bulkhead_server::audit_stream::spawn(store.clone(), config);
+    let publisher = bulkhead_egress::audit_stream::spawn(store.clone(), config);
     while !store.admin().audit_stream_backlog().await?.is_empty() {
         anyhow::ensure!(
             started.elapsed().as_secs() < 300,

@@ -59,7 +59,7 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
     bulkhead_server::alerts::spawn_judge(state.clone());
     if let Some(stream) = &config.audit_stream {
         tracing::info!(url = %stream.url, stream = %stream.stream, "publishing audit events to NATS JetStream");
-        bulkhead_server::audit_stream::spawn(store.clone(), stream.clone());
+        bulkhead_egress::audit_stream::spawn(store.clone(), stream.clone());
     }
     let listener = TcpListener::bind(config.listen)
         .await

@@ -182,7 +182,6 @@ impl Telemetry {
 /// Logs to stderr (text or JSON) and, with `[telemetry] otlp_endpoint`, spans to a collector.
 pub fn init_logging(config: &Config) -> anyhow::Result<Telemetry> {
     use opentelemetry::trace::TracerProvider as _;
-    use opentelemetry_otlp::{Protocol, WithExportConfig};
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
@@ -199,26 +198,7 @@ pub fn init_logging(config: &Config) -> anyhow::Result<Telemetry> {
             .with_writer(std::io::stderr)
             .boxed(),
     };
-    let provider = match &config.telemetry.otlp_endpoint {
-        None => None,
-        Some(endpoint) => {
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_protocol(Protocol::HttpJson)
-                .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
-                .build()
-                .with_context(|| format!("invalid [telemetry] otlp_endpoint {endpoint}"))?;
-            let resource = opentelemetry_sdk::Resource::builder_empty()
-                .with_service_name(config.telemetry.service_name.clone())
-                .build();
-            Some(
-                opentelemetry_sdk::trace::SdkTracerProvider::builder()
-                    .with_batch_exporter(exporter)
-                    .with_resource(resource)
-                    .build(),
-            )
-        }
-    };
+    let provider = bulkhead_egress::telemetry::otlp_provider(&config.telemetry)?;
     let spans = provider
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("bulkhead")));
