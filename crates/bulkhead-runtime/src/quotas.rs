@@ -84,7 +84,11 @@ impl Quotas {
         let first_today = self
             .announced
             .lock()
-            .map(|mut seen| seen.insert((tenant.clone(), day.clone())))
+            .map(|mut seen| {
+                // Yesterday's announcements are of no use any more; keep the set small.
+                seen.retain(|(_, announced_day)| *announced_day == day);
+                seen.insert((tenant.clone(), day.clone()))
+            })
             .unwrap_or(false);
         if first_today {
             tracing::warn!(tenant.id = %tenant, spent, budget, "daily token budget exhausted");
