@@ -248,26 +248,25 @@ pub fn trace_id_of_traceparent(header: &str) -> Option<&str> {
     let mut parts = header.trim().split('-');
     let (version, trace_id, parent_id, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, len: usize| {
-        s.len() == len
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    let well_formed = hex(version, 2)
+    let well_formed = is_lower_hex(version, 2)
         && version != "ff"
         && (version != "00" || parts.next().is_none())
-        && hex(parent_id, 16)
+        && is_lower_hex(parent_id, 16)
         && parent_id != "0000000000000000"
-        && hex(flags, 2);
+        && is_lower_hex(flags, 2);
     (well_formed && is_trace_id(trace_id)).then_some(trace_id)
 }
 
-fn is_trace_id(value: &str) -> bool {
-    value.len() == 32
+/// `len` lowercase hex digits, as W3C Trace Context writes every field.
+fn is_lower_hex(value: &str, len: usize) -> bool {
+    value.len() == len
         && value
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        && value.bytes().any(|b| b != b'0')
+}
+
+fn is_trace_id(value: &str) -> bool {
+    is_lower_hex(value, 32) && value.bytes().any(|b| b != b'0')
 }
 
 /// A new W3C trace id: 16 random bytes, never all zero.

@@ -18,6 +18,11 @@ pub fn to_rfc3339(millis: i64) -> String {
         .unwrap_or_else(|| millis.to_string())
 }
 
+/// The UTC day of `millis`, `YYYY-MM-DD`: how usage and budgets are bucketed.
+pub fn utc_day(millis: i64) -> String {
+    to_rfc3339(millis).chars().take(10).collect()
+}
+
 /// Unix milliseconds of an RFC 3339 time; `None` if it does not parse.
 pub fn parse_rfc3339(text: &str) -> Option<i64> {
     let time = OffsetDateTime::parse(text, &Rfc3339).ok()?;
@@ -27,6 +32,11 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_day_is_the_utc_date() {
+        assert_eq!(utc_day(1_700_000_000_123), "2023-11-14");
+    }
 
     #[test]
     fn parses_what_it_formats() {

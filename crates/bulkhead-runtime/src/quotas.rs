@@ -77,10 +77,7 @@ impl Quotas {
         if spent < i64::try_from(budget).unwrap_or(i64::MAX) {
             return Ok(());
         }
-        let day = bulkhead_core::timestamp::to_rfc3339(bulkhead_core::timestamp::now_millis())
-            .chars()
-            .take(10)
-            .collect::<String>();
+        let day = bulkhead_core::timestamp::utc_day(bulkhead_core::timestamp::now_millis());
         let first_today = self
             .announced
             .lock()

@@ -317,7 +317,7 @@ impl Runner {
 
     /// Whether `alias` is a configured model (or the built-in scripted one).
     pub fn knows_model(&self, alias: &str) -> bool {
-        alias == SCRIPTED_MODEL || self.models.iter().any(|m| m.alias == alias)
+        alias == SCRIPTED_MODEL || self.model_config(alias).is_some()
     }
 
     /// Whether the tenant of `store` may use `alias`: a default alias, or one granted to it.

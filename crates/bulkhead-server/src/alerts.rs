@@ -197,17 +197,14 @@ async fn report(state: &AppState, transition: &Transition) {
         tracing::info!(tenant.id = %transition.tenant, "tenant error rate back under threshold");
     }
     metrics::counter!("bulkhead_alerts_total", "kind" => action).increment(1);
-    let tenant = match state.store().admin().get_tenant(&transition.tenant).await {
-        Ok(Some(tenant)) => tenant,
+    // A suspended tenant's alert still reaches the operator through the log and metric.
+    let ctx = match state.runtime_context(&transition.tenant).await {
+        Ok(Some(ctx)) => ctx,
         Ok(None) => return,
         Err(error) => {
             tracing::warn!(%error, tenant.id = %transition.tenant, "alert not recorded");
             return;
         }
-    };
-    // A suspended tenant's alert still reaches the operator through the log and metric.
-    let Ok(ctx) = bulkhead_core::auth::runtime_context(&tenant) else {
-        return;
     };
     let store = state.store().tenant(&ctx);
     if let Err(error) = store

@@ -65,7 +65,7 @@ pub async fn request_context(
         state
             .error_rates()
             .record(tenant, response.status().is_server_error());
-        let status = format!("{}xx", response.status().as_u16() / 100);
+        let status = crate::metrics::status_class(response.status());
         metrics::counter!("bulkhead_tenant_requests_total", "tenant" => state.metric_tenant(tenant), "status" => status)
             .increment(1);
     }
@@ -99,6 +99,19 @@ fn authorization(parts: &Parts) -> Result<Option<&str>, ApiError> {
     }
 }
 
+/// Counts a refusal of `tenant`'s request by the rate limiter, and the answer to give.
+fn rate_limited(
+    state: &AppState,
+    tenant: &TenantId,
+    retry_after: u64,
+    stage: &'static str,
+) -> ApiError {
+    tracing::debug!(tenant.id = %tenant, stage, "rate limited");
+    metrics::counter!("bulkhead_rate_limited_total", "tenant" => state.metric_tenant(tenant))
+        .increment(1);
+    ApiError::RateLimited { retry_after }
+}
+
 /// An authenticated tenant-plane request.
 pub struct Authenticated(pub TenantContext);
 
@@ -119,10 +132,12 @@ impl FromRequestParts<AppState> for Authenticated {
             .and_then(|id| state.limiter().tenant_of_key(id))
             && let Err(retry_after) = state.limiter().peek(&tenant)
         {
-            tracing::debug!(tenant.id = %tenant, "rate limited before authentication");
-            metrics::counter!("bulkhead_rate_limited_total", "tenant" => state.metric_tenant(&tenant))
-                .increment(1);
-            return Err(ApiError::RateLimited { retry_after });
+            return Err(rate_limited(
+                state,
+                &tenant,
+                retry_after,
+                "before authentication",
+            ));
         }
         match authenticate(state, header, request_id(parts)).await {
             Ok((ctx, _)) => {
@@ -133,10 +148,12 @@ impl FromRequestParts<AppState> for Authenticated {
                 }
                 span.record("principal", ctx.principal().to_string());
                 if let Err(retry_after) = state.limiter().check(ctx.tenant_id()) {
-                    tracing::debug!(tenant.id = %ctx.tenant_id(), "rate limited");
-                    metrics::counter!("bulkhead_rate_limited_total", "tenant" => state.metric_tenant(ctx.tenant_id()))
-                        .increment(1);
-                    return Err(ApiError::RateLimited { retry_after });
+                    return Err(rate_limited(
+                        state,
+                        ctx.tenant_id(),
+                        retry_after,
+                        "after authentication",
+                    ));
                 }
                 if let Some(id) = key_id {
                     state.limiter().remember_key(id, ctx.tenant_id().clone());

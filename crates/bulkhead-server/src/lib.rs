@@ -161,6 +161,16 @@ impl AppState {
         &self.inner.limiter
     }
 
+    /// A context for work this process does on its own for `tenant` (resuming a run,
+    /// recording an alert); `None` when the tenant is gone or not active.
+    pub(crate) async fn runtime_context(
+        &self,
+        tenant: &bulkhead_core::TenantId,
+    ) -> Result<Option<bulkhead_core::TenantContext>, bulkhead_store::StoreError> {
+        let record = self.store().admin().get_tenant(tenant).await?;
+        Ok(record.and_then(|t| bulkhead_core::auth::runtime_context(&t).ok()))
+    }
+
     /// Each tenant's recent error rate, for its alert.
     pub fn error_rates(&self) -> &alerts::ErrorRates {
         &self.inner.error_rates

@@ -43,12 +43,17 @@ pub async fn track(request: Request, next: Next) -> Response {
     let method = request.method().to_string();
     let started = Instant::now();
     let response = next.run(request).await;
-    let status = format!("{}xx", response.status().as_u16() / 100);
+    let status = status_class(response.status());
     metrics::counter!("bulkhead_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
         .increment(1);
     metrics::histogram!("bulkhead_http_request_duration_seconds", "route" => route)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// `2xx`, `4xx`, ...: the `status` label, a handful of values whatever the status.
+pub(crate) fn status_class(status: axum::http::StatusCode) -> String {
+    format!("{}xx", status.as_u16() / 100)
 }
 
 /// The `tenant` label value for `tenant`: its id if allowlisted, else `other`.

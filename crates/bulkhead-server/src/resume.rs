@@ -21,17 +21,12 @@ pub(crate) fn spawn(state: AppState, tenant: TenantId, run_id: String) {
 }
 
 async fn resume(state: &AppState, tenant: &TenantId, run_id: &str) -> Result<(), String> {
-    let Some(record) = state
-        .store()
-        .admin()
-        .get_tenant(tenant)
+    let Some(ctx) = state
+        .runtime_context(tenant)
         .await
         .map_err(|e| e.to_string())?
     else {
-        return Ok(());
-    };
-    let Ok(ctx) = bulkhead_core::auth::runtime_context(&record) else {
-        tracing::info!(tenant.id = %tenant, run_id, "the tenant is not active; its run stays paused");
+        tracing::info!(tenant.id = %tenant, run_id, "the tenant is gone or not active; its run stays paused");
         return Ok(());
     };
     let store = state.store().tenant(&ctx);

@@ -117,10 +117,7 @@ pub(crate) struct UsageMeter {
 }
 
 fn today() -> String {
-    bulkhead_core::timestamp::to_rfc3339(bulkhead_core::timestamp::now_millis())
-        .chars()
-        .take(10)
-        .collect()
+    bulkhead_core::timestamp::utc_day(bulkhead_core::timestamp::now_millis())
 }
 
 fn saturating(count: u64) -> i64 {

@@ -174,9 +174,9 @@ pub async fn platform_usage(
     _admin: Admin,
     ApiQuery(query): ApiQuery<PeriodQuery>,
 ) -> Result<Json<PlatformUsage>, ApiError> {
-    let today = bulkhead_core::timestamp::to_rfc3339(bulkhead_core::timestamp::now_millis())[..10]
-        .to_owned();
-    let from = day(query.from, "from", format!("{}-01", &today[..7]))?;
+    let today = bulkhead_core::timestamp::utc_day(bulkhead_core::timestamp::now_millis());
+    let month: String = today.chars().take(7).collect();
+    let from = day(query.from, "from", format!("{month}-01"))?;
     let to = day(query.to, "to", today)?;
     state.store().flush_usage().await?;
     let rows = state.store().admin().usage_report(&from, &to).await?;
