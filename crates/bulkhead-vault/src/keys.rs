@@ -35,7 +35,11 @@ impl DataKey {
         &self.0
     }
 
-    fn from_slice(bytes: &[u8]) -> Result<Self, VaultError> {
+    pub(crate) fn duplicate(&self) -> Self {
+        Self(Zeroizing::new(*self.0))
+    }
+
+    pub(crate) fn from_slice(bytes: &[u8]) -> Result<Self, VaultError> {
         let array: [u8; 32] = bytes.try_into().map_err(|_| VaultError::Decrypt)?;
         Ok(Self(Zeroizing::new(array)))
     }

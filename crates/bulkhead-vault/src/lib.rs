@@ -12,6 +12,7 @@
 //! zeroed on drop.
 
 mod envelope;
+mod handed;
 mod keys;
 
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ use bulkhead_store::{
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
+pub use handed::{HandedKey, HandedKeyProvider, HandedKeyWire};
 pub use keys::{BoxFuture, DataKey, KeyProvider, LocalKeyProvider, WrappedKey};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,10 @@ pub enum VaultError {
     Contended,
     #[error("credential fields must be a JSON object of non-secret metadata")]
     FieldsNotObject,
+    /// A dedicated worker holds its tenant's data keys, not the key-encryption key: it can
+    /// open what exists but not create a tenant's first data key.
+    #[error("this process holds no key-encryption key; write credentials through the API")]
+    NoKek,
 }
 
 /// What a data-key rotation did.
@@ -75,7 +81,7 @@ pub struct Credential {
 /// Seals and opens tenant secrets. Cheap to clone; shares one cache of unwrapped data keys.
 #[derive(Clone)]
 pub struct Vault {
-    provider: Arc<dyn KeyProvider>,
+    pub(crate) provider: Arc<dyn KeyProvider>,
     data_keys: Arc<Mutex<HashMap<(TenantId, i64), CachedKey>>>,
 }
 

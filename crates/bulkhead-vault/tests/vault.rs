@@ -9,7 +9,9 @@ use bulkhead_core::audit::Origin;
 use bulkhead_core::{ConnectorName, Role, Tenant, TenantContext};
 use bulkhead_store::Store;
 use bulkhead_store::testing::TestDb;
-use bulkhead_vault::{LocalKeyProvider, Vault, VaultError};
+use bulkhead_vault::{
+    HandedKey, HandedKeyProvider, HandedKeyWire, LocalKeyProvider, Vault, VaultError,
+};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
@@ -24,6 +26,7 @@ bulkhead_store::on_both_backends!(
     an_interrupted_data_key_rotation_is_resumed,
     rotating_the_key_encryption_key_rewraps_every_data_key,
     deleting_a_tenant_shreds_its_keys,
+    a_worker_vault_opens_its_own_tenants_secrets_only,
 );
 
 const CANARY: &str = "canary-7f3a9c1e-5b2d-4e8f-a6c0-d9b8e7f6a5b4";
@@ -637,4 +640,60 @@ async fn deleting_a_tenant_shreds_its_keys(store: &Store, db: &TestDb) {
     let last = events.last().unwrap();
     assert_eq!(last.action, "tenant.deleted");
     assert_eq!(last.details["data_keys_destroyed"], 1);
+}
+
+/// What a dedicated worker is handed, after the round trip through the channel's JSON, opens
+/// its own tenant's secrets, and neither another tenant's nor a new one of its own (it holds
+/// no key-encryption key to wrap a data key with).
+async fn a_worker_vault_opens_its_own_tenants_secrets_only(store: &Store, _db: &TestDb) {
+    let control = vault();
+    let acme = TenantContext::for_tests(&tenant(store, "acme").await, &[Role::Owner]);
+    let globex = TenantContext::for_tests(&tenant(store, "globex").await, &[Role::Owner]);
+    let initech = TenantContext::for_tests(&tenant(store, "initech").await, &[Role::Owner]);
+    for ctx in [&acme, &globex] {
+        let secret = SecretString::from(format!("{}-token", ctx.tenant_id()));
+        control
+            .put(&store.tenant(ctx), &connector("github"), &secret, json!({}))
+            .await
+            .unwrap();
+    }
+    let handed = control.hand_over(&store.tenant(&acme)).await.unwrap();
+    assert_eq!(handed.len(), 1);
+    let text =
+        serde_json::to_string(&handed.iter().map(HandedKey::to_wire).collect::<Vec<_>>()).unwrap();
+    let received: Vec<HandedKeyWire> = serde_json::from_str(&text).unwrap();
+    let keys = received
+        .iter()
+        .map(HandedKey::from_wire)
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let worker = Vault::new(Arc::new(HandedKeyProvider::new(
+        acme.tenant_id().clone(),
+        keys,
+    )));
+
+    let revealed = worker
+        .reveal(&store.tenant(&acme), &connector("github"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(revealed.secret.expose_secret(), "acme-token");
+    assert!(matches!(
+        worker
+            .reveal(&store.tenant(&globex), &connector("github"))
+            .await,
+        Err(VaultError::Decrypt)
+    ));
+    // A tenant without a data key yet would need one wrapped: the worker cannot.
+    assert!(matches!(
+        worker
+            .put(
+                &store.tenant(&initech),
+                &connector("github"),
+                &SecretString::from("x".to_owned()),
+                json!({})
+            )
+            .await,
+        Err(VaultError::NoKek)
+    ));
 }
