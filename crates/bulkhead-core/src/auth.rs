@@ -555,6 +555,21 @@ pub fn runtime_context(tenant: &Tenant) -> Result<TenantContext, AuthError> {
     ))
 }
 
+/// The context a dedicated worker acts in for a request the control plane authenticated and
+/// forwarded: the principal and roles come from the control plane, the tenant is the one the
+/// worker was started for (`bound`), read from its own record. A forwarded request can never
+/// name another tenant: there is no tenant in it to name.
+pub fn forwarded_context(
+    tenant: Option<&Tenant>,
+    bound: &TenantId,
+    principal: Principal,
+    roles: BTreeSet<Role>,
+    request_id: RequestId,
+) -> Result<TenantContext, AuthError> {
+    let tenant = active_tenant(tenant, bound)?;
+    Ok(TenantContext::new(tenant, principal, roles, request_id))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -57,6 +57,8 @@ pub struct Config {
     pub audit_stream: Option<AuditStreamConfig>,
     pub alerts: AlertsConfig,
     pub telemetry: TelemetryConfig,
+    /// Dedicated tenants' worker processes.
+    pub workers: WorkersConfig,
 }
 
 impl Default for Config {
@@ -87,6 +89,7 @@ impl Default for Config {
             audit_stream: None,
             alerts: AlertsConfig::default(),
             telemetry: TelemetryConfig::default(),
+            workers: WorkersConfig::default(),
         }
     }
 }
@@ -109,6 +112,50 @@ impl Default for TelemetryConfig {
         Self {
             otlp_endpoint: None,
             service_name: "bulkhead".to_owned(),
+        }
+    }
+}
+
+/// `[workers]`: the processes that run dedicated tenants' agent work, one per tenant on this
+/// node, started by `bulkhead serve` on a tenant's first request and supervised by it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkersConfig {
+    /// Most workers this node runs at once; a dedicated tenant's request beyond it is
+    /// refused with `worker_capacity` (503) rather than run in the shared process.
+    pub max_workers: usize,
+    /// A worker with nothing in flight for this long is stopped; the next request starts
+    /// it again. 0 keeps workers running.
+    pub idle_seconds: u64,
+    /// How often each worker is asked whether it is healthy, in milliseconds; one that does
+    /// not answer within the same time is killed and restarted.
+    pub health_ms: u64,
+    /// How long a worker may take from spawn to ready before it counts as failed to start.
+    pub start_timeout_ms: u64,
+    /// How long a change of a tenant's tier waits for its runs in flight to finish.
+    pub drain_seconds: u64,
+    /// Each worker's address-space limit (RLIMIT_AS), in MiB. 0: none.
+    pub memory_mib: u64,
+    /// Each worker's open-file limit (RLIMIT_NOFILE).
+    pub open_files: u64,
+    /// Sockets and working directories (default `<data_dir>/workers`).
+    pub dir: Option<PathBuf>,
+    /// The executable started as `<binary> worker` (default: the running binary).
+    pub binary: Option<PathBuf>,
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        Self {
+            max_workers: 64,
+            idle_seconds: 600,
+            health_ms: 5_000,
+            start_timeout_ms: 60_000,
+            drain_seconds: 30,
+            memory_mib: 16 * 1024,
+            open_files: 1024,
+            dir: None,
+            binary: None,
         }
     }
 }

@@ -297,6 +297,7 @@ async fn an_endpoint_outside_the_tenants_regions_is_refused_before_any_byte_leav
         .update_tenant(
             acme.tenant_id(),
             TenantPatch {
+                isolation: None,
                 allowed_regions: Some(vec![RegionName::try_from("us-east").unwrap()]),
                 ..TenantPatch::default()
             },

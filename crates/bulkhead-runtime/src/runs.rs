@@ -98,6 +98,9 @@ pub struct Runner {
     knowledge: Arc<Knowledge>,
     tools: Arc<Tools>,
     quotas: Arc<Quotas>,
+    /// Whether this process is the shared pool or one tenant's dedicated worker; recorded on
+    /// every run it starts, beside its process id.
+    isolation: bulkhead_core::Isolation,
 }
 
 #[derive(Debug, Clone)]
@@ -235,7 +238,14 @@ impl Runner {
             platform_prompts,
             local,
             quotas: Arc::new(Quotas::new(bulkhead_core::config::LimitsConfig::default())),
+            isolation: bulkhead_core::Isolation::Shared,
         }
+    }
+
+    /// Marks this runner as a dedicated worker's (runs record it).
+    pub fn serving(mut self, isolation: bulkhead_core::Isolation) -> Self {
+        self.isolation = isolation;
+        self
     }
 
     /// Applies the tenants' token budgets and run caps (none by default).
@@ -350,15 +360,29 @@ impl Runner {
         input: RunInput,
         events: Option<EventSink<'_>>,
     ) -> Result<RunRecord, RunError> {
-        // Refused before anything is stored: a run that cannot get a model answer is no run.
-        let _slot = self.quotas.run_slot(store.context().tenant_id())?;
-        self.quotas.check_tokens(store).await?;
         let streaming = events.is_some();
         let mut ignore = |_: RunEvent| {};
         let events: EventSink<'_> = match events {
             Some(sink) => sink,
             None => &mut ignore,
         };
+        self.run_observed(store, agent, input, events, streaming)
+            .await
+    }
+
+    /// [`Runner::run`] with its events always reported (a forwarding process needs the run
+    /// id as soon as it exists), and model answers streamed only if `streaming`.
+    pub async fn run_observed(
+        &self,
+        store: &TenantStore<'_>,
+        agent: &AgentRecord,
+        input: RunInput,
+        events: EventSink<'_>,
+        streaming: bool,
+    ) -> Result<RunRecord, RunError> {
+        // Refused before anything is stored: a run that cannot get a model answer is no run.
+        let _slot = self.quotas.run_slot(store.context().tenant_id())?;
+        self.quotas.check_tokens(store).await?;
         let end_user = input.user.clone().unwrap_or_default();
         // A stored spec that no longer parses still gets a run, recorded as failed.
         let spec = serde_json::from_value::<AgentSpec>(agent.spec.clone())
@@ -394,6 +418,7 @@ impl Runner {
                 &agent.name,
                 agent.version,
                 &input.input,
+                bulkhead_store::RunProcess::current(self.isolation),
             )
             .await?;
         events(RunEvent::Started {

@@ -229,10 +229,44 @@ pub(crate) fn status_for_code(code: &str) -> StatusCode {
         "provider_rate_limited" | "budget_exhausted" | "too_many_runs" => {
             StatusCode::TOO_MANY_REQUESTS
         }
-        "embedder_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+        "embedder_unavailable" | "worker_capacity" | "worker_unavailable" | "worker_lost" => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         "upstream_timeout" => StatusCode::GATEWAY_TIMEOUT,
         "internal" => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_GATEWAY,
+    }
+}
+
+impl From<crate::worker::WorkerError> for ApiError {
+    fn from(error: crate::worker::WorkerError) -> Self {
+        ApiError::Failed {
+            code: error.code(),
+            detail: error.to_string(),
+        }
+    }
+}
+
+/// The error a dedicated worker refused a request with, by its stable code. Codes this
+/// process does not know become `internal` (their detail goes to the log, not the body).
+pub(crate) fn relayed(code: &str, detail: String) -> ApiError {
+    const PASSED_ON: &[&str] = &[
+        "budget_exhausted",
+        "too_many_runs",
+        "worker_lost",
+        "worker_capacity",
+        "worker_unavailable",
+    ];
+    match code {
+        "not_found" => ApiError::NotFound,
+        "unauthenticated" => ApiError::Unauthenticated,
+        _ => match PASSED_ON.iter().find(|known| **known == code) {
+            Some(known) => ApiError::Failed {
+                code: known,
+                detail,
+            },
+            None => ApiError::Internal(format!("dedicated worker: {code}: {detail}").into()),
+        },
     }
 }
 

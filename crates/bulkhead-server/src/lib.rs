@@ -14,6 +14,7 @@ mod openapi;
 pub mod resume;
 mod routes;
 mod trace_context;
+pub mod worker;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -50,6 +51,13 @@ struct StateInner {
     leeway_seconds: u64,
     regions: Vec<RegionName>,
     max_body_bytes: usize,
+    /// Dedicated tenants' workers; unset in a worker itself and in servers without them.
+    workers: std::sync::OnceLock<worker::Workers>,
+    /// Per tenant: runs hold it shared while they run; a change of tier holds it exclusively,
+    /// so it waits for the runs in flight and new runs wait for it.
+    tier_gates: std::sync::Mutex<
+        std::collections::HashMap<bulkhead_core::TenantId, Arc<tokio::sync::RwLock<()>>>,
+    >,
 }
 
 /// What the server needs besides the store, already validated by the caller.
@@ -83,6 +91,39 @@ pub struct ServerSettings {
 
 impl AppState {
     pub fn new(store: Store, vault: Vault, egress: Egress, settings: ServerSettings) -> Self {
+        Self::build(
+            store,
+            vault,
+            egress,
+            settings,
+            bulkhead_core::Isolation::Shared,
+        )
+    }
+
+    /// The state of a dedicated worker process: the same runtime, recording its runs as
+    /// executed by a dedicated process.
+    pub fn dedicated_worker(
+        store: Store,
+        vault: Vault,
+        egress: Egress,
+        settings: ServerSettings,
+    ) -> Self {
+        Self::build(
+            store,
+            vault,
+            egress,
+            settings,
+            bulkhead_core::Isolation::Dedicated,
+        )
+    }
+
+    fn build(
+        store: Store,
+        vault: Vault,
+        egress: Egress,
+        settings: ServerSettings,
+        isolation: bulkhead_core::Isolation,
+    ) -> Self {
         Self {
             inner: Arc::new(StateInner {
                 store,
@@ -100,7 +141,8 @@ impl AppState {
                     )),
                     settings.tools,
                 )
-                .with_limits(settings.limits.clone()),
+                .with_limits(settings.limits.clone())
+                .serving(isolation),
                 egress,
                 limiter: limits::RateLimiter::new(&settings.limits),
                 error_rates: alerts::ErrorRates::new(settings.alerts),
@@ -110,8 +152,33 @@ impl AppState {
                 leeway_seconds: settings.leeway_seconds,
                 regions: settings.regions,
                 max_body_bytes: settings.max_body_bytes,
+                workers: std::sync::OnceLock::new(),
+                tier_gates: std::sync::Mutex::default(),
             }),
         }
+    }
+
+    /// Gives this server its dedicated workers; once, before serving.
+    pub fn install_workers(&self, workers: worker::Workers) {
+        if self.inner.workers.set(workers).is_err() {
+            tracing::warn!("dedicated workers were already installed");
+        }
+    }
+
+    pub fn workers(&self) -> Option<&worker::Workers> {
+        self.inner.workers.get()
+    }
+
+    /// The gate a tenant's runs and its changes of tier meet at.
+    pub(crate) fn tier_gate(
+        &self,
+        tenant: &bulkhead_core::TenantId,
+    ) -> Arc<tokio::sync::RwLock<()>> {
+        let mut gates = match self.inner.tier_gates.lock() {
+            Ok(gates) => gates,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        gates.entry(tenant.clone()).or_default().clone()
     }
 
     pub fn store(&self) -> &Store {

@@ -418,7 +418,7 @@ async fn bad_input_gets_a_clear_problem_and_writes_nothing() {
 
     let patch_cases = [
         (json!({"status": "deleted"}), "status"),
-        (json!({"isolation": "dedicated"}), "isolation"),
+        (json!({"isolation": "quantum"}), "isolation"),
         (json!({"name": ""}), "name"),
     ];
     for (body, field) in patch_cases {

@@ -170,6 +170,9 @@ impl<'a> AdminStore<'a> {
         if let Some(regions) = patch.allowed_regions {
             after.allowed_regions = regions;
         }
+        if let Some(isolation) = patch.isolation {
+            after.isolation = isolation;
+        }
         if after == before {
             tx.commit().await?;
             return Ok(Some(before));
@@ -177,17 +180,19 @@ impl<'a> AdminStore<'a> {
         after.updated_at = now_millis();
         execute!(
             &mut tx,
-            "UPDATE tenants SET name = $2, status = $3, allowed_regions = $4, updated_at = $5 \
+            "UPDATE tenants SET name = $2, status = $3, allowed_regions = $4, updated_at = $5, isolation = $6 \
              WHERE tenant_id = $1",
             id.as_str(),
             after.name.as_str(),
             after.status.as_str(),
             regions_json(&after.allowed_regions)?,
             after.updated_at,
+            after.isolation.as_str(),
         )?;
         let action = match (before.status, after.status) {
             (TenantStatus::Active, TenantStatus::Suspended) => "tenant.suspended",
             (TenantStatus::Suspended, TenantStatus::Active) => "tenant.reactivated",
+            _ if before.isolation != after.isolation => "tenant.isolation_changed",
             _ => "tenant.updated",
         };
         audit::append(
@@ -199,8 +204,8 @@ impl<'a> AdminStore<'a> {
                 resource: format!("tenant/{id}"),
                 outcome: Outcome::Success,
                 details: json!({
-                    "before": {"name": before.name, "status": before.status, "allowed_regions": before.allowed_regions},
-                    "after": {"name": after.name, "status": after.status, "allowed_regions": after.allowed_regions},
+                    "before": {"name": before.name, "status": before.status, "allowed_regions": before.allowed_regions, "isolation": before.isolation.as_str()},
+                    "after": {"name": after.name, "status": after.status, "allowed_regions": after.allowed_regions, "isolation": after.isolation.as_str()},
                 }),
             },
         )

@@ -53,7 +53,7 @@ pub use pgvector::VectorScan;
 pub use records::{
     ApiKeyInfo, DeletionReceipt, IssuerRecord, NewIssuer, NewTenant, Page, TenantPatch,
 };
-pub use runs::{RunEnd, RunProgress, RunRecord};
+pub use runs::{RunEnd, RunProcess, RunProgress, RunRecord};
 pub use tenant::TenantStore;
 pub use threads::ThreadMessage;
 pub use tools::{

@@ -24,6 +24,7 @@ pub struct TenantPatch {
     pub name: Option<String>,
     pub allowed_regions: Option<Vec<RegionName>>,
     pub status: Option<TenantStatus>,
+    pub isolation: Option<bulkhead_core::Isolation>,
 }
 
 /// One page of a keyset-paginated listing.

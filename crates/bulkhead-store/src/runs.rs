@@ -25,6 +25,29 @@ pub struct RunRecord {
     pub output_tokens: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The operating-system process that executed the run (absent on runs from before it
+    /// was recorded).
+    pub process_id: Option<i64>,
+    /// `shared` or `dedicated`: whether that process was the shared pool or the tenant's
+    /// own worker.
+    pub isolation: Option<String>,
+}
+
+/// The process a run executes in, recorded on the run when it starts.
+#[derive(Debug, Clone, Copy)]
+pub struct RunProcess {
+    pub id: u32,
+    pub isolation: bulkhead_core::Isolation,
+}
+
+impl RunProcess {
+    /// This process, serving at `isolation`.
+    pub fn current(isolation: bulkhead_core::Isolation) -> Self {
+        Self {
+            id: std::process::id(),
+            isolation,
+        }
+    }
 }
 
 /// A running run's transcript, steps and token use so far.
@@ -53,6 +76,8 @@ struct RunRow {
     output_tokens: i64,
     created_at: i64,
     updated_at: i64,
+    process_id: Option<i64>,
+    isolation: Option<String>,
 }
 
 /// How a run ended.
@@ -74,6 +99,7 @@ impl TenantStore<'_> {
         agent: &AgentName,
         agent_version: i64,
         input: &str,
+        process: RunProcess,
     ) -> Result<(), StoreError> {
         let tenant = self.context().tenant_id();
         let mut tx = self.begin(Access::Write).await?;
@@ -81,8 +107,8 @@ impl TenantStore<'_> {
         execute!(
             &mut tx,
             "INSERT INTO runs (tenant_id, run_id, agent, agent_version, status, input, transcript, steps, \
-             input_tokens, output_tokens, created_at, updated_at, thread_id) \
-             VALUES ($1, $2, $3, $4, 'running', $5, '[]', 0, 0, 0, $6, $6, $7)",
+             input_tokens, output_tokens, created_at, updated_at, thread_id, process_id, isolation) \
+             VALUES ($1, $2, $3, $4, 'running', $5, '[]', 0, 0, 0, $6, $6, $7, $8, $9)",
             tenant.as_str(),
             run_id,
             agent.as_str(),
@@ -90,6 +116,8 @@ impl TenantStore<'_> {
             input,
             now,
             thread_id,
+            i64::from(process.id),
+            process.isolation.as_str(),
         )?;
         audit::append(
             &mut tx,
@@ -99,7 +127,12 @@ impl TenantStore<'_> {
                 action: "run.started",
                 resource: format!("run/{run_id}"),
                 outcome: Outcome::Success,
-                details: json!({"agent": agent, "agent_version": agent_version}),
+                details: json!({
+                    "agent": agent,
+                    "agent_version": agent_version,
+                    "process_id": process.id,
+                    "isolation": process.isolation.as_str(),
+                }),
             },
         )
         .await?;
@@ -185,7 +218,7 @@ impl TenantStore<'_> {
             &mut tx,
             RunRow,
             "SELECT run_id, thread_id, agent, agent_version, status, input, output, error_code, error_message, transcript, \
-             steps, input_tokens, output_tokens, created_at, updated_at FROM runs WHERE tenant_id = $1 AND run_id = $2",
+             steps, input_tokens, output_tokens, created_at, updated_at, process_id, isolation FROM runs WHERE tenant_id = $1 AND run_id = $2",
             self.context().tenant_id().as_str(),
             run_id,
         )?;
@@ -208,9 +241,53 @@ impl TenantStore<'_> {
                 output_tokens: r.output_tokens,
                 created_at: r.created_at,
                 updated_at: r.updated_at,
+                process_id: r.process_id,
+                isolation: r.isolation,
             })
         })
         .transpose()
+    }
+}
+
+impl TenantStore<'_> {
+    /// Marks the run failed with `code` if it is still `running`: for a run whose process died
+    /// under it, seen by the process that forwarded it. Returns whether it was running; a run
+    /// that ended on its own in the meantime is left as it ended.
+    pub async fn fail_running_run(
+        &self,
+        run_id: &str,
+        code: &str,
+        message: &str,
+    ) -> Result<bool, StoreError> {
+        let tenant = self.context().tenant_id();
+        let mut tx = self.begin(Access::Write).await?;
+        let failed = execute!(
+            &mut tx,
+            "UPDATE runs SET status = 'failed', error_code = $3, error_message = $4, updated_at = $5 \
+             WHERE tenant_id = $1 AND run_id = $2 AND status = 'running'",
+            tenant.as_str(),
+            run_id,
+            code,
+            message,
+            now_millis(),
+        )?;
+        if failed == 0 {
+            return Ok(false);
+        }
+        audit::append(
+            &mut tx,
+            tenant,
+            &self.origin(),
+            AuditDraft {
+                action: "run.failed",
+                resource: format!("run/{run_id}"),
+                outcome: Outcome::Failure,
+                details: json!({"code": code, "message": message}),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 }
 

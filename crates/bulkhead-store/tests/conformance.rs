@@ -124,6 +124,7 @@ async fn suspend_and_reactivate_are_recorded(store: &Store, _db: &TestDb) {
     create(store, "acme").await;
     let admin = store.admin();
     let suspend = TenantPatch {
+        isolation: None,
         status: Some(TenantStatus::Suspended),
         ..TenantPatch::default()
     };
@@ -139,6 +140,7 @@ async fn suspend_and_reactivate_are_recorded(store: &Store, _db: &TestDb) {
         .await
         .unwrap();
     let reactivate = TenantPatch {
+        isolation: None,
         status: Some(TenantStatus::Active),
         name: Some("Acme Inc".into()),
         allowed_regions: Some(vec![RegionName::try_from("eu-west").unwrap()]),
@@ -487,6 +489,7 @@ async fn the_stream_cursor_follows_each_chain_and_never_moves_back(store: &Store
         .update_tenant(
             &id("globex"),
             TenantPatch {
+                isolation: None,
                 status: Some(TenantStatus::Suspended),
                 ..TenantPatch::default()
             },
@@ -564,6 +567,7 @@ async fn a_tampered_chain_fails_verification(store: &Store, db: &TestDb) {
             .update_tenant(
                 &id("acme"),
                 TenantPatch {
+                    isolation: None,
                     name: Some(format!("Acme {i}")),
                     ..TenantPatch::default()
                 },

@@ -8,8 +8,10 @@ mod cli_admin;
 mod cli_audit;
 mod cli_ingest;
 mod demo;
+mod sandbox;
 mod serve;
 mod settings;
+mod worker;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +49,9 @@ pub struct GlobalArgs {
 enum Command {
     /// Run the HTTP server.
     Serve(serve::ServeArgs),
+    /// One dedicated tenant's worker process (started by `serve`, not by hand).
+    #[command(hide = true)]
+    Worker(worker::WorkerArgs),
     /// Provision two tenants and show that each key sees only its own tenant.
     Demo(demo::DemoArgs),
     /// Manage tenants.
@@ -101,6 +106,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::run(&cli.global, args).await,
+            Command::Worker(args) => worker::run(&cli.global, args).await,
             Command::Demo(args) => demo::run(&cli.global, args).await,
             Command::Tenant(command) => cli_admin::tenant(&cli.global, command).await,
             Command::Ingest(args) => cli_ingest::run(&cli.global, args).await,

@@ -50,6 +50,12 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(expire_threads(store.clone(), config.threads.retention_days));
     }
     let state = app_state(&config, &store, admin_token_hash).await?;
+    state.install_workers(bulkhead_server::worker::Workers::new(
+        config.workers.clone(),
+        worker_launch(global, &config)?,
+        store.clone(),
+        state.vault().clone(),
+    ));
     // Expires overdue approvals and resumes runs decided while no process could (including
     // those decided just before the last stop).
     bulkhead_server::resume::spawn_sweeper(
@@ -113,6 +119,71 @@ pub async fn app_state(
         egress.clone(),
         server_settings(config, admin_token_hash, &egress).await?,
     ))
+}
+
+/// The state of a dedicated worker: the same runtime as `serve`, with the vault it was
+/// handed and no admin token (it serves no HTTP).
+pub async fn worker_state(
+    config: &Config,
+    store: &Store,
+    vault: bulkhead_vault::Vault,
+) -> anyhow::Result<AppState> {
+    let egress = bulkhead_egress::Egress::new(&config.endpoints, store.clone(), vault.clone())
+        .context("invalid [[endpoints]] configuration")?;
+    Ok(AppState::dedicated_worker(
+        store.clone(),
+        vault,
+        egress.clone(),
+        server_settings(config, String::new(), &egress).await?,
+    ))
+}
+
+/// Environment variables a worker must not inherit: the key-encryption keys and the admin
+/// token.
+const WITHHELD_FROM_WORKERS: &[&str] = &[
+    "BULKHEAD_MASTER_KEY",
+    "BULKHEAD_PREVIOUS_MASTER_KEYS",
+    "BULKHEAD_ADMIN_TOKEN",
+];
+
+/// How `serve` starts workers: this binary (or `workers.binary`) with the same configuration
+/// sources, and the environment minus what a worker must not hold.
+fn worker_launch(
+    global: &GlobalArgs,
+    config: &Config,
+) -> anyhow::Result<bulkhead_server::worker::pool::WorkerLaunch> {
+    let binary = match &config.workers.binary {
+        Some(binary) => binary.clone(),
+        None => std::env::current_exe().context("cannot find this binary to start workers")?,
+    };
+    let mut global_args: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(path) = &global.config {
+        global_args.extend(["--config".into(), std::path::absolute(path)?.into()]);
+    }
+    global_args.extend([
+        "--data-dir".into(),
+        std::path::absolute(&config.data_dir)?.into(),
+    ]);
+    if let Some(database) = &config.database {
+        global_args.extend(["--database".into(), database.into()]);
+    }
+    let env = std::env::vars_os()
+        .filter(|(key, _)| {
+            !WITHHELD_FROM_WORKERS
+                .iter()
+                .any(|withheld| key.as_os_str() == *withheld)
+        })
+        .collect();
+    let dir = match &config.workers.dir {
+        Some(dir) => dir.clone(),
+        None => std::path::absolute(config.data_dir.join("workers"))?,
+    };
+    Ok(bulkhead_server::worker::pool::WorkerLaunch {
+        binary,
+        global_args,
+        env,
+        dir,
+    })
 }
 
 pub const ADMIN_TOKEN_SETTING: &str = "admin_token_sha256";

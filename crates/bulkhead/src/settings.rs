@@ -41,6 +41,7 @@ const ENV_KEYS: &[&str] = &[
     "audit_stream",
     "alerts",
     "telemetry",
+    "workers",
 ];
 
 pub fn load(global: &GlobalArgs) -> anyhow::Result<Config> {
@@ -116,6 +117,27 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     Store::open(&url, &options)
         .await
         .with_context(|| format!("cannot open database {}", redact_url(&url)))
+}
+
+/// The SQLite database's files (itself, its WAL and shared memory), for a worker's sandbox;
+/// none on PostgreSQL.
+pub fn sqlite_files(config: &Config) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let url = database_url(config)?;
+    let Some(path) = url.strip_prefix("sqlite://") else {
+        return Ok(Vec::new());
+    };
+    let path = path.split('?').next().unwrap_or_default();
+    Ok(["", "-wal", "-shm"]
+        .iter()
+        .map(|suffix| std::path::PathBuf::from(format!("{path}{suffix}")))
+        .collect())
+}
+
+/// Every model and embedder file the configuration names, for a worker's sandbox.
+pub fn model_files(config: &Config) -> Vec<std::path::PathBuf> {
+    let models = config.models.iter().filter_map(|m| m.path.clone());
+    let embedders = config.embedders.iter().filter_map(|e| e.path.clone());
+    models.chain(embedders).collect()
 }
 
 /// Hides a password in a database URL before it is printed.

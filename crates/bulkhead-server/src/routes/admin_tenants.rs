@@ -184,7 +184,7 @@ pub async fn get_tenant(
         .get_tenant(&id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    Ok(Json(tenant.into()))
+    Ok(Json(TenantView::from(tenant).with_worker(&state)))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -196,9 +196,13 @@ pub struct PatchTenantRequest {
     pub status: Option<StatusDto>,
     /// Replaces the regions besides the home region where the tenant's data may go.
     pub allowed_regions: Option<Vec<String>>,
+    /// Moves the tenant's agent work between the shared pool and a dedicated worker. Waits
+    /// for its runs in flight to finish (new ones wait meanwhile), then switches: no run is
+    /// lost or run twice. 409 `conflict` if they do not finish within `workers.drain_seconds`.
+    pub isolation: Option<IsolationDto>,
 }
 
-/// Renames, suspends or reactivates a tenant.
+/// Renames, suspends or reactivates a tenant, or changes its isolation tier.
 #[utoipa::path(patch, path = "/admin/v1/tenants/{id}", tag = "control-plane",
     security(("admin_token" = [])),
     params(("id" = String, Path, description = "Tenant id")),
@@ -220,14 +224,45 @@ pub async fn patch_tenant(
             .transpose()?,
         status: body.status.map(Into::into),
         allowed_regions: allowed_regions(&state, body.allowed_regions)?,
+        isolation: body.isolation.map(Into::into),
     };
+    let origin = Origin::admin(admin.request_id);
+    let Some(isolation) = patch.isolation else {
+        let tenant = state
+            .store()
+            .admin()
+            .update_tenant(&id, patch, &origin)
+            .await?
+            .ok_or(ApiError::NotFound)?;
+        return Ok(Json(TenantView::from(tenant).with_worker(&state)));
+    };
+    let drain = std::time::Duration::from_secs(
+        state
+            .workers()
+            .map_or(30, |workers| workers.config().drain_seconds),
+    );
+    // Exclusive: waits for the tenant's runs in flight on either side; runs that arrive
+    // meanwhile wait behind it and then read the new tier.
+    let _switching = tokio::time::timeout(drain, state.tier_gate(&id).write_owned())
+        .await
+        .map_err(|_| {
+            ApiError::Conflict(format!(
+                "the tenant's runs in flight did not finish within {} s; its tier is unchanged",
+                drain.as_secs()
+            ))
+        })?;
     let tenant = state
         .store()
         .admin()
-        .update_tenant(&id, patch, &Origin::admin(admin.request_id))
+        .update_tenant(&id, patch, &origin)
         .await?
         .ok_or(ApiError::NotFound)?;
-    Ok(Json(tenant.into()))
+    if isolation == bulkhead_core::Isolation::Shared
+        && let Some(workers) = state.workers()
+    {
+        workers.retire(&id).await;
+    }
+    Ok(Json(TenantView::from(tenant).with_worker(&state)))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -107,6 +107,37 @@ pub struct TenantView {
     pub created_at: String,
     /// RFC 3339.
     pub updated_at: String,
+    /// For a dedicated tenant, its worker process on the node that answered (absent when it
+    /// never started there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<crate::worker::WorkerView>,
+}
+
+impl TenantView {
+    /// With the tenant's worker on this node, if it is dedicated.
+    pub(crate) fn with_worker(mut self, state: &crate::AppState) -> Self {
+        if matches!(self.isolation, IsolationDto::Dedicated) {
+            self.worker = worker_view(state, &self.id);
+        }
+        self
+    }
+}
+
+/// The worker of a dedicated tenant on this node: its state, or `stopped` if it never ran.
+pub(crate) fn worker_view(
+    state: &crate::AppState,
+    tenant: &str,
+) -> Option<crate::worker::WorkerView> {
+    let workers = state.workers()?;
+    let tenant = bulkhead_core::TenantId::try_from(tenant).ok()?;
+    Some(
+        workers
+            .view(&tenant)
+            .unwrap_or_else(|| crate::worker::WorkerView {
+                state: "stopped".into(),
+                ..Default::default()
+            }),
+    )
 }
 
 impl From<Tenant> for TenantView {
@@ -120,6 +151,7 @@ impl From<Tenant> for TenantView {
             status: t.status.into(),
             created_at: to_rfc3339(t.created_at),
             updated_at: to_rfc3339(t.updated_at),
+            worker: None,
         }
     }
 }

@@ -10,6 +10,7 @@ pub(crate) mod audit;
 pub(crate) mod console;
 pub(crate) mod credentials;
 pub(crate) mod dto;
+pub(crate) mod forwarded;
 pub(crate) mod gateway;
 pub(crate) mod knowledge;
 pub(crate) mod mcp;

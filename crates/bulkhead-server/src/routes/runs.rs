@@ -55,6 +55,10 @@ pub struct RunView {
     pub transcript: serde_json::Value,
     pub created_at: String,
     pub updated_at: String,
+    /// The operating-system process that executed the run.
+    pub process_id: Option<i64>,
+    /// `shared` (the shared pool) or `dedicated` (the tenant's own worker process).
+    pub isolation: Option<String>,
 }
 
 impl From<bulkhead_store::RunRecord> for RunView {
@@ -75,6 +79,8 @@ impl From<bulkhead_store::RunRecord> for RunView {
             transcript: r.transcript,
             created_at: to_rfc3339(r.created_at),
             updated_at: to_rfc3339(r.updated_at),
+            process_id: r.process_id,
+            isolation: r.isolation,
         }
     }
 }
@@ -116,22 +122,46 @@ pub async fn create_run(
         .agent(&path_agent(&name)?)
         .await?
         .ok_or(ApiError::NotFound)?;
+    // Held until the run ends: a change of tier waits for it, and this waits for a change
+    // in progress, then reads the tier that change left.
+    let gate = state.tier_gate(ctx.tenant_id()).read_owned().await;
+    let tier = state
+        .store()
+        .admin()
+        .get_tenant(ctx.tenant_id())
+        .await?
+        .ok_or(ApiError::NotFound)?
+        .isolation;
+    let stream = wants_event_stream(&headers);
+    if tier == bulkhead_core::Isolation::Dedicated {
+        return crate::routes::forwarded::run(
+            state,
+            ctx,
+            gate,
+            agent.name.to_string(),
+            request,
+            stream,
+        )
+        .await;
+    }
     let input = RunInput {
         thread_id: request.thread_id,
         input: request.input,
         user: request.end_user,
     };
-    if !wants_event_stream(&headers) {
+    if !stream {
         let store = state.store().tenant(&ctx);
         let run = state
             .runner()
             .run(&store, &agent, input, None)
             .await
             .map_err(run_error)?;
+        drop(gate);
         return Ok(Json(RunView::from(run)).into_response());
     }
     let (sender, receiver) = mpsc::unbounded_channel();
     tokio::spawn(async move {
+        let _gate = gate;
         let store = state.store().tenant(&ctx);
         let events = sender.clone();
         let mut sink = move |event: RunEvent| {
@@ -161,13 +191,26 @@ pub async fn create_run(
     .await
 }
 
-enum RunStreamItem {
+pub(crate) enum RunStreamItem {
     Event(RunEvent),
+    /// An event a dedicated worker sent, already in its server-sent form.
+    Relayed {
+        name: String,
+        data: String,
+    },
+    /// A dedicated worker refused the run, or was lost, before the stream began.
+    Refused(ApiError),
     Done(Box<Result<bulkhead_store::RunRecord, RunError>>),
 }
 
-fn sse_event(item: RunStreamItem) -> Event {
+pub(crate) fn sse_event(item: RunStreamItem) -> Event {
     let (name, data) = match item {
+        RunStreamItem::Relayed { name, data } => return Event::default().event(name).data(data),
+        RunStreamItem::Refused(error) => {
+            let problem =
+                json!({"type": "run.failed", "code": error.code(), "detail": error.to_string()});
+            ("run.failed", Ok(problem.to_string()))
+        }
         RunStreamItem::Event(event) => (event.name(), serde_json::to_string(&event)),
         RunStreamItem::Done(done) => match *done {
             Ok(run) => {

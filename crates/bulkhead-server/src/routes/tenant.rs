@@ -20,14 +20,24 @@ pub struct WhoAmI {
     pub region: String,
     pub allowed_regions: Vec<String>,
     pub isolation: IsolationDto,
+    /// For a dedicated tenant: its worker process on the node that answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<crate::worker::WorkerView>,
 }
 
 /// The tenant and principal the credential authenticates as.
 #[utoipa::path(get, path = "/v1/whoami", tag = "tenant-plane",
     security(("tenant_credential" = [])),
     responses((status = 200, body = WhoAmI), (status = 401, body = Problem)))]
-pub async fn whoami(Authenticated(ctx): Authenticated) -> Json<WhoAmI> {
+pub async fn whoami(
+    State(state): State<AppState>,
+    Authenticated(ctx): Authenticated,
+) -> Json<WhoAmI> {
+    let dedicated = ctx.isolation() == bulkhead_core::Isolation::Dedicated;
     Json(WhoAmI {
+        worker: dedicated
+            .then(|| crate::routes::dto::worker_view(&state, ctx.tenant_id().as_str()))
+            .flatten(),
         tenant_id: ctx.tenant_id().to_string(),
         tenant_name: ctx.tenant_name().to_owned(),
         principal: ctx.principal().to_string(),

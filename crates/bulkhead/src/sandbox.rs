@@ -1,0 +1,103 @@
+//! What a dedicated worker takes away from itself before it serves (Linux).
+//!
+//! `no_new_privs`, then a landlock ruleset: read-only on the system directories, its binary
+//! and the model files; read-write on its own directory and the SQLite files; nothing else
+//! (another worker's directory and the key-encryption key file included). Where the kernel
+//! has no landlock the worker says so in one log line and in its start report. Then
+//! `RLIMIT_AS` and `RLIMIT_NOFILE`. The report is checked from inside: after confining, the
+//! worker tries to read the KEK file and reports whether it could.
+
+use std::path::{Path, PathBuf};
+
+use bulkhead_server::worker::frames::SandboxReport;
+use landlock::{
+    ABI, Access, AccessFs, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, RulesetStatus,
+};
+
+pub struct Confinement<'a> {
+    pub own_dir: &'a Path,
+    pub database_files: &'a [PathBuf],
+    pub model_files: &'a [PathBuf],
+    pub kek_file: Option<&'a Path>,
+    pub memory_mib: u64,
+    pub open_files: u64,
+}
+
+const READ_ONLY_SYSTEM: &[&str] = &[
+    "/usr", "/lib", "/lib64", "/bin", "/etc", "/proc", "/sys", "/dev",
+];
+
+pub fn confine(what: &Confinement<'_>) -> SandboxReport {
+    let no_new_privs = nix::sys::prctl::set_no_new_privs().is_ok();
+    let landlock = match landlock_rules(what) {
+        Ok(RulesetStatus::FullyEnforced) => "enforced",
+        Ok(RulesetStatus::PartiallyEnforced) => "partial",
+        Ok(RulesetStatus::NotEnforced) => {
+            tracing::warn!(
+                "this kernel has no landlock: the worker's files are not confined beyond their permissions"
+            );
+            "unsupported"
+        }
+        Err(error) => {
+            tracing::warn!(%error, "landlock ruleset not applied: the worker's files are not confined beyond their permissions");
+            "unsupported"
+        }
+    };
+    let memory_limit_bytes = (what.memory_mib > 0)
+        .then(|| what.memory_mib * 1024 * 1024)
+        .filter(|bytes| set_limit(nix::sys::resource::Resource::RLIMIT_AS, *bytes));
+    let open_files_limit = Some(what.open_files)
+        .filter(|n| set_limit(nix::sys::resource::Resource::RLIMIT_NOFILE, *n));
+    SandboxReport {
+        no_new_privs,
+        landlock: landlock.to_owned(),
+        kek_file_readable: what
+            .kek_file
+            .filter(|path| path.exists())
+            .map(|path| std::fs::File::open(path).is_ok()),
+        memory_limit_bytes,
+        open_files_limit,
+    }
+}
+
+fn set_limit(resource: nix::sys::resource::Resource, value: u64) -> bool {
+    match nix::sys::resource::setrlimit(resource, value, value) {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(?resource, value, %error, "cannot set a resource limit");
+            false
+        }
+    }
+}
+
+fn landlock_rules(what: &Confinement<'_>) -> Result<RulesetStatus, landlock::RulesetError> {
+    let abi = ABI::V3;
+    let read = AccessFs::from_read(abi);
+    let all = AccessFs::from_all(abi);
+    let mut ruleset = Ruleset::default()
+        .set_compatibility(CompatLevel::BestEffort)
+        .handle_access(all)?
+        .create()?;
+    let mut readable: Vec<PathBuf> = READ_ONLY_SYSTEM.iter().map(PathBuf::from).collect();
+    readable.extend(std::env::current_exe().ok());
+    readable.extend(what.model_files.iter().cloned());
+    for path in readable.iter().filter(|p| p.exists()) {
+        if let Ok(fd) = PathFd::new(path) {
+            ruleset = ruleset.add_rule(PathBeneath::new(fd, read))?;
+        }
+    }
+    let mut writable = vec![what.own_dir.to_path_buf()];
+    writable.extend(what.database_files.iter().filter(|p| p.exists()).cloned());
+    for path in &writable {
+        if let Ok(fd) = PathFd::new(path) {
+            let access = if path.is_dir() {
+                all
+            } else {
+                AccessFs::from_file(abi)
+            };
+            ruleset = ruleset.add_rule(PathBeneath::new(fd, access))?;
+        }
+    }
+    Ok(ruleset.restrict_self()?.ruleset)
+}

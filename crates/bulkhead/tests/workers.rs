@@ -1,0 +1,402 @@
+//! Hard isolation on the real binary: a dedicated tenant's runs execute in its own worker
+//! process (spawned by `bulkhead serve`), which was handed that tenant's data keys only and
+//! confined itself; a worker killed mid-run fails that run clearly and comes back while a
+//! shared tenant notices nothing; tiers switch under load without losing or repeating a run;
+//! the node's cap on workers and idle stops hold.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bulkhead_testkit::fake_llm::FakeLlm;
+use serde_json::{Value, json};
+
+const ADMIN: &str = "bha_workers_admin_token_0123456789";
+
+#[derive(Clone)]
+struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        bearer: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(bearer);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn tenant(&self, id: &str, isolation: &str, secret: &str) -> String {
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                "/admin/v1/tenants",
+                ADMIN,
+                Some(json!({"id": id, "name": id, "isolation": isolation})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/admin/v1/tenants/{id}/api-keys"),
+                ADMIN,
+                Some(json!({"name": "k", "role": "owner"})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let key = body["key"].as_str().unwrap().to_owned();
+        let (status, body) = self
+            .call(
+                reqwest::Method::PUT,
+                "/v1/credentials/openai",
+                &key,
+                Some(json!({"secret": secret})),
+            )
+            .await;
+        assert!(status == 200 || status == 201, "{body}");
+        let (status, body) = self
+            .call(
+                reqwest::Method::PUT,
+                "/v1/agents/helper",
+                &key,
+                Some(json!({"model": "gpt", "system_prompt": "Help {{ tenant.name }}."})),
+            )
+            .await;
+        assert!(status == 200 || status == 201, "{body}");
+        key
+    }
+
+    async fn run(&self, key: &str, input: &str) -> (u16, Value) {
+        self.call(
+            reqwest::Method::POST,
+            "/v1/agents/helper/runs",
+            key,
+            Some(json!({"input": input})),
+        )
+        .await
+    }
+
+    async fn worker(&self, tenant: &str) -> Value {
+        let (status, body) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/admin/v1/tenants/{tenant}"),
+                ADMIN,
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["worker"].clone()
+    }
+
+    /// Polls the tenant's worker until `ready` says yes (at most 30 s).
+    async fn wait_for_worker(&self, tenant: &str, ready: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let worker = self.worker(tenant).await;
+            if ready(&worker) {
+                return worker;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker never got there: {worker}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn proc_field(pid: u64, file: &str, prefix: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedicated_tenants_run_in_their_own_confined_supervised_worker() {
+    let fake = FakeLlm::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bulkhead.toml"),
+        format!(
+            "regions = [\"local\"]\n\n\
+             [[endpoints]]\nname = \"fake\"\nbase_url = \"{}/v1\"\nregion = \"local\"\nkind = \"model\"\n\
+             connector = \"openai\"\nauth = {{ scheme = \"bearer\" }}\ntimeout_ms = 60000\n\n\
+             [[models]]\nalias = \"gpt\"\nprovider = \"openai\"\nendpoint = \"fake\"\n\n\
+             [workers]\nmax_workers = 1\nhealth_ms = 500\nidle_seconds = 4\nopen_files = 512\n",
+            fake.base
+        ),
+    )
+    .unwrap();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .current_dir(dir.path())
+        .env_remove("BULKHEAD_CONFIG")
+        .env_remove("BULKHEAD_DATABASE")
+        .env("BULKHEAD_ADMIN_TOKEN", ADMIN)
+        .args(["--config", "bulkhead.toml", "--data-dir"])
+        .arg(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let serve_pid = u64::from(serve.id());
+    let mut stdout = BufReader::new(serve.stdout.take().unwrap()).lines();
+    let address = loop {
+        let line = stdout.next().expect("serve exited").unwrap();
+        if let Some(address) = line.strip_prefix("bulkhead listening on http://") {
+            break address.to_owned();
+        }
+    };
+    let client = Client {
+        base: format!("http://{address}"),
+        http: reqwest::Client::new(),
+    };
+    let acme = client.tenant("acme", "dedicated", "acme-secret").await;
+    let globex = client.tenant("globex", "shared", "globex-secret").await;
+
+    // Each run records the process that executed it; each used its own tenant's key.
+    let started = Instant::now();
+    let (status, acme_run) = client.run(&acme, "hello").await;
+    let first_run = started.elapsed();
+    assert_eq!(status, 200, "{acme_run}");
+    assert_eq!(acme_run["status"], "completed", "{acme_run}");
+    assert_eq!(acme_run["output"], "answered with Bearer acme-secret");
+    assert_eq!(acme_run["isolation"], "dedicated");
+    let worker_pid = acme_run["process_id"].as_u64().unwrap();
+    assert_ne!(worker_pid, serve_pid);
+    let (status, globex_run) = client.run(&globex, "hello").await;
+    assert_eq!(status, 200, "{globex_run}");
+    assert_eq!(globex_run["output"], "answered with Bearer globex-secret");
+    assert_eq!(
+        (
+            globex_run["isolation"].as_str(),
+            globex_run["process_id"].as_u64()
+        ),
+        (Some("shared"), Some(serve_pid))
+    );
+
+    // What the worker was given and what it kept.
+    let worker = client.worker("acme").await;
+    assert_eq!(worker["state"], "running", "{worker}");
+    assert_eq!(worker["pid"].as_u64(), Some(worker_pid));
+    assert_eq!(
+        worker["key_versions"],
+        json!([1]),
+        "handed more than acme's one data key: {worker}"
+    );
+    let sandbox = &worker["sandbox"];
+    assert_eq!(sandbox["no_new_privs"], true, "{worker}");
+    assert_eq!(
+        proc_field(worker_pid, "status", "NoNewPrivs:"),
+        "NoNewPrivs:\t1"
+    );
+    assert!(
+        proc_field(worker_pid, "limits", "Max open files").contains("512"),
+        "{sandbox}"
+    );
+    let environ = std::fs::read(format!("/proc/{worker_pid}/environ")).unwrap();
+    assert!(
+        !environ.windows(ADMIN.len()).any(|w| w == ADMIN.as_bytes()),
+        "the worker inherited the admin token"
+    );
+    if sandbox["landlock"] != "unsupported" {
+        assert_eq!(sandbox["kek_file_readable"], false, "{sandbox}");
+    } else {
+        eprintln!(
+            "landlock is {} on this kernel; the KEK file check is skipped",
+            sandbox["landlock"]
+        );
+    }
+    eprintln!(
+        "figures: first dedicated run (cold start included) {} ms; worker cold start {} ms; worker RSS {} KiB",
+        first_run.as_millis(),
+        worker["cold_start_ms"],
+        worker["rss_bytes"].as_u64().unwrap_or_default() / 1024
+    );
+    let (_, whoami) = client
+        .call(reqwest::Method::GET, "/v1/whoami", &acme, None)
+        .await;
+    assert_eq!(
+        whoami["worker"]["pid"].as_u64(),
+        Some(worker_pid),
+        "{whoami}"
+    );
+    let (_, whoami) = client
+        .call(reqwest::Method::GET, "/v1/whoami", &globex, None)
+        .await;
+    assert!(whoami.get("worker").is_none(), "{whoami}");
+
+    // The node's cap: a second dedicated tenant gets a clear refusal, not the shared process.
+    let initech = client
+        .tenant("initech", "dedicated", "initech-secret")
+        .await;
+    let (status, problem) = client.run(&initech, "hello").await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (503, Some("worker_capacity")),
+        "{problem}"
+    );
+
+    // kill -9 in the middle of a run: that run fails with worker_lost, the worker comes back,
+    // and the shared tenant's runs meanwhile all succeed.
+    let stalled = {
+        let (client, acme) = (client.clone(), acme.clone());
+        tokio::spawn(async move { client.run(&acme, "stall").await })
+    };
+    client
+        .wait_for_worker("acme", |w| w["in_flight"].as_u64() == Some(1))
+        .await;
+    let neighbour = {
+        let (client, globex) = (client.clone(), globex.clone());
+        tokio::spawn(async move {
+            let mut outputs = Vec::new();
+            for _ in 0..20 {
+                let (status, run) = client.run(&globex, "hello").await;
+                outputs.push((status, run["status"].clone()));
+            }
+            outputs
+        })
+    };
+    Command::new("kill")
+        .args(["-9", &worker_pid.to_string()])
+        .status()
+        .unwrap();
+    let (status, lost) = stalled.await.unwrap();
+    assert_eq!(status, 200, "{lost}");
+    assert_eq!(
+        (lost["status"].as_str(), lost["error_code"].as_str()),
+        (Some("failed"), Some("worker_lost")),
+        "{lost}"
+    );
+    let (_, stored) = client
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/runs/{}", lost["id"].as_str().unwrap()),
+            &acme,
+            None,
+        )
+        .await;
+    assert_eq!(stored["error_code"], "worker_lost");
+    for (status, state) in neighbour.await.unwrap() {
+        assert_eq!((status, state.as_str()), (200, Some("completed")));
+    }
+    let back = client
+        .wait_for_worker("acme", |w| {
+            w["state"] == "running" && w["pid"].as_u64().is_some_and(|p| p != worker_pid)
+        })
+        .await;
+    assert_eq!(back["restarts"], 1, "{back}");
+    let (status, run) = client.run(&acme, "hello").await;
+    assert_eq!(
+        (status, run["status"].as_str()),
+        (200, Some("completed")),
+        "{run}"
+    );
+    assert_eq!(run["process_id"], back["pid"]);
+
+    // Switching tiers under load: every request gets exactly one completed run, on one side.
+    let load: Vec<_> = (0..3)
+        .map(|_| {
+            let (client, acme) = (client.clone(), acme.clone());
+            tokio::spawn(async move {
+                let mut runs = Vec::new();
+                for _ in 0..15 {
+                    let (status, run) = client.run(&acme, "hello").await;
+                    assert_eq!(status, 200, "{run}");
+                    runs.push(run);
+                }
+                runs
+            })
+        })
+        .collect();
+    for tier in ["shared", "dedicated", "shared"] {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let (status, body) = client
+            .call(
+                reqwest::Method::PATCH,
+                "/admin/v1/tenants/acme",
+                ADMIN,
+                Some(json!({"isolation": tier})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["isolation"], tier);
+    }
+    let mut ids = HashSet::new();
+    let mut sides = HashSet::new();
+    for task in load {
+        for run in task.await.unwrap() {
+            assert_eq!(run["status"], "completed", "{run}");
+            assert!(
+                ids.insert(run["id"].as_str().unwrap().to_owned()),
+                "a run answered twice"
+            );
+            sides.insert(run["isolation"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(ids.len(), 45);
+    assert!(
+        sides.contains("shared"),
+        "no run moved to the shared side: {sides:?}"
+    );
+    let (_, whoami) = client
+        .call(reqwest::Method::GET, "/v1/whoami", &acme, None)
+        .await;
+    assert_eq!(whoami["isolation"], "shared");
+    let worker = client.worker("acme").await;
+    assert!(
+        worker.is_null(),
+        "a shared tenant shows no worker: {worker}"
+    );
+
+    // Idle stop, then a cold start on the next request.
+    client
+        .call(
+            reqwest::Method::PATCH,
+            "/admin/v1/tenants/acme",
+            ADMIN,
+            Some(json!({"isolation": "dedicated"})),
+        )
+        .await;
+    let (_, run) = client.run(&acme, "hello").await;
+    assert_eq!(run["isolation"], "dedicated", "{run}");
+    client
+        .wait_for_worker("acme", |w| w["state"] == "stopped")
+        .await;
+    let (_, run) = client.run(&acme, "hello").await;
+    assert_eq!(
+        (run["status"].as_str(), run["isolation"].as_str()),
+        (Some("completed"), Some("dedicated")),
+        "{run}"
+    );
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status();
+    let _ = serve.wait();
+}
