@@ -215,7 +215,14 @@ async fn runs_fail_with_clear_codes_and_nothing_left_running() {
     server
         .store
         .tenant(&ctx)
-        .start_run("run_crashed", None, &agent_name, 1, "x")
+        .start_run(
+            "run_crashed",
+            None,
+            &agent_name,
+            1,
+            "x",
+            bulkhead_store::RunProcess::current(bulkhead_core::Isolation::Shared),
+        )
         .await
         .unwrap();
     assert_eq!(

@@ -696,7 +696,17 @@ async fn a_query_without_a_tenant_filter_still_sees_one_tenant(store: &Store, _d
             .unwrap();
         let agent_name = bulkhead_core::AgentName::try_from("a").unwrap();
         scoped
-            .start_run("run_1", Some("thr_1"), &agent_name, 1, "hi")
+            .start_run(
+                "run_1",
+                Some("thr_1"),
+                &agent_name,
+                1,
+                "hi",
+                bulkhead_store::RunProcess {
+                    id: 4242,
+                    isolation: bulkhead_core::Isolation::Dedicated,
+                },
+            )
             .await
             .unwrap();
         scoped.record_usage("fast", None, 10, 2);
@@ -719,7 +729,17 @@ async fn a_query_without_a_tenant_filter_still_sees_one_tenant(store: &Store, _d
             .await
             .unwrap();
         scoped
-            .start_run("run_2", None, &agent_name, 1, "act")
+            .start_run(
+                "run_2",
+                None,
+                &agent_name,
+                1,
+                "act",
+                bulkhead_store::RunProcess {
+                    id: 4242,
+                    isolation: bulkhead_core::Isolation::Dedicated,
+                },
+            )
             .await
             .unwrap();
         scoped
@@ -1203,7 +1223,17 @@ async fn approvals_are_decided_once_and_their_runs_claimed_once(store: &Store, _
         expires_at,
     };
     scoped
-        .start_run("run_1", None, &agent, 1, "go")
+        .start_run(
+            "run_1",
+            None,
+            &agent,
+            1,
+            "go",
+            bulkhead_store::RunProcess {
+                id: 4242,
+                isolation: bulkhead_core::Isolation::Dedicated,
+            },
+        )
         .await
         .unwrap();
     scoped
@@ -1214,6 +1244,46 @@ async fn approvals_are_decided_once_and_their_runs_claimed_once(store: &Store, _
     assert_eq!(
         (run.status.as_str(), run.steps, run.output_tokens),
         ("awaiting_approval", 1, 4)
+    );
+    // The process that ran it is on the record, for auditors of the dedicated tier.
+    assert_eq!(
+        (run.process_id, run.isolation.as_deref()),
+        (Some(4242), Some("dedicated"))
+    );
+    // A run whose worker died is failed once, by whoever sees it first; an ended one stays.
+    scoped
+        .start_run(
+            "run_lost",
+            None,
+            &agent,
+            1,
+            "go",
+            bulkhead_store::RunProcess::current(bulkhead_core::Isolation::Dedicated),
+        )
+        .await
+        .unwrap();
+    assert!(
+        scoped
+            .fail_running_run("run_lost", "worker_lost", "gone")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !scoped
+            .fail_running_run("run_lost", "worker_lost", "gone")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !scoped
+            .fail_running_run("run_1", "worker_lost", "gone")
+            .await
+            .unwrap()
+    );
+    let lost = scoped.run("run_lost").await.unwrap().unwrap();
+    assert_eq!(
+        (lost.status.as_str(), lost.error_code.as_deref()),
+        ("failed", Some("worker_lost"))
     );
     // A paused run cannot pause again, and nobody claims it while its approval is pending.
     assert!(matches!(
@@ -1257,7 +1327,17 @@ async fn approvals_are_decided_once_and_their_runs_claimed_once(store: &Store, _
     // An overdue approval expires in the sweep, with an event in its tenant's chain, and its
     // run becomes resumable; a decision after expiry is refused.
     scoped
-        .start_run("run_2", None, &agent, 1, "go")
+        .start_run(
+            "run_2",
+            None,
+            &agent,
+            1,
+            "go",
+            bulkhead_store::RunProcess {
+                id: 4242,
+                isolation: bulkhead_core::Isolation::Dedicated,
+            },
+        )
         .await
         .unwrap();
     scoped
