@@ -226,38 +226,35 @@ pub async fn patch_tenant(
         allowed_regions: allowed_regions(&state, body.allowed_regions)?,
         isolation: body.isolation.map(Into::into),
     };
-    let origin = Origin::admin(admin.request_id);
-    let Some(isolation) = patch.isolation else {
-        let tenant = state
-            .store()
-            .admin()
-            .update_tenant(&id, patch, &origin)
-            .await?
-            .ok_or(ApiError::NotFound)?;
-        return Ok(Json(TenantView::from(tenant).with_worker(&state)));
+    let isolation = patch.isolation;
+    // A change of tier holds the tenant's gate exclusively: it waits for the runs in flight
+    // on either side, and runs that arrive meanwhile wait behind it and then read the new tier.
+    let _switching = match isolation {
+        None => None,
+        Some(_) => {
+            let drain = std::time::Duration::from_secs(
+                state
+                    .workers()
+                    .map_or(30, |workers| workers.config().drain_seconds),
+            );
+            let gate = tokio::time::timeout(drain, state.tier_gate(&id).write_owned())
+                .await
+                .map_err(|_| {
+                    ApiError::Conflict(format!(
+                        "the tenant's runs in flight did not finish within {} s; its tier is unchanged",
+                        drain.as_secs()
+                    ))
+                })?;
+            Some(gate)
+        }
     };
-    let drain = std::time::Duration::from_secs(
-        state
-            .workers()
-            .map_or(30, |workers| workers.config().drain_seconds),
-    );
-    // Exclusive: waits for the tenant's runs in flight on either side; runs that arrive
-    // meanwhile wait behind it and then read the new tier.
-    let _switching = tokio::time::timeout(drain, state.tier_gate(&id).write_owned())
-        .await
-        .map_err(|_| {
-            ApiError::Conflict(format!(
-                "the tenant's runs in flight did not finish within {} s; its tier is unchanged",
-                drain.as_secs()
-            ))
-        })?;
     let tenant = state
         .store()
         .admin()
-        .update_tenant(&id, patch, &origin)
+        .update_tenant(&id, patch, &Origin::admin(admin.request_id))
         .await?
         .ok_or(ApiError::NotFound)?;
-    if isolation == bulkhead_core::Isolation::Shared
+    if isolation == Some(bulkhead_core::Isolation::Shared)
         && let Some(workers) = state.workers()
     {
         workers.retire(&id).await;
