@@ -190,7 +190,8 @@ where
     W: AsyncWrite + Unpin,
     T: Serialize,
 {
-    let body = serde_json::to_vec(message)?;
+    // Zeroed when dropped, whatever happens: a start frame carries keys.
+    let body = zeroize::Zeroizing::new(serde_json::to_vec(message)?);
     let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge(u32::MAX))?;
     if len > MAX_FRAME {
         return Err(FrameError::TooLarge(len));
