@@ -465,7 +465,10 @@ impl Runner {
         store: &TenantStore<'_>,
         run_id: &str,
     ) -> Result<Option<RunRecord>, RunError> {
-        if !store.claim_paused_run(run_id).await? {
+        if !store
+            .claim_paused_run(run_id, bulkhead_store::RunProcess::current(self.isolation))
+            .await?
+        {
             return Ok(None);
         }
         let run = store

@@ -115,10 +115,24 @@ fn rate_limited(
 /// An authenticated tenant-plane request.
 pub struct Authenticated(pub TenantContext);
 
+/// A request authenticated before it reached its handler: by the control plane's forwarding
+/// middleware (which then served it in this process), or, in a dedicated worker, by the
+/// control plane that forwarded it. Only this server's own code can set an extension; a
+/// client cannot.
+#[derive(Clone)]
+pub(crate) struct Forwarded(pub TenantContext);
+
 impl FromRequestParts<AppState> for Authenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(Forwarded(ctx)) = parts.extensions.get::<Forwarded>() {
+            return Ok(Authenticated(ctx.clone()));
+        }
+        // A worker takes no credential: all it serves was authenticated by the control plane.
+        if state.is_dedicated_worker() {
+            return Err(ApiError::Unauthenticated);
+        }
         let header = authorization(parts)?;
         // A key seen before names its tenant without a database read, so once a flooding
         // tenant's bucket is empty its excess is refused before it costs a lookup. This only

@@ -53,11 +53,13 @@ struct StateInner {
     max_body_bytes: usize,
     /// Dedicated tenants' workers; unset in a worker itself and in servers without them.
     workers: std::sync::OnceLock<worker::Workers>,
-    /// Per tenant: runs hold it shared while they run; a change of tier holds it exclusively,
-    /// so it waits for the runs in flight and new runs wait for it.
-    tier_gates: std::sync::Mutex<
-        std::collections::HashMap<bulkhead_core::TenantId, Arc<tokio::sync::RwLock<()>>>,
-    >,
+    /// Set in a dedicated worker: it takes no credentials, only forwarded contexts.
+    dedicated_worker: bool,
+    /// Per tenant: agent work holds it shared while it runs; a change of tier holds it
+    /// exclusively, so it waits for the work in flight and new work waits for it. It holds
+    /// the tier the last change on this process set, newer than a context authenticated
+    /// before that change.
+    tier_gates: std::sync::Mutex<std::collections::HashMap<bulkhead_core::TenantId, TierGate>>,
 }
 
 /// What the server needs besides the store, already validated by the caller.
@@ -153,6 +155,7 @@ impl AppState {
                 regions: settings.regions,
                 max_body_bytes: settings.max_body_bytes,
                 workers: std::sync::OnceLock::new(),
+                dedicated_worker: isolation == bulkhead_core::Isolation::Dedicated,
                 tier_gates: std::sync::Mutex::default(),
             }),
         }
@@ -169,11 +172,14 @@ impl AppState {
         self.inner.workers.get()
     }
 
-    /// The gate a tenant's runs and its changes of tier meet at.
-    pub(crate) fn tier_gate(
-        &self,
-        tenant: &bulkhead_core::TenantId,
-    ) -> Arc<tokio::sync::RwLock<()>> {
+    /// Whether this process is one tenant's dedicated worker (it then serves only what the
+    /// control plane forwards to it).
+    pub(crate) fn is_dedicated_worker(&self) -> bool {
+        self.inner.dedicated_worker
+    }
+
+    /// The gate a tenant's agent work and its changes of tier meet at.
+    pub(crate) fn tier_gate(&self, tenant: &bulkhead_core::TenantId) -> TierGate {
         let mut gates = match self.inner.tier_gates.lock() {
             Ok(gates) => gates,
             Err(poisoned) => poisoned.into_inner(),
@@ -248,6 +254,9 @@ impl AppState {
     }
 }
 
+/// See `StateInner::tier_gates`.
+pub(crate) type TierGate = Arc<tokio::sync::RwLock<Option<bulkhead_core::Isolation>>>;
+
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
     // Installed before the first request, so nothing counted is lost.
@@ -256,6 +265,10 @@ pub fn app(state: AppState) -> Router {
     router
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            routes::forwarded::agent_work,
+        ))
         .layer(DefaultBodyLimit::max(state.max_body_bytes()))
         .layer(middleware::from_fn(metrics::track))
         .layer(middleware::from_fn_with_state(

@@ -10,6 +10,8 @@ use bulkhead_core::timestamp::now_millis;
 use bulkhead_store::StoreError;
 
 use crate::AppState;
+use crate::worker::WorkerError;
+use crate::worker::frames::FromWorker;
 
 /// Resumes `run_id` of `tenant` on a task of its own; failures are logged.
 pub(crate) fn spawn(state: AppState, tenant: TenantId, run_id: String) {
@@ -29,6 +31,27 @@ async fn resume(state: &AppState, tenant: &TenantId, run_id: &str) -> Result<(),
         tracing::info!(tenant.id = %tenant, run_id, "the tenant is gone or not active; its run stays paused");
         return Ok(());
     };
+    // Continuing a run is agent work: a dedicated tenant's worker does it.
+    let gate = state.tier_gate(tenant).read_owned().await;
+    if gate.unwrap_or(ctx.isolation()) == bulkhead_core::Isolation::Dedicated {
+        // Without workers it stays paused (never run in the shared process); a later sweep
+        // tries again.
+        let workers = state
+            .workers()
+            .ok_or_else(|| WorkerError::Disabled.to_string())?;
+        let mut answers = workers
+            .resume(&ctx, run_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        return match answers.recv().await {
+            Some(FromWorker::Done { .. }) => {
+                tracing::info!(tenant.id = %tenant, run_id, "the dedicated worker resumed a paused run");
+                Ok(())
+            }
+            Some(FromWorker::Refused { code, detail, .. }) => Err(format!("{code}: {detail}")),
+            _ => Err(WorkerError::Lost.to_string()),
+        };
+    }
     let store = state.store().tenant(&ctx);
     match state.runner().resume(&store, run_id).await {
         Ok(Some(run)) => {

@@ -5,7 +5,7 @@ use bulkhead_core::audit::{AuditDraft, Outcome};
 use bulkhead_core::timestamp::now_millis;
 use serde_json::{Value, json};
 
-use crate::backend::{Access, Scope, execute, fetch_optional};
+use crate::backend::{Access, Scope, execute, fetch_all, fetch_optional};
 use crate::{AdminStore, StoreError, TenantStore, audit};
 
 #[derive(Debug, Clone)]
@@ -288,6 +288,54 @@ impl TenantStore<'_> {
         .await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Marks failed with `code` every run of this tenant still `running` in process `pid`: a
+    /// dedicated worker died, and these were in it, however they reached it (a run, a
+    /// gateway call running an agent, a resumed approval). Returns the runs it failed.
+    pub async fn fail_runs_of_process(
+        &self,
+        pid: u32,
+        code: &str,
+        message: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let tenant = self.context().tenant_id();
+        let mut tx = self.begin(Access::Write).await?;
+        let runs: Vec<(String,)> = fetch_all!(
+            &mut tx,
+            (String,),
+            "SELECT run_id FROM runs WHERE tenant_id = $1 AND process_id = $2 AND status = 'running' \
+             ORDER BY run_id",
+            tenant.as_str(),
+            i64::from(pid),
+        )?;
+        let now = now_millis();
+        for (run_id,) in &runs {
+            execute!(
+                &mut tx,
+                "UPDATE runs SET status = 'failed', error_code = $3, error_message = $4, updated_at = $5 \
+                 WHERE tenant_id = $1 AND run_id = $2 AND status = 'running'",
+                tenant.as_str(),
+                run_id.as_str(),
+                code,
+                message,
+                now,
+            )?;
+            audit::append(
+                &mut tx,
+                tenant,
+                &self.origin(),
+                AuditDraft {
+                    action: "run.failed",
+                    resource: format!("run/{run_id}"),
+                    outcome: Outcome::Failure,
+                    details: json!({"code": code, "message": message, "process_id": pid}),
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(runs.into_iter().map(|(run_id,)| run_id).collect())
     }
 }
 

@@ -482,18 +482,25 @@ impl TenantStore<'_> {
     }
 
     /// Takes a paused run whose approval has been decided back to `running`, so exactly one
-    /// process resumes it. `false` if it is not paused or its approval is still pending.
-    pub async fn claim_paused_run(&self, run_id: &str) -> Result<bool, StoreError> {
+    /// process resumes it, and records that process as the run's. `false` if it is not paused
+    /// or its approval is still pending.
+    pub async fn claim_paused_run(
+        &self,
+        run_id: &str,
+        process: crate::RunProcess,
+    ) -> Result<bool, StoreError> {
         let tenant = self.context().tenant_id();
         let mut tx = self.begin(Access::Write).await?;
         let claimed = execute!(
             &mut tx,
-            "UPDATE runs SET status = 'running', updated_at = $3 \
+            "UPDATE runs SET status = 'running', updated_at = $3, process_id = $4, isolation = $5 \
              WHERE tenant_id = $1 AND run_id = $2 AND status = 'awaiting_approval' \
              AND NOT EXISTS (SELECT 1 FROM approvals a WHERE a.tenant_id = $1 AND a.run_id = $2 AND a.status = 'pending')",
             tenant.as_str(),
             run_id,
             now_millis(),
+            i64::from(process.id),
+            process.isolation.as_str(),
         )?;
         tx.commit().await?;
         Ok(claimed > 0)

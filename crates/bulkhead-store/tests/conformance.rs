@@ -1285,14 +1285,59 @@ async fn approvals_are_decided_once_and_their_runs_claimed_once(store: &Store, _
         (lost.status.as_str(), lost.error_code.as_deref()),
         ("failed", Some("worker_lost"))
     );
+    // A dead worker's runs are failed by its process id, this tenant's only: another
+    // tenant's run that happens to record the same id (another node) is left running.
+    let dead_worker = bulkhead_store::RunProcess {
+        id: 777,
+        isolation: bulkhead_core::Isolation::Dedicated,
+    };
+    for run_id in ["run_dead_a", "run_dead_b"] {
+        scoped
+            .start_run(run_id, None, &agent, 1, "go", dead_worker)
+            .await
+            .unwrap();
+    }
+    let globex_ctx = TenantContext::for_tests(&globex, &[Role::Developer]);
+    let globex_store = store.tenant(&globex_ctx);
+    globex_store
+        .start_run("run_dead_g", None, &agent, 1, "go", dead_worker)
+        .await
+        .unwrap();
+    assert_eq!(
+        scoped
+            .fail_runs_of_process(777, "worker_lost", "gone")
+            .await
+            .unwrap(),
+        vec!["run_dead_a".to_owned(), "run_dead_b".to_owned()]
+    );
+    assert!(
+        scoped
+            .fail_runs_of_process(777, "worker_lost", "gone")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        globex_store
+            .run("run_dead_g")
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        "running"
+    );
     // A paused run cannot pause again, and nobody claims it while its approval is pending.
+    let resumer = bulkhead_store::RunProcess {
+        id: 9001,
+        isolation: bulkhead_core::Isolation::Dedicated,
+    };
     assert!(matches!(
         scoped
             .request_approval(&draft("apr_2", "run_1", i64::MAX), &progress)
             .await,
         Err(StoreError::NotFound(_))
     ));
-    assert!(!scoped.claim_paused_run("run_1").await.unwrap());
+    assert!(!scoped.claim_paused_run("run_1", resumer).await.unwrap());
     // Another tenant sees nothing and decides nothing.
     let other = TenantContext::for_tests(&globex, &[Role::Approver]);
     let theirs = store.tenant(&other);
@@ -1313,16 +1358,18 @@ async fn approvals_are_decided_once_and_their_runs_claimed_once(store: &Store, _
         matches!(scoped.decide_approval("apr_1", false, "no").await.unwrap(), Some(DecisionOutcome::AlreadyDecided(r)) if r.status == "approved")
     );
     let claims = tokio::join!(
-        scoped.claim_paused_run("run_1"),
-        scoped.claim_paused_run("run_1"),
-        scoped.claim_paused_run("run_1"),
-        scoped.claim_paused_run("run_1")
+        scoped.claim_paused_run("run_1", resumer),
+        scoped.claim_paused_run("run_1", resumer),
+        scoped.claim_paused_run("run_1", resumer),
+        scoped.claim_paused_run("run_1", resumer)
     );
     let claims = [claims.0, claims.1, claims.2, claims.3];
     assert_eq!(claims.iter().filter(|c| *c.as_ref().unwrap()).count(), 1);
+    let claimed = scoped.run("run_1").await.unwrap().unwrap();
     assert_eq!(
-        scoped.run("run_1").await.unwrap().unwrap().status,
-        "running"
+        (claimed.status.as_str(), claimed.process_id),
+        ("running", Some(9001)),
+        "the process that resumes a run is recorded as the run's"
     );
     // An overdue approval expires in the sweep, with an event in its tenant's chain, and its
     // run becomes resumable; a decision after expiry is refused.

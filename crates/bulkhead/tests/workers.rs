@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bulkhead_testkit::fake_llm::FakeLlm;
+use bulkhead_testkit::fake_saas::FakeSaas;
 use serde_json::{Value, json};
 
 const ADMIN: &str = "bha_workers_admin_token_0123456789";
@@ -127,6 +128,57 @@ impl Client {
     }
 }
 
+/// `bulkhead serve` on `dir/bulkhead.toml`, stopped when dropped.
+struct Serve {
+    child: std::process::Child,
+    pid: u64,
+    client: Client,
+    /// Kept open: serve's later output must not meet a closed pipe.
+    _stdout: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Serve {
+    fn start(dir: &std::path::Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+            .current_dir(dir)
+            .env_remove("BULKHEAD_CONFIG")
+            .env_remove("BULKHEAD_DATABASE")
+            .env("BULKHEAD_ADMIN_TOKEN", ADMIN)
+            .args(["--config", "bulkhead.toml", "--data-dir"])
+            .arg(dir)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let address = loop {
+            let line = stdout.next().expect("serve exited").unwrap();
+            if let Some(address) = line.strip_prefix("bulkhead listening on http://") {
+                break address.to_owned();
+            }
+        };
+        Self {
+            pid: u64::from(child.id()),
+            child,
+            client: Client {
+                base: format!("http://{address}"),
+                http: reqwest::Client::new(),
+            },
+            _stdout: stdout,
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
 fn proc_field(pid: u64, file: &str, prefix: &str) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .unwrap()
@@ -152,30 +204,8 @@ async fn dedicated_tenants_run_in_their_own_confined_supervised_worker() {
         ),
     )
     .unwrap();
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
-        .current_dir(dir.path())
-        .env_remove("BULKHEAD_CONFIG")
-        .env_remove("BULKHEAD_DATABASE")
-        .env("BULKHEAD_ADMIN_TOKEN", ADMIN)
-        .args(["--config", "bulkhead.toml", "--data-dir"])
-        .arg(dir.path())
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let serve_pid = u64::from(serve.id());
-    let mut stdout = BufReader::new(serve.stdout.take().unwrap()).lines();
-    let address = loop {
-        let line = stdout.next().expect("serve exited").unwrap();
-        if let Some(address) = line.strip_prefix("bulkhead listening on http://") {
-            break address.to_owned();
-        }
-    };
-    let client = Client {
-        base: format!("http://{address}"),
-        http: reqwest::Client::new(),
-    };
+    let serve = Serve::start(dir.path());
+    let (serve_pid, client) = (serve.pid, serve.client.clone());
     let acme = client.tenant("acme", "dedicated", "acme-secret").await;
     let globex = client.tenant("globex", "shared", "globex-secret").await;
 
@@ -264,12 +294,16 @@ async fn dedicated_tenants_run_in_their_own_confined_supervised_worker() {
 
     // kill -9 in the middle of a run: that run fails with worker_lost, the worker comes back,
     // and the shared tenant's runs meanwhile all succeed.
+    let before = client.runs_started_in(&acme, worker_pid).await;
     let stalled = {
         let (client, acme) = (client.clone(), acme.clone());
         tokio::spawn(async move { client.run(&acme, "stall").await })
     };
     client
         .wait_for_worker("acme", |w| w["in_flight"].as_u64() == Some(1))
+        .await;
+    client
+        .wait_for_runs_started(&acme, worker_pid, before + 1)
         .await;
     let neighbour = {
         let (client, globex) = (client.clone(), globex.clone());
@@ -395,8 +429,393 @@ async fn dedicated_tenants_run_in_their_own_confined_supervised_worker() {
         "{run}"
     );
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &serve.id().to_string()])
-        .status();
-    let _ = serve.wait();
+    drop(serve);
+}
+
+impl Client {
+    /// How many runs the tenant's trail says process `pid` started.
+    async fn runs_started_in(&self, key: &str, pid: u64) -> usize {
+        let (_, started) = self
+            .call(
+                reqwest::Method::GET,
+                "/v1/audit?action=run.started&limit=1000",
+                key,
+                None,
+            )
+            .await;
+        started["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["details"]["process_id"].as_u64() == Some(pid))
+            .count()
+    }
+
+    async fn wait_for_runs_started(&self, key: &str, pid: u64, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.runs_started_in(key, pid).await < count {
+            assert!(
+                Instant::now() < deadline,
+                "process {pid} never started run {count}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Like `call`, also answering which worker process served it (`x-bulkhead-served-by`).
+    async fn served(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        bearer: &str,
+        body: Option<Value>,
+    ) -> (u16, String, Option<u64>) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(bearer);
+        if path == "/mcp" {
+            request = request
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", "2025-06-18");
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let served_by = response
+            .headers()
+            .get("x-bulkhead-served-by")
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        (status, response.text().await.unwrap(), served_by)
+    }
+}
+
+fn json_of(text: &str) -> Value {
+    // An MCP answer may come as one server-sent event.
+    let body = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data:"))
+        .map_or(text, str::trim);
+    serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dedicated_tenants_gateway_mcp_knowledge_previews_and_approvals_are_served_by_its_worker()
+{
+    let fake = FakeLlm::start().await.unwrap();
+    let saas = FakeSaas::start(&[("xoxb-acme", "T_ACME")]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bulkhead.toml"),
+        format!(
+            "regions = [\"local\"]\n\n\
+             [[endpoints]]\nname = \"fake\"\nbase_url = \"{}/v1\"\nregion = \"local\"\nkind = \"model\"\n\
+             connector = \"openai\"\nauth = {{ scheme = \"bearer\" }}\ntimeout_ms = 60000\n\n\
+             [[endpoints]]\nname = \"slack\"\nbase_url = \"{}\"\nregion = \"local\"\nkind = \"tool\"\n\
+             connector = \"slack\"\nauth = {{ scheme = \"bearer\" }}\ntimeout_ms = 5000\n\n\
+             [[models]]\nalias = \"gpt\"\nprovider = \"openai\"\nendpoint = \"fake\"\n\n\
+             [[embedders]]\nalias = \"local\"\nprovider = \"local\"\npath = \"{}\"\n\n\
+             [tools]\napproval_sweep_ms = 200\n\n\
+             [workers]\nhealth_ms = 500\n",
+            fake.base,
+            saas.base,
+            bulkhead_testkit::models_dir()
+                .join("all-minilm-l6-v2")
+                .display()
+        ),
+    )
+    .unwrap();
+    let serve = Serve::start(dir.path());
+    let client = serve.client.clone();
+    let acme = client.tenant("acme", "dedicated", "acme-secret").await;
+    let globex = client.tenant("globex", "shared", "globex-secret").await;
+    use reqwest::Method;
+
+    // The plain gateway: acme's model key is decrypted and used in acme's worker only.
+    let chat = json!({"model": "gpt", "messages": [{"role": "user", "content": "hello"}]});
+    let (status, text, served_by) = client
+        .served(
+            Method::POST,
+            "/v1/chat/completions",
+            &acme,
+            Some(chat.clone()),
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        json_of(&text)["choices"][0]["message"]["content"],
+        "answered with Bearer acme-secret",
+        "{text}"
+    );
+    let worker_pid = served_by.expect("the gateway call was not served by a worker");
+    assert_ne!(worker_pid, serve.pid);
+    assert_eq!(
+        client.worker("acme").await["pid"].as_u64(),
+        Some(worker_pid)
+    );
+    // The shared tenant's identical call is served by the shared process.
+    let (status, text, served_by) = client
+        .served(
+            Method::POST,
+            "/v1/chat/completions",
+            &globex,
+            Some(chat.clone()),
+        )
+        .await;
+    assert_eq!((status, served_by), (200, None), "{text}");
+    assert_eq!(
+        json_of(&text)["choices"][0]["message"]["content"],
+        "answered with Bearer globex-secret"
+    );
+    // Streamed, the worker's server-sent events are relayed as they come.
+    let mut streamed = chat.clone();
+    streamed["stream"] = json!(true);
+    let (status, text, served_by) = client
+        .served(Method::POST, "/v1/chat/completions", &acme, Some(streamed))
+        .await;
+    assert_eq!((status, served_by), (200, Some(worker_pid)), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    // The hosted agent through the gateway: its run records the worker.
+    let agent_chat =
+        json!({"model": "agent/helper", "messages": [{"role": "user", "content": "hello"}]});
+    let (status, text, served_by) = client
+        .served(
+            Method::POST,
+            "/v1/chat/completions",
+            &acme,
+            Some(agent_chat.clone()),
+        )
+        .await;
+    assert_eq!((status, served_by), (200, Some(worker_pid)), "{text}");
+    let run_id = json_of(&text)["id"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("chatcmpl-")
+        .to_owned();
+    let (_, run) = client
+        .call(Method::GET, &format!("/v1/runs/{run_id}"), &acme, None)
+        .await;
+    assert_eq!(
+        (run["process_id"].as_u64(), run["isolation"].as_str()),
+        (Some(worker_pid), Some("dedicated")),
+        "{run}"
+    );
+
+    // Knowledge: the worker embeds acme's documents and answers its searches.
+    let (status, text, served_by) = client
+        .served(
+            Method::POST,
+            "/v1/knowledge/docs/documents",
+            &acme,
+            Some(json!({"id": "handbook", "title": "Handbook",
+                        "text": "Refunds are paid within 30 days. Ask for canary-acme-77."})),
+        )
+        .await;
+    assert_eq!((status, served_by), (201, Some(worker_pid)), "{text}");
+    let (status, text, served_by) = client
+        .served(
+            Method::GET,
+            "/v1/knowledge/docs/search?q=canary-acme-77&k=1",
+            &acme,
+            None,
+        )
+        .await;
+    assert_eq!((status, served_by), (200, Some(worker_pid)), "{text}");
+    assert!(
+        json_of(&text)["passages"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("canary-acme-77"),
+        "{text}"
+    );
+    // Reading records is not agent work: the shared process answers, and sees the same data.
+    let (status, text, served_by) = client
+        .served(Method::GET, "/v1/knowledge/docs/documents", &acme, None)
+        .await;
+    assert_eq!((status, served_by), (200, None), "{text}");
+    // Another tenant's search of the same name finds nothing of acme's.
+    let (status, _, _) = client
+        .served(
+            Method::GET,
+            "/v1/knowledge/docs/search?q=canary-acme-77&k=1",
+            &globex,
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // Prompt rendering.
+    let (status, text, served_by) = client
+        .served(
+            Method::POST,
+            "/v1/agents/helper/prompt-preview",
+            &acme,
+            Some(json!({"input": "hi"})),
+        )
+        .await;
+    assert_eq!((status, served_by), (200, Some(worker_pid)), "{text}");
+    assert_eq!(json_of(&text)["system_prompt"], "Help acme.");
+
+    // Tools: acme's Slack token is decrypted in its worker for /mcp calls and for a run
+    // resumed after an approval.
+    client
+        .call(
+            Method::PUT,
+            "/v1/credentials/slack",
+            &acme,
+            Some(json!({"secret": "xoxb-acme"})),
+        )
+        .await;
+    let (status, body) = client
+        .call(
+            Method::PUT,
+            "/v1/tools/slack",
+            &acme,
+            Some(json!({"kind": "slack", "endpoint": "slack"})),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{body}");
+    let rpc = |id: u64, method: &str, params: Value| json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+    let (status, text, served_by) = client
+        .served(
+            Method::POST,
+            "/mcp",
+            &acme,
+            Some(rpc(
+                1,
+                "tools/call",
+                json!({"name": "slack__list_channels", "arguments": {}}),
+            )),
+        )
+        .await;
+    assert_eq!((status, served_by), (200, Some(worker_pid)), "{text}");
+    assert_eq!(json_of(&text)["result"]["isError"], false, "{text}");
+    assert_eq!(saas.requests().len(), 1);
+    let (status, body) = client
+        .call(
+            Method::PUT,
+            "/v1/policies/all",
+            &acme,
+            Some(json!({"text": r#"permit(principal, action == Bulkhead::Action::"needs_approval", resource);"#})),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{body}");
+    let (status, body) = client
+        .call(
+            Method::PUT,
+            "/v1/agents/poster",
+            &acme,
+            Some(json!({"model": "scripted", "system_prompt": "Post.", "tools": ["slack"], "max_steps": 2,
+                        "script": [{"tool_call": {"name": "slack__post_message",
+                                                  "arguments": {"channel": "#general", "text": "hi"}}},
+                                   {"reply": "done"}]})),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{body}");
+    let (status, paused) = client
+        .call(
+            Method::POST,
+            "/v1/agents/poster/runs",
+            &acme,
+            Some(json!({"input": "go"})),
+        )
+        .await;
+    assert_eq!(
+        (status, paused["status"].as_str()),
+        (200, Some("awaiting_approval")),
+        "{paused}"
+    );
+    let (_, pending) = client
+        .call(Method::GET, "/v1/approvals?status=pending", &acme, None)
+        .await;
+    let approval = pending[0]["id"].as_str().unwrap();
+    let (status, approver) = client
+        .call(
+            Method::POST,
+            "/admin/v1/tenants/acme/api-keys",
+            ADMIN,
+            Some(json!({"name": "approver", "role": "approver"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{approver}");
+    let (status, body) = client
+        .call(
+            Method::POST,
+            &format!("/v1/approvals/{approval}/decision"),
+            approver["key"].as_str().unwrap(),
+            Some(json!({"approve": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let run_path = format!("/v1/runs/{}", paused["id"].as_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let resumed = loop {
+        let (_, run) = client.call(Method::GET, &run_path, &acme, None).await;
+        if run["status"] == "completed" || run["status"] == "failed" {
+            break run;
+        }
+        assert!(Instant::now() < deadline, "never resumed: {run}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(resumed["status"], "completed", "{resumed}");
+    assert_eq!(
+        resumed["process_id"].as_u64(),
+        Some(worker_pid),
+        "the approved call was made outside acme's worker: {resumed}"
+    );
+    let posts = saas.requests();
+    assert_eq!(posts.len(), 2, "{posts:?}");
+
+    // A worker killed under a gateway call: the call gets a clear 503, the agent run it
+    // started is failed, and the worker comes back.
+    let before = client.runs_started_in(&acme, worker_pid).await;
+    let mut stalled_chat = agent_chat.clone();
+    stalled_chat["messages"][0]["content"] = json!("stall");
+    let stalled = {
+        let (client, acme) = (client.clone(), acme.clone());
+        tokio::spawn(async move {
+            client
+                .served(
+                    Method::POST,
+                    "/v1/chat/completions",
+                    &acme,
+                    Some(stalled_chat),
+                )
+                .await
+        })
+    };
+    // Killed once the gateway call's run exists in the worker.
+    client
+        .wait_for_runs_started(&acme, worker_pid, before + 1)
+        .await;
+    Command::new("kill")
+        .args(["-9", &worker_pid.to_string()])
+        .status()
+        .unwrap();
+    let (status, text, _) = stalled.await.unwrap();
+    assert_eq!(status, 503, "{text}");
+    assert_eq!(json_of(&text)["code"], "worker_lost", "{text}");
+    let (_, failures) = client
+        .call(Method::GET, "/v1/audit?action=run.failed", &acme, None)
+        .await;
+    let lost: Vec<&Value> = failures["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["details"]["code"] == "worker_lost")
+        .collect();
+    assert_eq!(lost.len(), 1, "{failures}");
+    assert_eq!(lost[0]["details"]["process_id"].as_u64(), Some(worker_pid));
+    let back = client
+        .wait_for_worker("acme", |w| {
+            w["state"] == "running" && w["pid"].as_u64().is_some_and(|p| p != worker_pid)
+        })
+        .await;
+    let (status, text, served_by) = client
+        .served(Method::POST, "/v1/chat/completions", &acme, Some(chat))
+        .await;
+    assert_eq!((status, served_by), (200, back["pid"].as_u64()), "{text}");
+    drop(serve);
 }

@@ -229,7 +229,7 @@ pub async fn patch_tenant(
     let isolation = patch.isolation;
     // A change of tier holds the tenant's gate exclusively: it waits for the runs in flight
     // on either side, and runs that arrive meanwhile wait behind it and then read the new tier.
-    let _switching = match isolation {
+    let mut switching = match isolation {
         None => None,
         Some(_) => {
             let drain = std::time::Duration::from_secs(
@@ -254,6 +254,9 @@ pub async fn patch_tenant(
         .update_tenant(&id, patch, &Origin::admin(admin.request_id))
         .await?
         .ok_or(ApiError::NotFound)?;
+    if let Some(gate) = switching.as_mut() {
+        **gate = Some(tenant.isolation);
+    }
     if isolation == Some(bulkhead_core::Isolation::Shared)
         && let Some(workers) = state.workers()
     {

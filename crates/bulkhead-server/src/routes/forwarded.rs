@@ -1,32 +1,178 @@
-//! Runs of dedicated tenants: authenticated and admitted here, executed by the tenant's own
-//! worker process (`crate::worker`), answered here exactly as a shared run would be.
+//! The agent work of dedicated tenants: authenticated and admitted here, executed by the
+//! tenant's own worker process (`crate::worker`), answered here exactly as the shared path
+//! would answer it.
+//!
+//! Runs have a frame of their own (`run`); everything else that is agent work (the gateway,
+//! `/mcp`, knowledge ingest and search, prompt previews) goes through [`agent_work`], which
+//! forwards the request itself and relays the worker's answer.
 
 use axum::Json;
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use bulkhead_core::TenantContext;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bulkhead_core::{Isolation, TenantContext};
 use tokio::sync::{OwnedRwLockReadGuard, mpsc};
 
 use crate::AppState;
+use crate::authn::{Authenticated, Forwarded};
 use crate::error::{ApiError, relayed};
 use crate::routes::runs::{RunRequest, RunStreamItem, RunView, sse_event};
 use crate::routes::streaming;
 use crate::worker::WorkerError;
-use crate::worker::frames::{FromWorker, RunCall};
+use crate::worker::frames::{Caller, FromWorker, HttpCall, RunCall};
+
+/// The routes whose work decrypts a tenant's secrets, calls its models or tools, renders
+/// its prompts or embeds its documents. Reading and writing records stays in this process.
+const AGENT_WORK: &[(Method, &str)] = &[
+    (Method::POST, "/v1/chat/completions"),
+    (Method::POST, "/mcp"),
+    (Method::GET, "/mcp"),
+    (Method::POST, "/v1/knowledge/{kb}/documents"),
+    (Method::GET, "/v1/knowledge/{kb}/search"),
+    (Method::POST, "/v1/agents/{name}/prompt-preview"),
+];
+
+/// Headers a worker has no use for: the credential was checked here, and hop-by-hop ones
+/// belong to this connection.
+const NOT_FORWARDED: &[HeaderName] = &[
+    header::AUTHORIZATION,
+    header::COOKIE,
+    header::PROXY_AUTHORIZATION,
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::CONTENT_LENGTH,
+];
+
+/// Middleware: a dedicated tenant's agent work is forwarded to its worker; a shared tenant's
+/// is served here, with the context authenticated once. Either way the tenant's tier gate is
+/// held until the answer's body ends, so a change of tier drains it.
+pub(crate) async fn agent_work(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let is_agent_work = request
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|path| {
+            AGENT_WORK
+                .iter()
+                .any(|(method, route)| method == request.method() && path.as_str() == *route)
+        });
+    if !is_agent_work || state.is_dedicated_worker() {
+        return next.run(request).await;
+    }
+    let (mut parts, body) = request.into_parts();
+    let ctx = match Authenticated::from_request_parts(&mut parts, &state).await {
+        Ok(Authenticated(ctx)) => ctx,
+        Err(error) => return error.into_response(),
+    };
+    let gate = state.tier_gate(ctx.tenant_id()).read_owned().await;
+    let tier = gate.unwrap_or(ctx.isolation());
+    if tier == Isolation::Dedicated {
+        let request = Request::from_parts(parts, body);
+        return match http(&state, ctx, gate, request).await {
+            Ok(response) => response,
+            Err(error) => error.into_response(),
+        };
+    }
+    parts.extensions.insert(Forwarded(ctx));
+    let response = next.run(Request::from_parts(parts, body)).await;
+    let (parts, body) = response.into_parts();
+    let body = body.into_data_stream();
+    let guarded = futures_util::StreamExt::map(body, move |chunk| {
+        let _held = &gate;
+        chunk
+    });
+    Response::from_parts(parts, axum::body::Body::from_stream(guarded))
+}
+
+/// Forwards `request` to the tenant's worker and relays its answer as it comes.
+async fn http(
+    state: &AppState,
+    ctx: TenantContext,
+    gate: OwnedRwLockReadGuard<Option<Isolation>>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let workers = state.workers().ok_or(WorkerError::Disabled)?;
+    let (parts, body) = request.into_parts();
+    let limit = state.max_body_bytes();
+    let body = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge { limit })?;
+    let call = HttpCall {
+        caller: Caller::of(&ctx),
+        method: parts.method.to_string(),
+        uri: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned()),
+        headers: parts
+            .headers
+            .iter()
+            .filter(|(name, _)| !NOT_FORWARDED.contains(name))
+            .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_owned())))
+            .chain([(
+                crate::authn::REQUEST_ID_HEADER.to_owned(),
+                ctx.request_id().as_str().to_owned(),
+            )])
+            .collect(),
+        body: BASE64.encode(&body),
+    };
+    let mut frames = workers.http(&ctx, call).await?;
+    let (status, headers) = match frames.recv().await {
+        Some(FromWorker::Head {
+            status, headers, ..
+        }) => (status, headers),
+        Some(FromWorker::Refused { code, detail, .. }) => return Err(relayed(&code, detail)),
+        _ => return Err(WorkerError::Lost.into()),
+    };
+    let mut response =
+        Response::builder().status(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY));
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) && !NOT_FORWARDED.contains(&name)
+        {
+            response = response.header(name, value);
+        }
+    }
+    // The body is relayed frame by frame (server-sent events stay live); the gate goes with
+    // it. A worker that fails mid-body ends the body with an error, once.
+    let body = futures_util::stream::unfold(Some((frames, gate)), |relay| async move {
+        let (mut frames, gate) = relay?;
+        let failed = |detail: String| Some((Err(std::io::Error::other(detail)), None));
+        match frames.recv().await {
+            Some(FromWorker::Body { data, .. }) => match BASE64.decode(data) {
+                Ok(bytes) => Some((Ok(axum::body::Bytes::from(bytes)), Some((frames, gate)))),
+                Err(error) => failed(format!("a worker's body frame is not base64: {error}")),
+            },
+            Some(FromWorker::End { .. }) => None,
+            Some(FromWorker::Refused { detail, .. }) => failed(detail),
+            Some(_) => Some((Ok(axum::body::Bytes::new()), Some((frames, gate)))),
+            None => failed(WorkerError::Lost.to_string()),
+        }
+    });
+    response
+        .body(axum::body::Body::from_stream(body))
+        .map_err(|e| ApiError::Internal(e.to_string().into()))
+}
 
 pub(crate) async fn run(
     state: AppState,
     ctx: TenantContext,
-    gate: OwnedRwLockReadGuard<()>,
+    gate: OwnedRwLockReadGuard<Option<bulkhead_core::Isolation>>,
     agent: String,
     request: RunRequest,
     stream: bool,
 ) -> Result<Response, ApiError> {
     let workers = state.workers().ok_or(WorkerError::Disabled)?;
     let call = RunCall {
-        principal: ctx.principal().into(),
-        roles: ctx.roles().clone(),
-        request_id: ctx.request_id().as_str().to_owned(),
-        trace_id: ctx.request_id().trace_id().to_owned(),
+        caller: Caller::of(&ctx),
         agent,
         input: request.input,
         end_user: request.end_user,

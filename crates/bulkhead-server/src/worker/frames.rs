@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use bulkhead_core::{ApiKeyId, Principal, RequestId, Role};
+use bulkhead_core::{ApiKeyId, Principal, RequestId, Role, TenantContext};
 use bulkhead_vault::HandedKeyWire;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -40,6 +40,17 @@ pub enum ToWorker {
         id: u64,
         call: Box<RunCall>,
     },
+    /// Any other agent work (the gateway, `/mcp`, knowledge, prompt previews): the request
+    /// itself, answered by the worker's own router.
+    Http {
+        id: u64,
+        call: Box<HttpCall>,
+    },
+    /// Continue a paused run whose approval was decided; answered `Done` or `Refused`.
+    Resume {
+        id: u64,
+        run_id: String,
+    },
     Health {
         id: u64,
     },
@@ -49,25 +60,54 @@ pub enum ToWorker {
     },
 }
 
-/// A run the control plane authenticated and admitted.
+/// Who the control plane authenticated, and the request they made: what the worker builds
+/// the request's context from (with its own tenant; a frame never names one).
 #[derive(Debug, Serialize, Deserialize)]
-pub struct RunCall {
+pub struct Caller {
     pub principal: PrincipalWire,
     pub roles: BTreeSet<Role>,
     pub request_id: String,
     pub trace_id: String,
+}
+
+impl Caller {
+    pub fn of(ctx: &TenantContext) -> Self {
+        Self {
+            principal: ctx.principal().into(),
+            roles: ctx.roles().clone(),
+            request_id: ctx.request_id().as_str().to_owned(),
+            trace_id: ctx.request_id().trace_id().to_owned(),
+        }
+    }
+
+    pub fn request_id(&self) -> RequestId {
+        RequestId::from_header_or_generate(Some(&self.request_id)).with_trace_id(&self.trace_id)
+    }
+}
+
+/// A request the control plane authenticated and admitted, as it arrived, minus the
+/// credential.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HttpCall {
+    pub caller: Caller,
+    pub method: String,
+    /// Path and query.
+    pub uri: String,
+    pub headers: Vec<(String, String)>,
+    /// Base64 (standard).
+    pub body: String,
+}
+
+/// A run the control plane authenticated and admitted.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RunCall {
+    pub caller: Caller,
     pub agent: String,
     pub input: String,
     pub end_user: Option<String>,
     pub thread_id: Option<String>,
     /// Whether the caller streams (model answers are then streamed too).
     pub stream: bool,
-}
-
-impl RunCall {
-    pub fn request_id(&self) -> RequestId {
-        RequestId::from_header_or_generate(Some(&self.request_id)).with_trace_id(&self.trace_id)
-    }
 }
 
 /// Who the control plane authenticated.
@@ -153,6 +193,21 @@ pub enum FromWorker {
         code: String,
         detail: String,
     },
+    /// The status and headers of an `Http` request's answer; its body follows.
+    Head {
+        id: u64,
+        status: u16,
+        headers: Vec<(String, String)>,
+    },
+    /// A piece of an `Http` answer's body, base64 (standard).
+    Body {
+        id: u64,
+        data: String,
+    },
+    /// The end of an `Http` answer's body.
+    End {
+        id: u64,
+    },
     Healthy {
         id: u64,
         in_flight: usize,
@@ -169,6 +224,9 @@ impl FromWorker {
             FromWorker::Ready { .. } => None,
             FromWorker::RunStarted { id, .. }
             | FromWorker::Event { id, .. }
+            | FromWorker::Head { id, .. }
+            | FromWorker::Body { id, .. }
+            | FromWorker::End { id }
             | FromWorker::Done { id, .. }
             | FromWorker::Refused { id, .. }
             | FromWorker::Healthy { id, .. }
@@ -180,7 +238,10 @@ impl FromWorker {
     pub fn is_final(&self) -> bool {
         !matches!(
             self,
-            FromWorker::RunStarted { .. } | FromWorker::Event { .. }
+            FromWorker::RunStarted { .. }
+                | FromWorker::Event { .. }
+                | FromWorker::Head { .. }
+                | FromWorker::Body { .. }
         )
     }
 }

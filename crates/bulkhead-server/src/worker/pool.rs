@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use utoipa::ToSchema;
 
 use crate::worker::frames::{
-    FrameError, FromWorker, RunCall, SandboxReport, ToWorker, read_frame, write_frame,
+    FrameError, FromWorker, HttpCall, RunCall, SandboxReport, ToWorker, read_frame, write_frame,
 };
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -146,6 +146,7 @@ impl Conn {
         &self,
         make: impl FnOnce(u64) -> ToWorker,
         ctx: Option<TenantContext>,
+        run_id: Option<String>,
     ) -> Result<mpsc::UnboundedReceiver<FromWorker>, WorkerError> {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let (answers, receiver) = mpsc::unbounded_channel();
@@ -154,7 +155,7 @@ impl Conn {
                 id,
                 Pending {
                     answers,
-                    run_id: None,
+                    run_id,
                     ctx: ctx.clone(),
                 },
             );
@@ -210,16 +211,47 @@ impl Workers {
         ctx: &TenantContext,
         call: RunCall,
     ) -> Result<mpsc::UnboundedReceiver<FromWorker>, WorkerError> {
+        let call = Box::new(call);
+        self.forward(ctx, None, |id| ToWorker::Run { id, call })
+            .await
+    }
+
+    /// Forwards a request to the tenant's worker; the receiver gets `Head`, `Body` frames and
+    /// `End`, or `Refused`.
+    pub async fn http(
+        &self,
+        ctx: &TenantContext,
+        call: HttpCall,
+    ) -> Result<mpsc::UnboundedReceiver<FromWorker>, WorkerError> {
+        let call = Box::new(call);
+        self.forward(ctx, None, |id| ToWorker::Http { id, call })
+            .await
+    }
+
+    /// Has the tenant's worker continue a paused run; the receiver gets `Done` or `Refused`.
+    pub async fn resume(
+        &self,
+        ctx: &TenantContext,
+        run_id: &str,
+    ) -> Result<mpsc::UnboundedReceiver<FromWorker>, WorkerError> {
+        let run_id = run_id.to_owned();
+        self.forward(ctx, Some(run_id.clone()), |id| ToWorker::Resume {
+            id,
+            run_id,
+        })
+        .await
+    }
+
+    async fn forward(
+        &self,
+        ctx: &TenantContext,
+        run_id: Option<String>,
+        make: impl FnOnce(u64) -> ToWorker,
+    ) -> Result<mpsc::UnboundedReceiver<FromWorker>, WorkerError> {
         let slot = self.slot(ctx.tenant_id());
         slot.retired.store(false, Ordering::SeqCst);
         let conn = self.ensure_running(&slot).await?;
-        conn.request(
-            |id| ToWorker::Run {
-                id,
-                call: Box::new(call),
-            },
-            Some(ctx.clone()),
-        )
+        conn.request(make, Some(ctx.clone()), run_id)
     }
 
     /// The worker of `tenant`, as it is now; `None` if it never had one on this node.
@@ -496,6 +528,7 @@ impl Workers {
             *current = None;
         }
         let planned = conn.stopping.load(Ordering::SeqCst);
+        self.fail_lost_runs(&slot.tenant, conn.pid, &exit).await;
         let pending: Vec<(u64, Pending)> = conn
             .pending
             .lock()
@@ -503,23 +536,11 @@ impl Workers {
             .unwrap_or_default();
         for (id, pending) in pending {
             let answer = match (&pending.run_id, &pending.ctx) {
-                (Some(run_id), Some(ctx)) => {
-                    let store = self.inner.store.tenant(ctx);
-                    let message = format!(
-                        "the tenant's dedicated worker (pid {}) exited: {exit}",
-                        conn.pid
-                    );
-                    if let Err(error) = store
-                        .fail_running_run(run_id, "worker_lost", &message)
-                        .await
-                    {
-                        tracing::error!(%error, run_id, "cannot mark a lost run failed");
-                    }
-                    FromWorker::Done {
-                        id,
-                        run_id: run_id.clone(),
-                    }
-                }
+                // Failed above if it had not ended: the caller reads how it ended.
+                (Some(run_id), Some(_)) => FromWorker::Done {
+                    id,
+                    run_id: run_id.clone(),
+                },
                 _ => FromWorker::Refused {
                     id,
                     code: "worker_lost".into(),
@@ -555,6 +576,35 @@ impl Workers {
         });
     }
 
+    /// Fails every run the dead worker left `running`, whatever request started it (a run, a
+    /// gateway call running an agent, a resumed approval): they are found by the process id
+    /// each run records.
+    async fn fail_lost_runs(&self, tenant: &TenantId, pid: u32, exit: &str) {
+        let message = format!("the tenant's dedicated worker (pid {pid}) exited: {exit}");
+        let failed = match self.runtime_context(tenant).await {
+            Ok(ctx) => {
+                self.inner
+                    .store
+                    .tenant(&ctx)
+                    .fail_runs_of_process(pid, "worker_lost", &message)
+                    .await
+            }
+            Err(error) => {
+                tracing::error!(tenant.id = %tenant, %error, "cannot mark a lost worker's runs failed");
+                return;
+            }
+        };
+        match failed {
+            Ok(runs) if !runs.is_empty() => {
+                tracing::warn!(tenant.id = %tenant, pid, runs = ?runs, "runs lost with their worker marked failed");
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::error!(tenant.id = %tenant, %error, "cannot mark a lost worker's runs failed");
+            }
+        }
+    }
+
     /// Records a failure and returns how long to wait before the next start.
     fn note_failure(&self, slot: &Slot, lived: Duration) -> Duration {
         let Ok(mut backoff) = slot.backoff.lock() else {
@@ -575,7 +625,7 @@ impl Workers {
             return;
         };
         conn.stopping.store(true, Ordering::SeqCst);
-        let drained = match conn.request(|id| ToWorker::Drain { id }, None) {
+        let drained = match conn.request(|id| ToWorker::Drain { id }, None, None) {
             Ok(mut answers) => tokio::time::timeout(patience, answers.recv())
                 .await
                 .is_ok_and(|a| matches!(a, Some(FromWorker::Drained { .. }))),
@@ -642,7 +692,7 @@ impl Workers {
                     continue;
                 }
                 tokio::spawn(async move {
-                    let healthy = match conn.request(|id| ToWorker::Health { id }, None) {
+                    let healthy = match conn.request(|id| ToWorker::Health { id }, None, None) {
                         Ok(mut answers) => tokio::time::timeout(every, answers.recv())
                             .await
                             .is_ok_and(|a| matches!(a, Some(FromWorker::Healthy { .. }))),

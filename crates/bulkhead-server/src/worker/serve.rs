@@ -16,8 +16,21 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bulkhead_core::TenantContext;
+use futures_util::StreamExt as _;
+use tower::ServiceExt as _;
+
 use crate::AppState;
-use crate::worker::frames::{FrameError, FromWorker, RunCall, ToWorker, read_frame, write_frame};
+use crate::authn::Forwarded;
+use crate::worker::frames::{
+    Caller, FrameError, FromWorker, HttpCall, RunCall, ToWorker, read_frame, write_frame,
+};
+
+/// Set by the worker on every answer it gives, so a caller (and a test) can see which
+/// process served it.
+pub const SERVED_BY_HEADER: &str = "x-bulkhead-served-by";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -68,6 +81,7 @@ pub async fn serve(
     });
     let _ = out.send(ready);
     let in_flight = Arc::new(AtomicUsize::new(0));
+    let router = crate::app(state.clone());
     let outcome = loop {
         let frame = match read_frame::<_, ToWorker>(&mut reader).await {
             Ok(frame) => frame,
@@ -79,17 +93,22 @@ pub async fn serve(
         };
         match frame {
             ToWorker::Run { id, call } => {
-                in_flight.fetch_add(1, Ordering::SeqCst);
-                let (state, tenant, out, in_flight) = (
-                    state.clone(),
-                    tenant.clone(),
-                    out.clone(),
-                    in_flight.clone(),
-                );
-                tokio::spawn(async move {
-                    let answer = run(&state, &tenant, id, *call, &out).await;
-                    let _ = out.send(answer);
-                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                let (state, tenant, frames) = (state.clone(), tenant.clone(), out.clone());
+                answer_in_background(&in_flight, &out, async move {
+                    run(&state, &tenant, id, *call, &frames).await
+                });
+            }
+            ToWorker::Http { id, call } => {
+                let (state, tenant, frames) = (state.clone(), tenant.clone(), out.clone());
+                let router = router.clone();
+                answer_in_background(&in_flight, &out, async move {
+                    http(router, &state, &tenant, id, *call, &frames).await
+                });
+            }
+            ToWorker::Resume { id, run_id } => {
+                let (state, tenant) = (state.clone(), tenant.clone());
+                answer_in_background(&in_flight, &out, async move {
+                    resume(&state, &tenant, id, run_id).await
                 });
             }
             ToWorker::Health { id } => {
@@ -119,6 +138,22 @@ pub async fn serve(
     }
 }
 
+/// Does a request's work on a task of its own, counted in flight until its last frame is
+/// sent.
+fn answer_in_background(
+    in_flight: &Arc<AtomicUsize>,
+    out: &mpsc::UnboundedSender<FromWorker>,
+    work: impl Future<Output = FromWorker> + Send + 'static,
+) {
+    in_flight.fetch_add(1, Ordering::SeqCst);
+    let (in_flight, out) = (in_flight.clone(), out.clone());
+    tokio::spawn(async move {
+        let answer = work.await;
+        let _ = out.send(answer);
+        in_flight.fetch_sub(1, Ordering::SeqCst);
+    });
+}
+
 /// One forwarded run; the frame returned is its last.
 async fn run(
     state: &AppState,
@@ -132,34 +167,11 @@ async fn run(
         code: code.to_owned(),
         detail,
     };
-    let record = match state.store().admin().get_tenant(tenant).await {
-        Ok(record) => record,
-        Err(error) => return refused("internal", error.to_string()),
-    };
-    let request_id = call.request_id();
-    let Some(principal) = call.principal.principal() else {
-        return refused(
-            "unauthenticated",
-            "the forwarded principal is malformed".into(),
-        );
-    };
-    let ctx = match bulkhead_core::auth::forwarded_context(
-        record.as_ref(),
-        tenant,
-        principal,
-        call.roles,
-        request_id,
-    ) {
+    let ctx = match context(state, tenant, call.caller).await {
         Ok(ctx) => ctx,
-        Err(error) => return refused("unauthenticated", error.to_string()),
+        Err((code, detail)) => return refused(code, detail),
     };
-    let span = tracing::info_span!("worker.run",
-        tenant.id = %ctx.tenant_id(),
-        request.id = %ctx.request_id().as_str(),
-        trace.id = %ctx.request_id().trace_id(),
-        process.pid = std::process::id(),
-        isolation = "dedicated",
-    );
+    let span = worker_span("worker.run", &ctx);
     async move {
         let store = state.store().tenant(&ctx);
         let agent = match AgentName::try_from(call.agent.as_str()) {
@@ -204,6 +216,162 @@ async fn run(
             Err(error) => {
                 let error = crate::routes::runs::run_error(error);
                 refused(error.code(), error.to_string())
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// The context of a forwarded request: this worker's own tenant, as it is now in the
+/// database, with the caller the control plane authenticated.
+async fn context(
+    state: &AppState,
+    tenant: &TenantId,
+    caller: Caller,
+) -> Result<TenantContext, (&'static str, String)> {
+    let record = state
+        .store()
+        .admin()
+        .get_tenant(tenant)
+        .await
+        .map_err(|error| ("internal", error.to_string()))?;
+    let request_id = caller.request_id();
+    let principal = caller.principal.principal().ok_or((
+        "unauthenticated",
+        "the forwarded principal is malformed".to_owned(),
+    ))?;
+    bulkhead_core::auth::forwarded_context(
+        record.as_ref(),
+        tenant,
+        principal,
+        caller.roles,
+        request_id,
+    )
+    .map_err(|error| ("unauthenticated", error.to_string()))
+}
+
+fn worker_span(name: &'static str, ctx: &TenantContext) -> tracing::Span {
+    tracing::info_span!("worker",
+        otel.name = name,
+        tenant.id = %ctx.tenant_id(),
+        request.id = %ctx.request_id().as_str(),
+        trace.id = %ctx.request_id().trace_id(),
+        process.pid = std::process::id(),
+        isolation = "dedicated",
+    )
+}
+
+/// One forwarded request, answered by this worker's own router with the forwarded context;
+/// every frame of the answer is sent here, the last one returned.
+async fn http(
+    router: axum::Router,
+    state: &AppState,
+    tenant: &TenantId,
+    id: u64,
+    call: HttpCall,
+    out: &mpsc::UnboundedSender<FromWorker>,
+) -> FromWorker {
+    let refused = |code: &str, detail: String| FromWorker::Refused {
+        id,
+        code: code.to_owned(),
+        detail,
+    };
+    let ctx = match context(state, tenant, call.caller).await {
+        Ok(ctx) => ctx,
+        Err((code, detail)) => return refused(code, detail),
+    };
+    let span = worker_span("worker.http", &ctx);
+    let request = match forwarded_request(&call.method, &call.uri, &call.headers, &call.body) {
+        Ok(mut request) => {
+            request.extensions_mut().insert(Forwarded(ctx));
+            request
+        }
+        Err(detail) => return refused("malformed_body", detail),
+    };
+    async move {
+        let Ok(response) = router.oneshot(request).await;
+        let (parts, body) = response.into_parts();
+        let mut headers: Vec<(String, String)> = parts
+            .headers
+            .iter()
+            .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_owned())))
+            .collect();
+        headers.push((SERVED_BY_HEADER.to_owned(), std::process::id().to_string()));
+        let _ = out.send(FromWorker::Head {
+            id,
+            status: parts.status.as_u16(),
+            headers,
+        });
+        let mut chunks = body.into_data_stream();
+        while let Some(chunk) = chunks.next().await {
+            match chunk {
+                Ok(bytes) => {
+                    let _ = out.send(FromWorker::Body {
+                        id,
+                        data: BASE64.encode(&bytes),
+                    });
+                }
+                Err(error) => return refused("internal", error.to_string()),
+            }
+        }
+        FromWorker::End { id }
+    }
+    .instrument(span)
+    .await
+}
+
+fn forwarded_request(
+    method: &str,
+    uri: &str,
+    headers: &[(String, String)],
+    body: &str,
+) -> Result<axum::extract::Request, String> {
+    let body = BASE64.decode(body).map_err(|e| format!("body: {e}"))?;
+    let mut builder = axum::http::Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        builder = builder.header(name, value);
+    }
+    builder
+        .body(axum::body::Body::from(body))
+        .map_err(|e| e.to_string())
+}
+
+/// A paused run of this tenant continued here; answered `Done` (however it ended) or
+/// `Refused`.
+async fn resume(state: &AppState, tenant: &TenantId, id: u64, run_id: String) -> FromWorker {
+    let ctx = match state.runtime_context(tenant).await {
+        Ok(Some(ctx)) => ctx,
+        Ok(None) => {
+            return FromWorker::Refused {
+                id,
+                code: "not_found".into(),
+                detail: "the tenant is gone or not active".into(),
+            };
+        }
+        Err(error) => {
+            return FromWorker::Refused {
+                id,
+                code: "internal".into(),
+                detail: error.to_string(),
+            };
+        }
+    };
+    let span = worker_span("worker.resume", &ctx);
+    async {
+        match state
+            .runner()
+            .resume(&state.store().tenant(&ctx), &run_id)
+            .await
+        {
+            Ok(_) => FromWorker::Done { id, run_id },
+            Err(error) => {
+                let error = crate::routes::runs::run_error(error);
+                FromWorker::Refused {
+                    id,
+                    code: error.code().to_owned(),
+                    detail: error.to_string(),
+                }
             }
         }
     }
