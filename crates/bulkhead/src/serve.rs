@@ -77,6 +77,13 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
         out.flush()?;
     }
     tracing::info!(%address, database = ?store.kind(), "serving");
+    // A streamed answer ends with a small write of its own (the last chunk); with Nagle on,
+    // it waits for the client's delayed ACK, about 40 ms.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, bulkhead_server::app(state))
         .with_graceful_shutdown(shutdown_signal())
         .await
