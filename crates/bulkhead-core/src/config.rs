@@ -142,6 +142,27 @@ pub struct WorkersConfig {
     pub dir: Option<PathBuf>,
     /// The executable started as `<binary> worker` (default: the running binary).
     pub binary: Option<PathBuf>,
+    /// Other limits for named tenants' workers (`[workers.tenants.acme] memory_mib = 4096`);
+    /// what an entry leaves out comes from the values above.
+    pub tenants: std::collections::BTreeMap<String, WorkerLimits>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerLimits {
+    pub memory_mib: Option<u64>,
+    pub open_files: Option<u64>,
+}
+
+impl WorkersConfig {
+    /// The limits of `tenant`'s worker: its own entry over the node's defaults.
+    pub fn limits_for(&self, tenant: &str) -> (u64, u64) {
+        let own = self.tenants.get(tenant).copied().unwrap_or_default();
+        (
+            own.memory_mib.unwrap_or(self.memory_mib),
+            own.open_files.unwrap_or(self.open_files),
+        )
+    }
 }
 
 impl Default for WorkersConfig {
@@ -156,6 +177,7 @@ impl Default for WorkersConfig {
             open_files: 1024,
             dir: None,
             binary: None,
+            tenants: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -247,6 +269,10 @@ pub struct LimitsConfig {
     pub tokens_per_day: u64,
     /// Agent runs of one tenant in progress at once in this process; 0 means no cap.
     pub max_concurrent_runs: u32,
+    /// CPU time one run may spend, in milliseconds, on either tier: its own work and its
+    /// local model's generation, not its waits. A run over it fails with
+    /// `cpu_budget_exceeded` (a local generation stops mid-answer). 0 means no budget.
+    pub run_cpu_ms: u64,
     /// Other limits for named tenants (`[limits.tenants.acme] tokens_per_day = 50000`);
     /// what a tenant's entry leaves out comes from the defaults above.
     pub tenants: std::collections::BTreeMap<String, TenantLimits>,
@@ -259,6 +285,7 @@ pub struct TenantLimits {
     pub burst: Option<u32>,
     pub tokens_per_day: Option<u64>,
     pub max_concurrent_runs: Option<u32>,
+    pub run_cpu_ms: Option<u64>,
 }
 
 /// One tenant's limits, its own entry over the defaults.
@@ -268,6 +295,7 @@ pub struct EffectiveLimits {
     pub burst: u32,
     pub tokens_per_day: u64,
     pub max_concurrent_runs: u32,
+    pub run_cpu_ms: u64,
 }
 
 impl LimitsConfig {
@@ -278,6 +306,7 @@ impl LimitsConfig {
             burst: own.burst.unwrap_or(self.burst),
             tokens_per_day: own.tokens_per_day.unwrap_or(self.tokens_per_day),
             max_concurrent_runs: own.max_concurrent_runs.unwrap_or(self.max_concurrent_runs),
+            run_cpu_ms: own.run_cpu_ms.unwrap_or(self.run_cpu_ms),
         }
     }
 }
@@ -289,6 +318,7 @@ impl Default for LimitsConfig {
             burst: 2_000,
             tokens_per_day: 0,
             max_concurrent_runs: 0,
+            run_cpu_ms: 0,
             tenants: std::collections::BTreeMap::new(),
         }
     }

@@ -5,6 +5,7 @@
 //! queue on a mutex. Nothing survives a generation: the cache is reset by the next prompt,
 //! so no tenant's text is left for another.
 
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -91,13 +92,14 @@ impl LocalChatModel {
     }
 
     /// Continues the conversation, greedily, for at most `max_tokens`. Text goes to `on_text`
-    /// as it is decoded (whole characters only). Blocking and CPU-bound: run it on a blocking
-    /// thread.
+    /// as it is decoded (whole characters only); `on_text` answering `Break` stops the
+    /// generation there (finish reason `interrupted`). Blocking and CPU-bound: run it on a
+    /// blocking thread.
     pub fn generate(
         &self,
         messages: &[Turn<'_>],
         max_tokens: u32,
-        on_text: &mut dyn FnMut(&str),
+        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Generation, InferenceError> {
         let encoding = self
             .tokenizer
@@ -141,10 +143,12 @@ impl LocalChatModel {
                 .map_err(|e| InferenceError::Compute(format!("decoding: {e}")))?;
             // A character split across tokens decodes as U+FFFD until its last byte arrives.
             if text.len() > emitted && !text.ends_with('\u{FFFD}') {
-                if let Some(new) = text.get(emitted..) {
-                    on_text(new);
-                }
+                let flow = text.get(emitted..).map(&mut *on_text);
                 emitted = text.len();
+                if flow == Some(ControlFlow::Break(())) {
+                    finish_reason = "interrupted";
+                    break;
+                }
             }
             input = Tensor::new(&[next], &device)?.unsqueeze(0)?;
         }
@@ -153,7 +157,8 @@ impl LocalChatModel {
             .decode(&generated, true)
             .map_err(|e| InferenceError::Compute(format!("decoding: {e}")))?;
         if let Some(rest) = text.get(emitted..).filter(|r| !r.is_empty()) {
-            on_text(rest);
+            // The generation is over either way.
+            let _ = on_text(rest);
         }
         Ok(Generation {
             text,

@@ -25,7 +25,10 @@ fn answers_greedily_streams_whole_characters_and_counts_tokens() {
     ];
     let mut pieces = Vec::new();
     let first = model
-        .generate(&messages, 24, &mut |piece| pieces.push(piece.to_owned()))
+        .generate(&messages, 24, &mut |piece| {
+            pieces.push(piece.to_owned());
+            std::ops::ControlFlow::Continue(())
+        })
         .unwrap();
     assert!(first.text.contains("Paris"), "{first:?}");
     assert_eq!(
@@ -40,13 +43,31 @@ fn answers_greedily_streams_whole_characters_and_counts_tokens() {
     );
     assert!(first.completion_tokens <= 24);
     // Greedy decoding: the same conversation gives the same answer.
-    let second = model.generate(&messages, 24, &mut |_| {}).unwrap();
+    let second = model
+        .generate(&messages, 24, &mut |_| std::ops::ControlFlow::Continue(()))
+        .unwrap();
     assert_eq!(first, second);
     // A cap of one token stops there.
-    let short = model.generate(&messages, 1, &mut |_| {}).unwrap();
+    let short = model
+        .generate(&messages, 1, &mut |_| std::ops::ControlFlow::Continue(()))
+        .unwrap();
     assert_eq!(
         (short.completion_tokens, short.finish_reason),
         (1, "length")
+    );
+    // The caller may stop it between pieces (a run out of CPU budget does).
+    let mut seen = 0;
+    let stopped = model
+        .generate(&messages, 24, &mut |_| {
+            seen += 1;
+            std::ops::ControlFlow::Break(())
+        })
+        .unwrap();
+    assert_eq!(stopped.finish_reason, "interrupted");
+    assert_eq!(seen, 1);
+    assert!(
+        stopped.completion_tokens < first.completion_tokens,
+        "{stopped:?}"
     );
 }
 

@@ -3,6 +3,7 @@
 
 pub mod agents;
 pub mod approvals;
+pub mod cpu;
 pub mod gateway;
 pub mod prompts;
 pub mod providers;

@@ -436,10 +436,14 @@ impl Runner {
             boundary: bulkhead_core::ids::new_boundary(),
             toolbox: Toolbox::default(),
         };
+        let meter = self.cpu_meter(store);
         let result = match &spec {
             Ok(spec) => {
-                self.drive(store, agent, spec, input, memory, &mut turn)
-                    .await
+                crate::cpu::metered(
+                    meter,
+                    self.drive(store, agent, spec, input, memory, &mut turn),
+                )
+                .await
             }
             Err(message) => Err(Failure {
                 code: "internal",
@@ -505,10 +509,14 @@ impl Runner {
             boundary: bulkhead_core::ids::new_boundary(),
             toolbox: Toolbox::default(),
         };
+        let meter = self.cpu_meter(store);
         let result = match (&agent, &spec) {
             (Some(agent), Ok(spec)) => {
-                self.continue_paused(store, agent, spec, approval.as_ref(), &mut turn)
-                    .await
+                crate::cpu::metered(
+                    meter,
+                    self.continue_paused(store, agent, spec, approval.as_ref(), &mut turn),
+                )
+                .await
             }
             (_, Err(message)) => Err(Failure {
                 code: "internal",
@@ -574,6 +582,16 @@ impl Runner {
             .run(run_id)
             .await?
             .ok_or_else(|| StoreError::Corrupt("run vanished".into()))?)
+    }
+
+    /// The CPU meter of a run of this tenant: its `run_cpu_ms` budget, none if 0. A resumed
+    /// run starts a fresh one; what it spent before its pause is not carried over.
+    fn cpu_meter(&self, store: &TenantStore<'_>) -> crate::cpu::CpuMeter {
+        let budget = self
+            .quotas
+            .limits_for(store.context().tenant_id())
+            .run_cpu_ms;
+        crate::cpu::CpuMeter::new(std::time::Duration::from_millis(budget))
     }
 
     async fn drive(
@@ -684,6 +702,7 @@ impl Runner {
                     message: refused.to_string(),
                 });
             }
+            cpu_budget_left()?;
             turn.progress.steps += 1;
             let step = turn.progress.steps;
             let request = ChatRequest {
@@ -985,3 +1004,21 @@ impl From<ToolError> for Failure {
         }
     }
 }
+
+/// Refuses the next step of a run that has spent its CPU budget.
+fn cpu_budget_left() -> Result<(), Failure> {
+    match crate::cpu::current() {
+        Some(meter) if meter.exceeded() => Err(cpu_budget_failure(&meter)),
+        _ => Ok(()),
+    }
+}
+
+fn cpu_budget_failure(meter: &crate::cpu::CpuMeter) -> Failure {
+    ProviderError::CpuBudget {
+        used_ms: meter.used().as_millis(),
+        budget_ms: meter.budget().unwrap_or_default().as_millis(),
+    }
+    .into()
+}
+
+pub const CPU_BUDGET_EXCEEDED: &str = "cpu_budget_exceeded";

@@ -341,3 +341,82 @@ async fn the_local_model_answers_runs_and_the_gateway_offline() {
     assert!(events.iter().all(|e| e.action != "egress.call"));
     server.finish().await;
 }
+
+/// A tenant's `run_cpu_ms` stops its run's local generation between tokens and fails the run
+/// clearly; another tenant's identical run, without a budget, completes.
+#[tokio::test]
+async fn a_run_over_its_tenants_cpu_budget_fails_and_another_tenants_does_not() {
+    let local = ModelConfig {
+        alias: "local".into(),
+        provider: ProviderKind::Local,
+        endpoint: String::new(),
+        upstream_model: None,
+        path: Some(bulkhead_testkit::local_chat_model()),
+        input_usd_per_million: 0.0,
+        output_usd_per_million: 0.0,
+    };
+    let mut limits = bulkhead_core::config::LimitsConfig::default();
+    limits.tenants.insert(
+        "acme".into(),
+        bulkhead_core::config::TenantLimits {
+            run_cpu_ms: Some(20),
+            ..Default::default()
+        },
+    );
+    let server = TestServer::start_configured(
+        Backend::Sqlite,
+        common::ServerConfig {
+            models: vec![local],
+            limits,
+            ..common::ServerConfig::bare()
+        },
+    )
+    .await;
+    let mut keys = Vec::new();
+    for tenant in ["acme", "globex"] {
+        server.create_tenant(tenant).await;
+        let (key, _) = server.create_key(tenant, "owner").await;
+        put_agent(
+            &server,
+            &key,
+            "writer",
+            json!({"model": "local", "system_prompt": "You write long stories.", "max_output_tokens": 48}),
+        )
+        .await;
+        keys.push(key);
+    }
+    let run = |key: String| {
+        let server = &server;
+        async move {
+            let (status, run) = server
+                .send(
+                    server
+                        .request(Method::POST, "/v1/agents/writer/runs", Some(&key))
+                        .json(&json!({"input": "Tell me a story about a lighthouse."})),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{run}");
+            run
+        }
+    };
+    let stopped = run(keys[0].clone()).await;
+    assert_eq!(
+        (stopped["status"].as_str(), stopped["error_code"].as_str()),
+        (Some("failed"), Some("cpu_budget_exceeded")),
+        "{stopped}"
+    );
+    assert!(
+        stopped["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("over its budget of 20 ms"),
+        "{stopped}"
+    );
+    let finished = run(keys[1].clone()).await;
+    assert_eq!(finished["status"], "completed", "{finished}");
+    assert!(
+        finished["output_tokens"].as_i64().unwrap() > 1,
+        "{finished}"
+    );
+    server.finish().await;
+}

@@ -56,13 +56,14 @@ pub async fn run(global: &GlobalArgs, args: WorkerArgs) -> anyhow::Result<()> {
     let vault = Vault::new(Arc::new(provider));
     let state = serve::worker_state(&config, &store, vault).await?;
     let database_files = settings::sqlite_files(&config)?;
+    let (memory_mib, open_files) = config.workers.limits_for(tenant.as_str());
     let report = sandbox::confine(&sandbox::Confinement {
         own_dir: &args.dir,
         database_files: &database_files,
         model_files: &settings::model_files(&config),
         kek_file: kek_file.as_deref(),
-        memory_mib: config.workers.memory_mib,
-        open_files: config.workers.open_files,
+        memory_mib,
+        open_files,
     });
     tracing::info!(tenant.id = %tenant, pid = std::process::id(), landlock = %report.landlock, no_new_privs = report.no_new_privs, "dedicated worker ready");
     let ready = FromWorker::Ready {

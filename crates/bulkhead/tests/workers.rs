@@ -199,7 +199,8 @@ async fn dedicated_tenants_run_in_their_own_confined_supervised_worker() {
              [[endpoints]]\nname = \"fake\"\nbase_url = \"{}/v1\"\nregion = \"local\"\nkind = \"model\"\n\
              connector = \"openai\"\nauth = {{ scheme = \"bearer\" }}\ntimeout_ms = 60000\n\n\
              [[models]]\nalias = \"gpt\"\nprovider = \"openai\"\nendpoint = \"fake\"\n\n\
-             [workers]\nmax_workers = 1\nhealth_ms = 500\nidle_seconds = 4\nopen_files = 512\n",
+             [workers]\nmax_workers = 1\nhealth_ms = 500\nidle_seconds = 4\n\n\
+             [workers.tenants.acme]\nopen_files = 512\n",
             fake.base
         ),
     )
@@ -245,6 +246,7 @@ async fn dedicated_tenants_run_in_their_own_confined_supervised_worker() {
         proc_field(worker_pid, "status", "NoNewPrivs:"),
         "NoNewPrivs:\t1"
     );
+    // acme's own limit, not the node's default of 1024.
     assert!(
         proc_field(worker_pid, "limits", "Max open files").contains("512"),
         "{sandbox}"

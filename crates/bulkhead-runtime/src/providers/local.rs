@@ -3,6 +3,7 @@
 //! It answers text only; tool specs are not shown to it.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use bulkhead_core::config::{ModelConfig, ProviderKind};
@@ -68,14 +69,28 @@ pub async fn chat(
     let max_tokens = request.max_tokens.unwrap_or(256);
     let model = model.clone();
     let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<String>();
+    // Generation is a run's heaviest CPU work and runs on other threads: it is metered by
+    // the process's clock (see `crate::cpu`) against the run's budget, and stopped between
+    // tokens once that is spent.
+    let meter = crate::cpu::current();
     let generation = tokio::task::spawn_blocking(move || {
         let turns: Vec<Turn<'_>> = messages
             .iter()
             .map(|(role, content)| Turn { role, content })
             .collect();
-        model.generate(&turns, max_tokens, &mut |piece| {
+        let started = crate::cpu::process_time();
+        let spent = || crate::cpu::process_time().saturating_sub(started);
+        let generation = model.generate(&turns, max_tokens, &mut |piece| {
             let _ = sender.send(piece.to_owned());
-        })
+            match &meter {
+                Some(meter) if meter.exceeded_with(spent()) => ControlFlow::Break(()),
+                _ => ControlFlow::Continue(()),
+            }
+        });
+        if let Some(meter) = &meter {
+            meter.record(spent());
+        }
+        generation.map(|g| (g, meter))
     });
     let mut sink = sink;
     while let Some(piece) = receiver.recv().await {
@@ -83,10 +98,16 @@ pub async fn chat(
             sink(Delta::Text(piece));
         }
     }
-    let generation = generation
+    let (generation, meter) = generation
         .await
         .map_err(|e| ProviderError::Local(e.to_string()))?
         .map_err(|e| ProviderError::Local(e.to_string()))?;
+    if let Some(meter) = meter.filter(|m| m.exceeded()) {
+        return Err(ProviderError::CpuBudget {
+            used_ms: meter.used().as_millis(),
+            budget_ms: meter.budget().unwrap_or_default().as_millis(),
+        });
+    }
     Ok(ChatResponse {
         message: ChatMessage::text("assistant", generation.text),
         finish_reason: generation.finish_reason.to_owned(),

@@ -174,6 +174,9 @@ pub enum ProviderError {
     Malformed(String),
     #[error("the local model failed: {0}")]
     Local(String),
+    /// The run's CPU budget ran out while the local model was generating.
+    #[error("the run spent {used_ms} ms of CPU, over its budget of {budget_ms} ms")]
+    CpuBudget { used_ms: u128, budget_ms: u128 },
 }
 
 impl ProviderError {
@@ -187,6 +190,7 @@ impl ProviderError {
             ProviderError::Upstream { .. } => "upstream_error",
             ProviderError::Malformed(_) => "upstream_malformed",
             ProviderError::Local(_) => "local_model_failed",
+            ProviderError::CpuBudget { .. } => crate::runs::CPU_BUDGET_EXCEEDED,
         }
     }
 }
