@@ -259,10 +259,32 @@ impl TenantStore<'_> {
         code: &str,
         message: &str,
     ) -> Result<bool, StoreError> {
-        let tenant = self.context().tenant_id();
         let mut tx = self.begin(Access::Write).await?;
+        let failed = self
+            .fail_if_running(
+                &mut tx,
+                run_id,
+                code,
+                message,
+                json!({"code": code, "message": message}),
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(failed)
+    }
+
+    /// Fails `run_id` if it is still `running`, with its `run.failed` event; whether it was.
+    async fn fail_if_running(
+        &self,
+        tx: &mut crate::backend::Tx,
+        run_id: &str,
+        code: &str,
+        message: &str,
+        details: Value,
+    ) -> Result<bool, StoreError> {
+        let tenant = self.context().tenant_id();
         let failed = execute!(
-            &mut tx,
+            &mut *tx,
             "UPDATE runs SET status = 'failed', error_code = $3, error_message = $4, updated_at = $5 \
              WHERE tenant_id = $1 AND run_id = $2 AND status = 'running'",
             tenant.as_str(),
@@ -275,18 +297,17 @@ impl TenantStore<'_> {
             return Ok(false);
         }
         audit::append(
-            &mut tx,
+            tx,
             tenant,
             &self.origin(),
             AuditDraft {
                 action: "run.failed",
                 resource: format!("run/{run_id}"),
                 outcome: Outcome::Failure,
-                details: json!({"code": code, "message": message}),
+                details,
             },
         )
         .await?;
-        tx.commit().await?;
         Ok(true)
     }
 
@@ -309,30 +330,10 @@ impl TenantStore<'_> {
             tenant.as_str(),
             i64::from(pid),
         )?;
-        let now = now_millis();
         for (run_id,) in &runs {
-            execute!(
-                &mut tx,
-                "UPDATE runs SET status = 'failed', error_code = $3, error_message = $4, updated_at = $5 \
-                 WHERE tenant_id = $1 AND run_id = $2 AND status = 'running'",
-                tenant.as_str(),
-                run_id.as_str(),
-                code,
-                message,
-                now,
-            )?;
-            audit::append(
-                &mut tx,
-                tenant,
-                &self.origin(),
-                AuditDraft {
-                    action: "run.failed",
-                    resource: format!("run/{run_id}"),
-                    outcome: Outcome::Failure,
-                    details: json!({"code": code, "message": message, "process_id": pid}),
-                },
-            )
-            .await?;
+            let details = json!({"code": code, "message": message, "process_id": pid});
+            self.fail_if_running(&mut tx, run_id, code, message, details)
+                .await?;
         }
         tx.commit().await?;
         Ok(runs.into_iter().map(|(run_id,)| run_id).collect())

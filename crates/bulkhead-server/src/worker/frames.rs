@@ -218,6 +218,14 @@ pub enum FromWorker {
 }
 
 impl FromWorker {
+    pub fn refused(id: u64, code: &str, detail: impl Into<String>) -> Self {
+        FromWorker::Refused {
+            id,
+            code: code.to_owned(),
+            detail: detail.into(),
+        }
+    }
+
     /// The request a frame answers, if any.
     pub fn request_id(&self) -> Option<u64> {
         match self {

@@ -541,11 +541,9 @@ impl Workers {
                     id,
                     run_id: run_id.clone(),
                 },
-                _ => FromWorker::Refused {
-                    id,
-                    code: "worker_lost".into(),
-                    detail: WorkerError::Lost.to_string(),
-                },
+                _ => {
+                    FromWorker::refused(id, WorkerError::Lost.code(), WorkerError::Lost.to_string())
+                }
             };
             let _ = pending.answers.send(answer);
         }

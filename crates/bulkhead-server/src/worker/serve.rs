@@ -162,11 +162,7 @@ async fn run(
     call: RunCall,
     out: &mpsc::UnboundedSender<FromWorker>,
 ) -> FromWorker {
-    let refused = |code: &str, detail: String| FromWorker::Refused {
-        id,
-        code: code.to_owned(),
-        detail,
-    };
+    let refused = |code: &str, detail: String| FromWorker::refused(id, code, detail);
     let ctx = match context(state, tenant, call.caller).await {
         Ok(ctx) => ctx,
         Err((code, detail)) => return refused(code, detail),
@@ -272,11 +268,7 @@ async fn http(
     call: HttpCall,
     out: &mpsc::UnboundedSender<FromWorker>,
 ) -> FromWorker {
-    let refused = |code: &str, detail: String| FromWorker::Refused {
-        id,
-        code: code.to_owned(),
-        detail,
-    };
+    let refused = |code: &str, detail: String| FromWorker::refused(id, code, detail);
     let ctx = match context(state, tenant, call.caller).await {
         Ok(ctx) => ctx,
         Err((code, detail)) => return refused(code, detail),
@@ -343,19 +335,9 @@ async fn resume(state: &AppState, tenant: &TenantId, id: u64, run_id: String) ->
     let ctx = match state.runtime_context(tenant).await {
         Ok(Some(ctx)) => ctx,
         Ok(None) => {
-            return FromWorker::Refused {
-                id,
-                code: "not_found".into(),
-                detail: "the tenant is gone or not active".into(),
-            };
+            return FromWorker::refused(id, "not_found", "the tenant is gone or not active");
         }
-        Err(error) => {
-            return FromWorker::Refused {
-                id,
-                code: "internal".into(),
-                detail: error.to_string(),
-            };
-        }
+        Err(error) => return FromWorker::refused(id, "internal", error.to_string()),
     };
     let span = worker_span("worker.resume", &ctx);
     async {
@@ -367,11 +349,7 @@ async fn resume(state: &AppState, tenant: &TenantId, id: u64, run_id: String) ->
             Ok(_) => FromWorker::Done { id, run_id },
             Err(error) => {
                 let error = crate::routes::runs::run_error(error);
-                FromWorker::Refused {
-                    id,
-                    code: error.code().to_owned(),
-                    detail: error.to_string(),
-                }
+                FromWorker::refused(id, error.code(), error.to_string())
             }
         }
     }
