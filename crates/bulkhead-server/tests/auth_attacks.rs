@@ -550,3 +550,49 @@ async fn issuer_bindings_are_validated() {
     assert_eq!(list.as_array().unwrap().len(), 2);
     server.finish().await;
 }
+
+/// A dedicated worker serves only what its control plane authenticated and forwarded: a
+/// request that reaches its router any other way, with a valid key of its own tenant or of
+/// another, is refused before any handler runs.
+#[tokio::test]
+async fn a_dedicated_workers_router_takes_no_credential_at_all() {
+    let server = TestServer::start_configured(
+        Backend::Sqlite,
+        common::ServerConfig {
+            dedicated_worker: true,
+            ..common::ServerConfig::bare()
+        },
+    )
+    .await;
+    server.create_tenant("acme").await;
+    server.create_tenant("globex").await;
+    let (acme, _) = server.create_key("acme", "owner").await;
+    let (globex, _) = server.create_key("globex", "owner").await;
+    for key in [&acme, &globex] {
+        for (method, path, body) in [
+            (Method::GET, "/v1/whoami", None),
+            (
+                Method::POST,
+                "/v1/chat/completions",
+                Some(json!({"model": "scripted", "messages": [{"role": "user", "content": "hi"}]})),
+            ),
+            (Method::GET, "/v1/knowledge/docs/search?q=x", None),
+        ] {
+            let mut request = server.request(method, path, Some(key));
+            if let Some(body) = body {
+                request = request.json(&body);
+            }
+            // Problem documents, or OpenAI's error shape on the gateway.
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap();
+            let code = body["code"].as_str().or(body["error"]["code"].as_str());
+            assert_eq!(
+                (status, code),
+                (StatusCode::UNAUTHORIZED, Some("unauthenticated")),
+                "{path}: {body}"
+            );
+        }
+    }
+    server.finish().await;
+}

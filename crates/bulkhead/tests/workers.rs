@@ -557,6 +557,30 @@ async fn a_dedicated_tenants_gateway_mcp_knowledge_previews_and_approvals_are_se
         client.worker("acme").await["pid"].as_u64(),
         Some(worker_pid)
     );
+    // Another dedicated tenant's identical call goes to its own worker, never acme's.
+    let initech = client
+        .tenant("initech", "dedicated", "initech-secret")
+        .await;
+    let (status, text, served_by) = client
+        .served(
+            Method::POST,
+            "/v1/chat/completions",
+            &initech,
+            Some(chat.clone()),
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        json_of(&text)["choices"][0]["message"]["content"],
+        "answered with Bearer initech-secret"
+    );
+    let initech_pid = served_by.expect("initech's call was not served by a worker");
+    assert!(
+        initech_pid != worker_pid && initech_pid != serve.pid,
+        "initech shares a process: {initech_pid}"
+    );
+    let (_, whoami) = client.call(Method::GET, "/v1/whoami", &initech, None).await;
+    assert_eq!(whoami["worker"]["pid"].as_u64(), Some(initech_pid));
     // The shared tenant's identical call is served by the shared process.
     let (status, text, served_by) = client
         .served(

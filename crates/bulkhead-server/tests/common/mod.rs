@@ -69,6 +69,9 @@ pub struct ServerConfig {
     pub tools: bulkhead_core::config::ToolsConfig,
     pub limits: bulkhead_core::config::LimitsConfig,
     pub alerts: bulkhead_core::config::AlertsConfig,
+    /// Build the state a dedicated worker process runs with (served over HTTP only so a
+    /// test can show what it refuses).
+    pub dedicated_worker: bool,
 }
 
 impl ServerConfig {
@@ -86,6 +89,7 @@ impl ServerConfig {
             tools: bulkhead_core::config::ToolsConfig::default(),
             limits: bulkhead_core::config::LimitsConfig::default(),
             alerts: bulkhead_core::config::AlertsConfig::default(),
+            dedicated_worker: false,
         }
     }
 }
@@ -178,9 +182,7 @@ impl TestServer {
             models,
             default_models,
             knowledge,
-            tools: bulkhead_core::config::ToolsConfig::default(),
-            limits: bulkhead_core::config::LimitsConfig::default(),
-            alerts: bulkhead_core::config::AlertsConfig::default(),
+            ..ServerConfig::bare()
         };
         Self::start_on(store, db, config).await
     }
@@ -244,6 +246,7 @@ impl TestServer {
             tools,
             limits,
             alerts,
+            dedicated_worker,
         } = config.clone();
         let endpoints = endpoints.as_slice();
         let vault = vault();
@@ -274,7 +277,11 @@ impl TestServer {
             },
             alerts,
         };
-        let state = AppState::new(store.clone(), vault, egress, settings);
+        let state = if dedicated_worker {
+            AppState::dedicated_worker(store.clone(), vault, egress, settings)
+        } else {
+            AppState::new(store.clone(), vault, egress, settings)
+        };
         let mut background = vec![bulkhead_server::resume::spawn_sweeper(state.clone(), sweep)];
         background.extend(bulkhead_server::alerts::spawn_judge(state.clone()));
         let app = bulkhead_server::app(state);
