@@ -122,12 +122,34 @@ pub struct Authenticated(pub TenantContext);
 #[derive(Clone)]
 pub(crate) struct Forwarded(pub TenantContext);
 
+/// A refusal from authentication done before the handler, left for the handler's own
+/// extractor to answer, so a route with its own error shape (the gateway's) keeps it.
+#[derive(Clone, Default)]
+pub(crate) struct EarlyRefusal(Arc<std::sync::Mutex<Option<ApiError>>>);
+
+impl EarlyRefusal {
+    pub(crate) fn new(error: ApiError) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Some(error))))
+    }
+
+    fn take(&self) -> Option<ApiError> {
+        self.0.lock().ok()?.take()
+    }
+}
+
 impl FromRequestParts<AppState> for Authenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         if let Some(Forwarded(ctx)) = parts.extensions.get::<Forwarded>() {
             return Ok(Authenticated(ctx.clone()));
+        }
+        if let Some(error) = parts
+            .extensions
+            .get::<EarlyRefusal>()
+            .and_then(EarlyRefusal::take)
+        {
+            return Err(error);
         }
         // A worker takes no credential: all it serves was authenticated by the control plane.
         if state.is_dedicated_worker() {

@@ -17,7 +17,7 @@ use bulkhead_core::{Isolation, TenantContext};
 use tokio::sync::{OwnedRwLockReadGuard, mpsc};
 
 use crate::AppState;
-use crate::authn::{Authenticated, Forwarded};
+use crate::authn::{Authenticated, EarlyRefusal, Forwarded};
 use crate::error::{ApiError, relayed};
 use crate::routes::runs::{RunRequest, RunStreamItem, RunView, sse_event};
 use crate::routes::streaming;
@@ -68,7 +68,11 @@ pub(crate) async fn agent_work(
     let (mut parts, body) = request.into_parts();
     let ctx = match Authenticated::from_request_parts(&mut parts, &state).await {
         Ok(Authenticated(ctx)) => ctx,
-        Err(error) => return error.into_response(),
+        Err(error) => {
+            // The handler answers it, in its route's own error shape.
+            parts.extensions.insert(EarlyRefusal::new(error));
+            return next.run(Request::from_parts(parts, body)).await;
+        }
     };
     let gate = state.tier_gate(ctx.tenant_id()).read_owned().await;
     let tier = gate.unwrap_or(ctx.isolation());

@@ -116,5 +116,6 @@ try:
         model="fast", messages=hello)
     check("bad key", False, "answered")
 except openai.AuthenticationError as error:
-    check("bad key", error.body["code"] == "unauthenticated", error.body)
+    check("bad key", error.body["code"] == "unauthenticated" and error.body["type"] == "authentication_error",
+          error.body)
 print("all gateway checks passed")
