@@ -464,6 +464,9 @@ pub struct AuthConfig {
     pub leeway_seconds: u64,
     /// The platform's own JWT issuer, whose tokens name their tenant by claim.
     pub platform_issuer: Option<PlatformIssuerConfig>,
+    /// How long an API-key lookup is remembered, in milliseconds (0: not at all). A key
+    /// revoked or a tenant suspended by another process takes effect here up to this late.
+    pub key_cache_ms: u64,
 }
 
 impl Default for AuthConfig {
@@ -471,6 +474,7 @@ impl Default for AuthConfig {
         Self {
             leeway_seconds: 30,
             platform_issuer: None,
+            key_cache_ms: 1_000,
         }
     }
 }
@@ -545,11 +549,24 @@ impl Default for PostgresConfig {
     }
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VaultConfig {
     /// The local key-encryption key file; default `<data_dir>/master.key` (mode 0600).
     pub key_file: Option<PathBuf>,
+    /// How long a sealed credential read from the store is kept for the next use, in
+    /// milliseconds (0: not at all). It is still opened on every use. A credential replaced
+    /// or deleted by another process is seen here up to this late.
+    pub credential_cache_ms: u64,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        Self {
+            key_file: None,
+            credential_cache_ms: 1_000,
+        }
+    }
 }
 
 /// A model alias: which provider wire format, at which endpoint, under which upstream name.

@@ -231,7 +231,14 @@ pub(crate) async fn authenticate(
     let admin = state.store().admin();
     match auth::parse_authorization(header)? {
         Credential::ApiKey(presented) => {
-            let found = admin.api_key_for_auth(presented.id()).await?;
+            let found = match state.key_cache().get(presented.id()) {
+                Some(found) => found,
+                None => {
+                    let found = admin.api_key_for_auth(presented.id()).await?;
+                    state.key_cache().put(presented.id().clone(), found.clone());
+                    found
+                }
+            };
             let (stored, tenant) = found.unzip();
             let ctx =
                 authenticate_api_key(&presented, stored.as_ref(), tenant.as_ref(), request_id)?;

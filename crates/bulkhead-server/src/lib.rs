@@ -8,6 +8,7 @@ pub mod alerts;
 pub mod authn;
 pub mod error;
 pub mod extract;
+mod key_cache;
 pub mod limits;
 mod metrics;
 mod openapi;
@@ -51,6 +52,7 @@ struct StateInner {
     leeway_seconds: u64,
     regions: Vec<RegionName>,
     max_body_bytes: usize,
+    key_cache: key_cache::KeyCache,
     /// Dedicated tenants' workers; unset in a worker itself and in servers without them.
     workers: std::sync::OnceLock<worker::Workers>,
     /// Set in a dedicated worker: it takes no credentials, only forwarded contexts.
@@ -68,6 +70,8 @@ pub struct ServerSettings {
     pub admin_token_hash: String,
     pub platform_issuer: Option<IssuerBinding>,
     pub leeway_seconds: u64,
+    /// How long an API-key lookup is remembered (`key_cache`).
+    pub key_cache: std::time::Duration,
     pub regions: Vec<RegionName>,
     pub max_body_bytes: usize,
     /// Platform snippets, already checked to parse.
@@ -154,6 +158,7 @@ impl AppState {
                 leeway_seconds: settings.leeway_seconds,
                 regions: settings.regions,
                 max_body_bytes: settings.max_body_bytes,
+                key_cache: key_cache::KeyCache::new(settings.key_cache),
                 workers: std::sync::OnceLock::new(),
                 dedicated_worker: isolation == bulkhead_core::Isolation::Dedicated,
                 tier_gates: std::sync::Mutex::default(),
@@ -215,6 +220,10 @@ impl AppState {
 
     pub(crate) fn platform_issuer(&self) -> Option<&IssuerBinding> {
         self.inner.platform_issuer.as_ref()
+    }
+
+    pub(crate) fn key_cache(&self) -> &key_cache::KeyCache {
+        &self.inner.key_cache
     }
 
     pub(crate) fn leeway_seconds(&self) -> u64 {

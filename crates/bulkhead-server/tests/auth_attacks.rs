@@ -414,6 +414,25 @@ async fn malformed_headers_and_stale_keys_are_refused() {
     assert!(body["revoked_at"].is_string());
     assert_eq!(whoami(&server, &key).await.0, StatusCode::UNAUTHORIZED);
 
+    // A remembered lookup decides nothing on its own: acme's key id, once seen, with any
+    // other secret (globex's included) is still refused.
+    let (acme_key, _) = server.create_key("acme", "viewer").await;
+    let (globex_key, _) = server.create_key("globex", "viewer").await;
+    assert_eq!(whoami(&server, &acme_key).await.0, StatusCode::OK);
+    let (acme_prefix, _) = acme_key.rsplit_once('_').unwrap();
+    let (_, globex_secret) = globex_key.rsplit_once('_').unwrap();
+    for forged in [
+        format!("{acme_prefix}_{globex_secret}"),
+        format!("{acme_prefix}_{}", "x".repeat(globex_secret.len())),
+    ] {
+        assert_eq!(
+            whoami(&server, &forged).await.0,
+            StatusCode::UNAUTHORIZED,
+            "{forged}"
+        );
+    }
+    assert_eq!(whoami(&server, &acme_key).await.0, StatusCode::OK);
+
     // So does suspension, and reactivation lets the tenant back in.
     let (key, _) = server.create_key("globex", "viewer").await;
     assert_eq!(whoami(&server, &key).await.0, StatusCode::OK);

@@ -83,6 +83,53 @@ pub struct Credential {
 pub struct Vault {
     pub(crate) provider: Arc<dyn KeyProvider>,
     data_keys: Arc<Mutex<HashMap<(TenantId, i64), CachedKey>>>,
+    sealed: Arc<SealedCache>,
+}
+
+/// Sealed credentials as last read from the store (`with_credential_cache`): a read per
+/// outbound call was one of the two database hops on the gateway's path. They stay sealed
+/// here and are opened on every use.
+#[derive(Default)]
+struct SealedCache {
+    ttl: std::time::Duration,
+    entries: Mutex<HashMap<(TenantId, ConnectorName), (std::time::Instant, SealedLookup)>>,
+}
+
+type SealedLookup = Option<(CredentialRecord, Option<DataKeyRecord>)>;
+
+/// A bound on memory; past it the cache starts over.
+const MAX_SEALED: usize = 100_000;
+
+impl SealedCache {
+    fn get(&self, key: &(TenantId, ConnectorName)) -> Option<SealedLookup> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let entries = self.entries.lock().ok()?;
+        let (at, found) = entries.get(key)?;
+        (at.elapsed() < self.ttl).then(|| found.clone())
+    }
+
+    fn put(&self, key: (TenantId, ConnectorName), found: SealedLookup) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= MAX_SEALED {
+                entries.clear();
+            }
+            entries.insert(key, (std::time::Instant::now(), found));
+        }
+    }
+
+    fn forget(&self, tenant: Option<&TenantId>) {
+        if let Ok(mut entries) = self.entries.lock() {
+            match tenant {
+                Some(tenant) => entries.retain(|(t, _), _| t != tenant),
+                None => entries.clear(),
+            }
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -107,18 +154,37 @@ impl Vault {
         Self {
             provider,
             data_keys: Arc::new(Mutex::new(HashMap::new())),
+            sealed: Arc::default(),
         }
+    }
+
+    /// Keeps sealed credentials read from the store for `ttl` (zero: not at all). Changes
+    /// this vault makes are seen at once; another process's, up to `ttl` later.
+    pub fn with_credential_cache(mut self, ttl: std::time::Duration) -> Self {
+        self.sealed = Arc::new(SealedCache {
+            ttl,
+            entries: Mutex::default(),
+        });
+        self
+    }
+
+    /// Forgets the sealed credentials kept for `tenant` (all tenants' with `None`): after
+    /// a credential or the tenant itself was changed or deleted outside the vault.
+    pub fn forget_credentials(&self, tenant: Option<&TenantId>) {
+        self.sealed.forget(tenant);
     }
 
     pub fn kek_id(&self) -> String {
         self.provider.current_kek_id()
     }
 
-    /// Forgets every cached data key, so the next use unwraps from the store again.
+    /// Forgets every cached data key and sealed credential, so the next use reads and
+    /// unwraps from the store again.
     pub fn clear_cache(&self) {
         if let Ok(mut cache) = self.data_keys.lock() {
             cache.clear();
         }
+        self.sealed.forget(None);
     }
 
     /// The tenant's current data key (the newest version), creating one if `create`.
@@ -270,6 +336,7 @@ impl Vault {
         if let Ok(mut cache) = self.data_keys.lock() {
             cache.retain(|(t, v), _| t != tenant || *v >= target);
         }
+        self.sealed.forget(Some(tenant));
         Ok(report)
     }
 
@@ -303,6 +370,7 @@ impl Vault {
                 rewrapped += 1;
             }
         }
+        self.sealed.forget(None);
         Ok(rewrapped)
     }
 
@@ -337,6 +405,7 @@ impl Vault {
                 .put_credential(connector, write, version, dek_version, &sealed, &fields)
                 .await?
             {
+                self.sealed.forget(Some(tenant));
                 return Ok(record);
             }
         }
@@ -355,7 +424,17 @@ impl Vault {
         let mut attempts = 0;
         let (record, plain) = loop {
             attempts += 1;
-            let Some((record, key)) = store.credential_with_key(connector).await? else {
+            let cache_key = (tenant.clone(), connector.clone());
+            // A retry reads afresh: what was kept may be what a rotation just replaced.
+            let found = match self.sealed.get(&cache_key).filter(|_| attempts == 1) {
+                Some(found) => found,
+                None => {
+                    let found = store.credential_with_key(connector).await?;
+                    self.sealed.put(cache_key, found.clone());
+                    found
+                }
+            };
+            let Some((record, key)) = found else {
                 return Ok(None);
             };
             let opened = match key {

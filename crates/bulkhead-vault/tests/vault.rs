@@ -27,6 +27,7 @@ bulkhead_store::on_both_backends!(
     rotating_the_key_encryption_key_rewraps_every_data_key,
     deleting_a_tenant_shreds_its_keys,
     a_worker_vault_opens_its_own_tenants_secrets_only,
+    kept_sealed_credentials_are_per_tenant_and_forgotten_on_change,
 );
 
 const CANARY: &str = "canary-7f3a9c1e-5b2d-4e8f-a6c0-d9b8e7f6a5b4";
@@ -696,4 +697,88 @@ async fn a_worker_vault_opens_its_own_tenants_secrets_only(store: &Store, _db: &
             .await,
         Err(VaultError::NoKek)
     ));
+}
+
+/// The sealed-credential cache keeps each tenant's own lookup, sees this vault's writes at
+/// once, and keeps a change made elsewhere (here: straight through the store, as another
+/// process would) only until it is told to forget.
+async fn kept_sealed_credentials_are_per_tenant_and_forgotten_on_change(
+    store: &Store,
+    _db: &TestDb,
+) {
+    let vault = vault().with_credential_cache(std::time::Duration::from_secs(60));
+    let acme = TenantContext::for_tests(&tenant(store, "acme").await, &[Role::Owner]);
+    let globex = TenantContext::for_tests(&tenant(store, "globex").await, &[Role::Owner]);
+    let slack = connector("slack");
+    let secret = |s: &str| SecretString::from(s.to_owned());
+    vault
+        .put(
+            &store.tenant(&acme),
+            &slack,
+            &secret("xoxb-acme-1"),
+            json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        revealed(&vault, store, &acme, &slack).await.as_deref(),
+        Some("xoxb-acme-1")
+    );
+    assert_eq!(
+        revealed(&vault, store, &globex, &slack).await,
+        None,
+        "acme's kept credential leaked"
+    );
+    // This vault's own writes are seen at once, by their tenant only.
+    vault
+        .put(
+            &store.tenant(&globex),
+            &slack,
+            &secret("xoxb-globex"),
+            json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        revealed(&vault, store, &globex, &slack).await.as_deref(),
+        Some("xoxb-globex")
+    );
+    vault
+        .put(
+            &store.tenant(&acme),
+            &slack,
+            &secret("xoxb-acme-2"),
+            json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        revealed(&vault, store, &acme, &slack).await.as_deref(),
+        Some("xoxb-acme-2")
+    );
+    // A deletion elsewhere is seen once the vault forgets that tenant's, and only then.
+    assert!(store.tenant(&acme).delete_credential(&slack).await.unwrap());
+    assert_eq!(
+        revealed(&vault, store, &acme, &slack).await.as_deref(),
+        Some("xoxb-acme-2")
+    );
+    vault.forget_credentials(Some(acme.tenant_id()));
+    assert_eq!(revealed(&vault, store, &acme, &slack).await, None);
+    assert_eq!(
+        revealed(&vault, store, &globex, &slack).await.as_deref(),
+        Some("xoxb-globex")
+    );
+}
+
+async fn revealed(
+    vault: &Vault,
+    store: &Store,
+    ctx: &TenantContext,
+    connector: &ConnectorName,
+) -> Option<String> {
+    vault
+        .reveal(&store.tenant(ctx), connector)
+        .await
+        .unwrap()
+        .map(|c| c.secret.expose_secret().to_owned())
 }

@@ -276,6 +276,7 @@ pub async fn server_settings(
         default_models: config.default_models.clone(),
         platform_issuer,
         leeway_seconds: config.auth.leeway_seconds,
+        key_cache: std::time::Duration::from_millis(config.auth.key_cache_ms),
         regions: config.regions.clone(),
         max_body_bytes: config.max_body_bytes,
         knowledge: config.knowledge.clone(),

@@ -162,7 +162,11 @@ pub fn open_vault(config: &Config) -> anyhow::Result<Vault> {
             .context("BULKHEAD_MASTER_KEY or BULKHEAD_PREVIOUS_MASTER_KEYS")?,
         None => local_key_file_provider(config)?,
     };
-    Ok(Vault::new(Arc::new(provider)))
+    Ok(
+        Vault::new(Arc::new(provider)).with_credential_cache(std::time::Duration::from_millis(
+            config.vault.credential_cache_ms,
+        )),
+    )
 }
 
 /// The key-file provider (`vault.key_file`, default `<data_dir>/master.key`), created at first

@@ -53,7 +53,9 @@ pub async fn run(global: &GlobalArgs, args: WorkerArgs) -> anyhow::Result<()> {
     let keys = bulkhead_server::worker::serve::receive_start(&mut stream, &tenant).await?;
     let provider = HandedKeyProvider::new(tenant.clone(), keys);
     let key_versions = provider.versions();
-    let vault = Vault::new(Arc::new(provider));
+    let vault = Vault::new(Arc::new(provider)).with_credential_cache(
+        std::time::Duration::from_millis(config.vault.credential_cache_ms),
+    );
     let state = serve::worker_state(&config, &store, vault).await?;
     let database_files = settings::sqlite_files(&config)?;
     let (memory_mib, open_files) = config.workers.limits_for(tenant.as_str());

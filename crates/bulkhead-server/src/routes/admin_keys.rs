@@ -113,5 +113,6 @@ pub async fn revoke_api_key(
         .revoke_api_key(&tenant, &key_id, &Origin::admin(admin.request_id))
         .await?
         .ok_or(ApiError::NotFound)?;
+    state.key_cache().clear();
     Ok(Json(info.into()))
 }

@@ -254,6 +254,8 @@ pub async fn patch_tenant(
         .update_tenant(&id, patch, &Origin::admin(admin.request_id))
         .await?
         .ok_or(ApiError::NotFound)?;
+    // A suspension or a change of tier or regions takes effect on the next request.
+    state.key_cache().clear();
     if let Some(gate) = switching.as_mut() {
         **gate = Some(tenant.isolation);
     }
@@ -310,6 +312,8 @@ pub async fn delete_tenant(
         .delete_tenant(&id, &Origin::admin(admin.request_id))
         .await?
         .ok_or(ApiError::NotFound)?;
+    state.key_cache().clear();
+    state.vault().forget_credentials(Some(&id));
     Ok(Json(receipt.into()))
 }
 

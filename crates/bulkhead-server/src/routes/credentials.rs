@@ -152,11 +152,11 @@ pub async fn delete_credential(
 ) -> Result<StatusCode, ApiError> {
     require_role(&ctx, WRITERS)?;
     let connector = path_connector(&connector)?;
-    deleted(
-        state
-            .store()
-            .tenant(&ctx)
-            .delete_credential(&connector)
-            .await?,
-    )
+    let rows = state
+        .store()
+        .tenant(&ctx)
+        .delete_credential(&connector)
+        .await?;
+    state.vault().forget_credentials(Some(ctx.tenant_id()));
+    deleted(rows)
 }

@@ -256,6 +256,7 @@ impl TestServer {
             admin_token_hash: hash_secret(ADMIN_TOKEN),
             platform_issuer: Some(platform_issuer()),
             leeway_seconds: 30,
+            key_cache: std::time::Duration::from_secs(1),
             regions: vec![
                 RegionName::try_from("eu-west").unwrap(),
                 RegionName::try_from("us-east").unwrap(),
