@@ -16,6 +16,7 @@ mod agents;
 mod audit;
 mod audit_stream;
 mod backend;
+mod checkpoint;
 mod credentials;
 mod events;
 mod knowledge;
@@ -100,6 +101,8 @@ pub struct Store {
     usage: UsageMeter,
     /// Set by [`Store::enable_pgvector`]: chunk writes also fill `kb_vectors`.
     pgvector: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// SQLite only: WAL checkpoints on a connection of their own.
+    _checkpointer: Option<checkpoint::Checkpointer>,
 }
 
 #[derive(Debug, Clone)]
@@ -151,14 +154,16 @@ impl Store {
             .busy_timeout(Duration::from_secs(10));
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(connect.clone())
+            .connect_with(connect.clone().pragma("wal_autocheckpoint", "0"))
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(options.max_connections.max(1))
-            .connect_with(connect.read_only(true))
+            .connect_with(connect.clone().read_only(true))
             .await?;
-        Ok(Self::with_backend(Backend::Sqlite { writer, reader }))
+        let mut store = Self::with_backend(Backend::Sqlite { writer, reader });
+        store._checkpointer = Some(checkpoint::Checkpointer::start(connect));
+        Ok(store)
     }
 
     fn with_backend(backend: Backend) -> Self {
@@ -166,6 +171,7 @@ impl Store {
             events: EventBatcher::start(backend.clone()),
             usage: UsageMeter::start(backend.clone()),
             pgvector: Default::default(),
+            _checkpointer: None,
             backend,
         }
     }
