@@ -35,6 +35,10 @@ const AGENT_WORK: &[(Method, &str)] = &[
     (Method::POST, "/v1/agents/{name}/prompt-preview"),
 ];
 
+/// The largest request body a frame carries: base64 of it, with headers, stays under
+/// `frames::MAX_FRAME`.
+const MAX_FORWARDED_BODY: usize = (crate::worker::frames::MAX_FRAME as usize / 4) * 3 - 64 * 1024;
+
 /// Headers a worker has no use for: the credential was checked here, and hop-by-hop ones
 /// belong to this connection.
 const NOT_FORWARDED: &[HeaderName] = &[
@@ -104,6 +108,8 @@ async fn http(
     let workers = state.workers().ok_or(WorkerError::Disabled)?;
     let (parts, body) = request.into_parts();
     let limit = state.max_body_bytes();
+    // The frame that carries it has its own bound (a third more, in base64).
+    let limit = limit.min(MAX_FORWARDED_BODY);
     let body = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| ApiError::PayloadTooLarge { limit })?;
@@ -252,4 +258,29 @@ async fn finished_record(
     state.store().tenant(ctx).run(run_id).await?.ok_or_else(|| {
         ApiError::Internal(format!("run {run_id} reported by the worker is missing").into())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A misspelt entry would let a dedicated tenant's agent work run in the shared process
+    /// without a sound: every entry must name a route that exists, with that method.
+    #[test]
+    fn every_agent_work_route_exists() {
+        let (_, api) = crate::routes::router().split_for_parts();
+        for (method, path) in AGENT_WORK {
+            let item = api
+                .paths
+                .paths
+                .get(*path)
+                .unwrap_or_else(|| panic!("{path} is not a route"));
+            let operation = match *method {
+                Method::GET => item.get.as_ref(),
+                Method::POST => item.post.as_ref(),
+                _ => None,
+            };
+            assert!(operation.is_some(), "{method} {path} is not a route");
+        }
+    }
 }
