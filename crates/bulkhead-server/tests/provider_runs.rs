@@ -280,15 +280,7 @@ async fn upstreams_that_stall_fail_or_answer_garbage_fail_the_run_clearly() {
 
 #[tokio::test]
 async fn the_local_model_answers_runs_and_the_gateway_offline() {
-    let local = ModelConfig {
-        alias: "local".into(),
-        provider: ProviderKind::Local,
-        endpoint: String::new(),
-        upstream_model: None,
-        path: Some(bulkhead_testkit::local_chat_model()),
-        input_usd_per_million: 0.0,
-        output_usd_per_million: 0.0,
-    };
+    let local = local_model();
     let server = TestServer::start_full(Backend::Sqlite, 64 * 1024, &[], vec![local], None).await;
     server.create_tenant("acme").await;
     let (key, _) = server.create_key("acme", "owner").await;
@@ -346,15 +338,7 @@ async fn the_local_model_answers_runs_and_the_gateway_offline() {
 /// clearly; another tenant's identical run, without a budget, completes.
 #[tokio::test]
 async fn a_run_over_its_tenants_cpu_budget_fails_and_another_tenants_does_not() {
-    let local = ModelConfig {
-        alias: "local".into(),
-        provider: ProviderKind::Local,
-        endpoint: String::new(),
-        upstream_model: None,
-        path: Some(bulkhead_testkit::local_chat_model()),
-        input_usd_per_million: 0.0,
-        output_usd_per_million: 0.0,
-    };
+    let local = local_model();
     let mut limits = bulkhead_core::config::LimitsConfig::default();
     limits.tenants.insert(
         "acme".into(),
@@ -419,4 +403,17 @@ async fn a_run_over_its_tenants_cpu_budget_fails_and_another_tenants_does_not() 
         "{finished}"
     );
     server.finish().await;
+}
+
+/// The offline `local` model, as an alias of that name.
+fn local_model() -> ModelConfig {
+    ModelConfig {
+        alias: "local".into(),
+        provider: ProviderKind::Local,
+        endpoint: String::new(),
+        upstream_model: None,
+        path: Some(bulkhead_testkit::local_chat_model()),
+        input_usd_per_million: 0.0,
+        output_usd_per_million: 0.0,
+    }
 }

@@ -435,6 +435,17 @@ async fn dedicated_tenants_run_in_their_own_confined_supervised_worker() {
 }
 
 impl Client {
+    /// A gateway call: status, body and the worker that served it, if one did.
+    async fn chat(&self, key: &str, body: Value) -> (u16, String, Option<u64>) {
+        self.served(
+            reqwest::Method::POST,
+            "/v1/chat/completions",
+            key,
+            Some(body),
+        )
+        .await
+    }
+
     /// How many runs the tenant's trail says process `pid` started.
     async fn runs_started_in(&self, key: &str, pid: u64) -> usize {
         let (_, started) = self
@@ -494,6 +505,11 @@ impl Client {
     }
 }
 
+/// The assistant's words in a `chat.completion`.
+fn answer(text: &str) -> Value {
+    json_of(text)["choices"][0]["message"]["content"].clone()
+}
+
 fn json_of(text: &str) -> Value {
     // An MCP answer may come as one server-sent event.
     let body = text
@@ -537,20 +553,9 @@ async fn a_dedicated_tenants_gateway_mcp_knowledge_previews_and_approvals_are_se
 
     // The plain gateway: acme's model key is decrypted and used in acme's worker only.
     let chat = json!({"model": "gpt", "messages": [{"role": "user", "content": "hello"}]});
-    let (status, text, served_by) = client
-        .served(
-            Method::POST,
-            "/v1/chat/completions",
-            &acme,
-            Some(chat.clone()),
-        )
-        .await;
+    let (status, text, served_by) = client.chat(&acme, chat.clone()).await;
     assert_eq!(status, 200, "{text}");
-    assert_eq!(
-        json_of(&text)["choices"][0]["message"]["content"],
-        "answered with Bearer acme-secret",
-        "{text}"
-    );
+    assert_eq!(answer(&text), "answered with Bearer acme-secret", "{text}");
     let worker_pid = served_by.expect("the gateway call was not served by a worker");
     assert_ne!(worker_pid, serve.pid);
     assert_eq!(
@@ -561,19 +566,9 @@ async fn a_dedicated_tenants_gateway_mcp_knowledge_previews_and_approvals_are_se
     let initech = client
         .tenant("initech", "dedicated", "initech-secret")
         .await;
-    let (status, text, served_by) = client
-        .served(
-            Method::POST,
-            "/v1/chat/completions",
-            &initech,
-            Some(chat.clone()),
-        )
-        .await;
+    let (status, text, served_by) = client.chat(&initech, chat.clone()).await;
     assert_eq!(status, 200, "{text}");
-    assert_eq!(
-        json_of(&text)["choices"][0]["message"]["content"],
-        "answered with Bearer initech-secret"
-    );
+    assert_eq!(answer(&text), "answered with Bearer initech-secret");
     let initech_pid = served_by.expect("initech's call was not served by a worker");
     assert!(
         initech_pid != worker_pid && initech_pid != serve.pid,
@@ -582,38 +577,19 @@ async fn a_dedicated_tenants_gateway_mcp_knowledge_previews_and_approvals_are_se
     let (_, whoami) = client.call(Method::GET, "/v1/whoami", &initech, None).await;
     assert_eq!(whoami["worker"]["pid"].as_u64(), Some(initech_pid));
     // The shared tenant's identical call is served by the shared process.
-    let (status, text, served_by) = client
-        .served(
-            Method::POST,
-            "/v1/chat/completions",
-            &globex,
-            Some(chat.clone()),
-        )
-        .await;
+    let (status, text, served_by) = client.chat(&globex, chat.clone()).await;
     assert_eq!((status, served_by), (200, None), "{text}");
-    assert_eq!(
-        json_of(&text)["choices"][0]["message"]["content"],
-        "answered with Bearer globex-secret"
-    );
+    assert_eq!(answer(&text), "answered with Bearer globex-secret");
     // Streamed, the worker's server-sent events are relayed as they come.
     let mut streamed = chat.clone();
     streamed["stream"] = json!(true);
-    let (status, text, served_by) = client
-        .served(Method::POST, "/v1/chat/completions", &acme, Some(streamed))
-        .await;
+    let (status, text, served_by) = client.chat(&acme, streamed).await;
     assert_eq!((status, served_by), (200, Some(worker_pid)), "{text}");
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
     // The hosted agent through the gateway: its run records the worker.
     let agent_chat =
         json!({"model": "agent/helper", "messages": [{"role": "user", "content": "hello"}]});
-    let (status, text, served_by) = client
-        .served(
-            Method::POST,
-            "/v1/chat/completions",
-            &acme,
-            Some(agent_chat.clone()),
-        )
-        .await;
+    let (status, text, served_by) = client.chat(&acme, agent_chat.clone()).await;
     assert_eq!((status, served_by), (200, Some(worker_pid)), "{text}");
     let run_id = json_of(&text)["id"]
         .as_str()
@@ -801,16 +777,7 @@ async fn a_dedicated_tenants_gateway_mcp_knowledge_previews_and_approvals_are_se
     stalled_chat["messages"][0]["content"] = json!("stall");
     let stalled = {
         let (client, acme) = (client.clone(), acme.clone());
-        tokio::spawn(async move {
-            client
-                .served(
-                    Method::POST,
-                    "/v1/chat/completions",
-                    &acme,
-                    Some(stalled_chat),
-                )
-                .await
-        })
+        tokio::spawn(async move { client.chat(&acme, stalled_chat).await })
     };
     // Killed once the gateway call's run exists in the worker.
     client
@@ -839,9 +806,7 @@ async fn a_dedicated_tenants_gateway_mcp_knowledge_previews_and_approvals_are_se
             w["state"] == "running" && w["pid"].as_u64().is_some_and(|p| p != worker_pid)
         })
         .await;
-    let (status, text, served_by) = client
-        .served(Method::POST, "/v1/chat/completions", &acme, Some(chat))
-        .await;
+    let (status, text, served_by) = client.chat(&acme, chat).await;
     assert_eq!((status, served_by), (200, back["pid"].as_u64()), "{text}");
     drop(serve);
 }

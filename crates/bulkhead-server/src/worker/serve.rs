@@ -163,9 +163,9 @@ async fn run(
     out: &mpsc::UnboundedSender<FromWorker>,
 ) -> FromWorker {
     let refused = |code: &str, detail: String| FromWorker::refused(id, code, detail);
-    let ctx = match context(state, tenant, call.caller).await {
+    let ctx = match context(state, tenant, call.caller, id).await {
         Ok(ctx) => ctx,
-        Err((code, detail)) => return refused(code, detail),
+        Err(refusal) => return refusal,
     };
     let span = worker_span("worker.run", &ctx);
     async move {
@@ -221,22 +221,27 @@ async fn run(
 
 /// The context of a forwarded request: this worker's own tenant, as it is now in the
 /// database, with the caller the control plane authenticated.
+/// A context that cannot be built is the request's refusal (`id`'s last frame).
 async fn context(
     state: &AppState,
     tenant: &TenantId,
     caller: Caller,
-) -> Result<TenantContext, (&'static str, String)> {
+    id: u64,
+) -> Result<TenantContext, FromWorker> {
     let record = state
         .store()
         .admin()
         .get_tenant(tenant)
         .await
-        .map_err(|error| ("internal", error.to_string()))?;
+        .map_err(|error| FromWorker::refused(id, "internal", error.to_string()))?;
     let request_id = caller.request_id();
-    let principal = caller.principal.principal().ok_or((
-        "unauthenticated",
-        "the forwarded principal is malformed".to_owned(),
-    ))?;
+    let principal = caller.principal.principal().ok_or_else(|| {
+        FromWorker::refused(
+            id,
+            "unauthenticated",
+            "the forwarded principal is malformed",
+        )
+    })?;
     bulkhead_core::auth::forwarded_context(
         record.as_ref(),
         tenant,
@@ -244,7 +249,7 @@ async fn context(
         caller.roles,
         request_id,
     )
-    .map_err(|error| ("unauthenticated", error.to_string()))
+    .map_err(|error| FromWorker::refused(id, "unauthenticated", error.to_string()))
 }
 
 fn worker_span(name: &'static str, ctx: &TenantContext) -> tracing::Span {
@@ -269,9 +274,9 @@ async fn http(
     out: &mpsc::UnboundedSender<FromWorker>,
 ) -> FromWorker {
     let refused = |code: &str, detail: String| FromWorker::refused(id, code, detail);
-    let ctx = match context(state, tenant, call.caller).await {
+    let ctx = match context(state, tenant, call.caller, id).await {
         Ok(ctx) => ctx,
-        Err((code, detail)) => return refused(code, detail),
+        Err(refusal) => return refusal,
     };
     let span = worker_span("worker.http", &ctx);
     let request = match forwarded_request(&call.method, &call.uri, &call.headers, &call.body) {
