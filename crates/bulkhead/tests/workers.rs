@@ -179,6 +179,17 @@ impl Drop for Serve {
     }
 }
 
+/// The configuration both tests start from: one region, the fake OpenAI-compatible upstream
+/// as endpoint `fake`, and model `gpt` on it.
+fn model_config(fake_base: &str) -> String {
+    format!(
+        "regions = [\"local\"]\n\n\
+         [[endpoints]]\nname = \"fake\"\nbase_url = \"{fake_base}/v1\"\nregion = \"local\"\nkind = \"model\"\n\
+         connector = \"openai\"\nauth = {{ scheme = \"bearer\" }}\ntimeout_ms = 60000\n\n\
+         [[models]]\nalias = \"gpt\"\nprovider = \"openai\"\nendpoint = \"fake\"\n\n"
+    )
+}
+
 fn proc_field(pid: u64, file: &str, prefix: &str) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .unwrap()
@@ -195,13 +206,9 @@ async fn dedicated_tenants_run_in_their_own_confined_supervised_worker() {
     std::fs::write(
         dir.path().join("bulkhead.toml"),
         format!(
-            "regions = [\"local\"]\n\n\
-             [[endpoints]]\nname = \"fake\"\nbase_url = \"{}/v1\"\nregion = \"local\"\nkind = \"model\"\n\
-             connector = \"openai\"\nauth = {{ scheme = \"bearer\" }}\ntimeout_ms = 60000\n\n\
-             [[models]]\nalias = \"gpt\"\nprovider = \"openai\"\nendpoint = \"fake\"\n\n\
-             [workers]\nmax_workers = 1\nhealth_ms = 500\nidle_seconds = 4\n\n\
+            "{}[workers]\nmax_workers = 1\nhealth_ms = 500\nidle_seconds = 4\n\n\
              [workers.tenants.acme]\nopen_files = 512\n",
-            fake.base
+            model_config(&fake.base)
         ),
     )
     .unwrap();
@@ -528,16 +535,12 @@ async fn a_dedicated_tenants_gateway_mcp_knowledge_previews_and_approvals_are_se
     std::fs::write(
         dir.path().join("bulkhead.toml"),
         format!(
-            "regions = [\"local\"]\n\n\
-             [[endpoints]]\nname = \"fake\"\nbase_url = \"{}/v1\"\nregion = \"local\"\nkind = \"model\"\n\
-             connector = \"openai\"\nauth = {{ scheme = \"bearer\" }}\ntimeout_ms = 60000\n\n\
-             [[endpoints]]\nname = \"slack\"\nbase_url = \"{}\"\nregion = \"local\"\nkind = \"tool\"\n\
+            "{}[[endpoints]]\nname = \"slack\"\nbase_url = \"{}\"\nregion = \"local\"\nkind = \"tool\"\n\
              connector = \"slack\"\nauth = {{ scheme = \"bearer\" }}\ntimeout_ms = 5000\n\n\
-             [[models]]\nalias = \"gpt\"\nprovider = \"openai\"\nendpoint = \"fake\"\n\n\
              [[embedders]]\nalias = \"local\"\nprovider = \"local\"\npath = \"{}\"\n\n\
              [tools]\napproval_sweep_ms = 200\n\n\
              [workers]\nhealth_ms = 500\n",
-            fake.base,
+            model_config(&fake.base),
             saas.base,
             bulkhead_testkit::models_dir()
                 .join("all-minilm-l6-v2")
