@@ -82,6 +82,8 @@ async fn a_tenant_whose_errors_pass_the_threshold_is_alerted_on_alone_and_resolv
             .await
             .unwrap();
         assert!(response.status().is_server_error(), "{}", response.status());
+        // Through the agent-work middleware an answer keeps its length (no chunking).
+        assert!(response.content_length().is_some_and(|n| n > 0));
         assert_eq!(
             server.tenant_get("/v1/whoami", &acme).await.0,
             StatusCode::OK

@@ -90,12 +90,34 @@ pub(crate) async fn agent_work(
     parts.extensions.insert(Forwarded(ctx));
     let response = next.run(Request::from_parts(parts, body)).await;
     let (parts, body) = response.into_parts();
-    let body = body.into_data_stream();
-    let guarded = futures_util::StreamExt::map(body, move |chunk| {
-        let _held = &gate;
-        chunk
-    });
-    Response::from_parts(parts, axum::body::Body::from_stream(guarded))
+    Response::from_parts(parts, axum::body::Body::new(Guarded { body, _gate: gate }))
+}
+
+/// A body that holds its tenant's tier gate until it has been sent, and is otherwise the
+/// body it wraps (its length known up front stays known, so no chunked encoding).
+struct Guarded {
+    body: axum::body::Body,
+    _gate: OwnedRwLockReadGuard<Option<Isolation>>,
+}
+
+impl http_body::Body for Guarded {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Forwards `request` to the tenant's worker and relays its answer as it comes.
