@@ -15,6 +15,7 @@ pub mod ids;
 mod roles;
 mod tenant;
 pub mod timestamp;
+pub mod ttl_cache;
 
 pub use context::{Principal, TenantContext};
 pub use ids::{

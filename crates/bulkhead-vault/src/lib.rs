@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bulkhead_core::audit::Origin;
+use bulkhead_core::ttl_cache::TtlCache;
 use bulkhead_core::{ConnectorName, TenantId};
 use bulkhead_store::{
     AdminStore, CredentialRecord, CredentialWrite, DataKeyRecord, StoreError, TenantStore,
@@ -89,47 +90,12 @@ pub struct Vault {
 /// Sealed credentials as last read from the store (`with_credential_cache`): a read per
 /// outbound call was one of the two database hops on the gateway's path. They stay sealed
 /// here and are opened on every use.
-#[derive(Default)]
-struct SealedCache {
-    ttl: std::time::Duration,
-    entries: Mutex<HashMap<(TenantId, ConnectorName), (std::time::Instant, SealedLookup)>>,
-}
+type SealedCache =
+    TtlCache<(TenantId, ConnectorName), Option<(CredentialRecord, Option<DataKeyRecord>)>>;
 
-type SealedLookup = Option<(CredentialRecord, Option<DataKeyRecord>)>;
-
-/// A bound on memory; past it the cache starts over.
-const MAX_SEALED: usize = 100_000;
-
-impl SealedCache {
-    fn get(&self, key: &(TenantId, ConnectorName)) -> Option<SealedLookup> {
-        if self.ttl.is_zero() {
-            return None;
-        }
-        let entries = self.entries.lock().ok()?;
-        let (at, found) = entries.get(key)?;
-        (at.elapsed() < self.ttl).then(|| found.clone())
-    }
-
-    fn put(&self, key: (TenantId, ConnectorName), found: SealedLookup) {
-        if self.ttl.is_zero() {
-            return;
-        }
-        if let Ok(mut entries) = self.entries.lock() {
-            if entries.len() >= MAX_SEALED {
-                entries.clear();
-            }
-            entries.insert(key, (std::time::Instant::now(), found));
-        }
-    }
-
-    fn forget(&self, tenant: Option<&TenantId>) {
-        if let Ok(mut entries) = self.entries.lock() {
-            match tenant {
-                Some(tenant) => entries.retain(|(t, _), _| t != tenant),
-                None => entries.clear(),
-            }
-        }
-    }
+/// Forgets what `cache` keeps for `tenant`, or for every tenant with `None`.
+fn forget_sealed(cache: &SealedCache, tenant: Option<&TenantId>) {
+    cache.forget(|(t, _)| tenant.is_none_or(|tenant| t == tenant));
 }
 
 #[derive(Clone)]
@@ -161,17 +127,14 @@ impl Vault {
     /// Keeps sealed credentials read from the store for `ttl` (zero: not at all). Changes
     /// this vault makes are seen at once; another process's, up to `ttl` later.
     pub fn with_credential_cache(mut self, ttl: std::time::Duration) -> Self {
-        self.sealed = Arc::new(SealedCache {
-            ttl,
-            entries: Mutex::default(),
-        });
+        self.sealed = Arc::new(SealedCache::new(ttl));
         self
     }
 
     /// Forgets the sealed credentials kept for `tenant` (all tenants' with `None`): after
     /// a credential or the tenant itself was changed or deleted outside the vault.
     pub fn forget_credentials(&self, tenant: Option<&TenantId>) {
-        self.sealed.forget(tenant);
+        forget_sealed(&self.sealed, tenant);
     }
 
     pub fn kek_id(&self) -> String {
@@ -184,7 +147,7 @@ impl Vault {
         if let Ok(mut cache) = self.data_keys.lock() {
             cache.clear();
         }
-        self.sealed.forget(None);
+        forget_sealed(&self.sealed, None);
     }
 
     /// The tenant's current data key (the newest version), creating one if `create`.
@@ -336,7 +299,7 @@ impl Vault {
         if let Ok(mut cache) = self.data_keys.lock() {
             cache.retain(|(t, v), _| t != tenant || *v >= target);
         }
-        self.sealed.forget(Some(tenant));
+        forget_sealed(&self.sealed, Some(tenant));
         Ok(report)
     }
 
@@ -370,7 +333,7 @@ impl Vault {
                 rewrapped += 1;
             }
         }
-        self.sealed.forget(None);
+        forget_sealed(&self.sealed, None);
         Ok(rewrapped)
     }
 
@@ -405,7 +368,7 @@ impl Vault {
                 .put_credential(connector, write, version, dek_version, &sealed, &fields)
                 .await?
             {
-                self.sealed.forget(Some(tenant));
+                forget_sealed(&self.sealed, Some(tenant));
                 return Ok(record);
             }
         }
