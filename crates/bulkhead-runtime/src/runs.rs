@@ -1008,17 +1008,9 @@ impl From<ToolError> for Failure {
 /// Refuses the next step of a run that has spent its CPU budget.
 fn cpu_budget_left() -> Result<(), Failure> {
     match crate::cpu::current() {
-        Some(meter) if meter.exceeded() => Err(cpu_budget_failure(&meter)),
+        Some(meter) if meter.exceeded() => Err(ProviderError::cpu_budget(&meter).into()),
         _ => Ok(()),
     }
-}
-
-fn cpu_budget_failure(meter: &crate::cpu::CpuMeter) -> Failure {
-    ProviderError::CpuBudget {
-        used_ms: meter.used().as_millis(),
-        budget_ms: meter.budget().unwrap_or_default().as_millis(),
-    }
-    .into()
 }
 
 pub const CPU_BUDGET_EXCEEDED: &str = "cpu_budget_exceeded";

@@ -120,7 +120,7 @@ pub struct Authenticated(pub TenantContext);
 /// control plane that forwarded it. Only this server's own code can set an extension; a
 /// client cannot.
 #[derive(Clone)]
-pub(crate) struct Forwarded(pub TenantContext);
+pub(crate) struct PreAuthenticated(pub TenantContext);
 
 /// A refusal from authentication done before the handler, left for the handler's own
 /// extractor to answer, so a route with its own error shape (the gateway's) keeps it.
@@ -141,7 +141,7 @@ impl FromRequestParts<AppState> for Authenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        if let Some(Forwarded(ctx)) = parts.extensions.get::<Forwarded>() {
+        if let Some(PreAuthenticated(ctx)) = parts.extensions.get::<PreAuthenticated>() {
             return Ok(Authenticated(ctx.clone()));
         }
         if let Some(error) = parts

@@ -103,10 +103,7 @@ pub async fn chat(
         .map_err(|e| ProviderError::Local(e.to_string()))?
         .map_err(|e| ProviderError::Local(e.to_string()))?;
     if let Some(meter) = meter.filter(|m| m.exceeded()) {
-        return Err(ProviderError::CpuBudget {
-            used_ms: meter.used().as_millis(),
-            budget_ms: meter.budget().unwrap_or_default().as_millis(),
-        });
+        return Err(ProviderError::cpu_budget(&meter));
     }
     Ok(ChatResponse {
         message: ChatMessage::text("assistant", generation.text),

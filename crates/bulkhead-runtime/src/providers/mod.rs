@@ -180,6 +180,14 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
+    /// The refusal of a run whose `meter` is over its budget.
+    pub fn cpu_budget(meter: &crate::cpu::CpuMeter) -> Self {
+        ProviderError::CpuBudget {
+            used_ms: meter.used().as_millis(),
+            budget_ms: meter.budget().unwrap_or_default().as_millis(),
+        }
+    }
+
     /// The stable problem code the HTTP layer answers with.
     pub fn code(&self) -> &'static str {
         match self {

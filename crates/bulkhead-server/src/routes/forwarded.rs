@@ -17,12 +17,12 @@ use bulkhead_core::{Isolation, TenantContext};
 use tokio::sync::{OwnedRwLockReadGuard, mpsc};
 
 use crate::AppState;
-use crate::authn::{Authenticated, EarlyRefusal, Forwarded};
+use crate::authn::{Authenticated, EarlyRefusal, PreAuthenticated};
 use crate::error::{ApiError, relayed};
 use crate::routes::runs::{RunRequest, RunStreamItem, RunView, sse_event};
 use crate::routes::streaming;
 use crate::worker::WorkerError;
-use crate::worker::frames::{Caller, FromWorker, HttpCall, RunCall};
+use crate::worker::frames::{Caller, FromWorker, HttpCall, RunCall, header_pair};
 
 /// The routes whose work decrypts a tenant's secrets, calls its models or tools, renders
 /// its prompts or embeds its documents. Reading and writing records stays in this process.
@@ -87,7 +87,7 @@ pub(crate) async fn agent_work(
             Err(error) => error.into_response(),
         };
     }
-    parts.extensions.insert(Forwarded(ctx));
+    parts.extensions.insert(PreAuthenticated(ctx));
     let response = next.run(Request::from_parts(parts, body)).await;
     let (parts, body) = response.into_parts();
     Response::from_parts(parts, axum::body::Body::new(Guarded { body, _gate: gate }))
@@ -146,7 +146,7 @@ async fn http(
             .headers
             .iter()
             .filter(|(name, _)| !NOT_FORWARDED.contains(name))
-            .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_owned())))
+            .filter_map(header_pair)
             .chain([(
                 crate::authn::REQUEST_ID_HEADER.to_owned(),
                 ctx.request_id().as_str().to_owned(),

@@ -98,6 +98,14 @@ pub struct HttpCall {
     pub body: String,
 }
 
+/// A header as frames carry it; `None` for a value that is not visible ASCII (HTTP allows
+/// such bytes, and nothing Bulkhead serves needs them).
+pub fn header_pair(
+    (name, value): (&axum::http::HeaderName, &axum::http::HeaderValue),
+) -> Option<(String, String)> {
+    Some((name.to_string(), value.to_str().ok()?.to_owned()))
+}
+
 /// A run the control plane authenticated and admitted.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RunCall {

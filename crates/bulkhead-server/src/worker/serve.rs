@@ -9,23 +9,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bulkhead_core::{AgentName, TenantId};
-use bulkhead_runtime::runs::{RunEvent, RunInput};
-use bulkhead_vault::{HandedKey, VaultError};
-use tokio::net::UnixStream;
-use tokio::sync::mpsc;
-use tracing::Instrument;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use bulkhead_core::TenantContext;
+use bulkhead_core::{AgentName, TenantContext, TenantId};
+use bulkhead_runtime::runs::{RunEvent, RunInput};
+use bulkhead_vault::{HandedKey, VaultError};
 use futures_util::StreamExt as _;
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
 use tower::ServiceExt as _;
+use tracing::Instrument;
 
 use crate::AppState;
-use crate::authn::Forwarded;
+use crate::authn::PreAuthenticated;
 use crate::worker::frames::{
-    Caller, FrameError, FromWorker, HttpCall, RunCall, ToWorker, read_frame, write_frame,
+    Caller, FrameError, FromWorker, HttpCall, RunCall, ToWorker, header_pair, read_frame,
+    write_frame,
 };
 
 /// Set by the worker on every answer it gives, so a caller (and a test) can see which
@@ -220,8 +219,8 @@ async fn run(
 }
 
 /// The context of a forwarded request: this worker's own tenant, as it is now in the
-/// database, with the caller the control plane authenticated.
-/// A context that cannot be built is the request's refusal (`id`'s last frame).
+/// database, with the caller the control plane authenticated. One that cannot be built is
+/// the request's refusal (`id`'s last frame).
 async fn context(
     state: &AppState,
     tenant: &TenantId,
@@ -281,7 +280,7 @@ async fn http(
     let span = worker_span("worker.http", &ctx);
     let request = match forwarded_request(&call.method, &call.uri, &call.headers, &call.body) {
         Ok(mut request) => {
-            request.extensions_mut().insert(Forwarded(ctx));
+            request.extensions_mut().insert(PreAuthenticated(ctx));
             request
         }
         Err(detail) => return refused("malformed_body", detail),
@@ -289,11 +288,8 @@ async fn http(
     async move {
         let Ok(response) = router.oneshot(request).await;
         let (parts, body) = response.into_parts();
-        let mut headers: Vec<(String, String)> = parts
-            .headers
-            .iter()
-            .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_owned())))
-            .collect();
+        let mut headers: Vec<(String, String)> =
+            parts.headers.iter().filter_map(header_pair).collect();
         headers.push((SERVED_BY_HEADER.to_owned(), std::process::id().to_string()));
         let _ = out.send(FromWorker::Head {
             id,
