@@ -56,6 +56,7 @@ pub struct Config {
     /// Publishing every audit event to NATS JetStream. Unset: the database chain only.
     pub audit_stream: Option<AuditStreamConfig>,
     pub alerts: AlertsConfig,
+    pub audit: AuditConfig,
     pub telemetry: TelemetryConfig,
     /// Dedicated tenants' worker processes.
     pub workers: WorkersConfig,
@@ -88,6 +89,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             audit_stream: None,
             alerts: AlertsConfig::default(),
+            audit: AuditConfig::default(),
             telemetry: TelemetryConfig::default(),
             workers: WorkersConfig::default(),
         }
@@ -179,6 +181,24 @@ impl Default for WorkersConfig {
             binary: None,
             tenants: std::collections::BTreeMap::new(),
         }
+    }
+}
+
+/// `[audit]`: how the audit trail is written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// SQLite: `bulkhead serve` acknowledges the audit event of an outbound call once it is
+    /// appended to an outbox file next to the database, the same durability as a SQLite
+    /// commit, and imports it into the chain moments later (reads of the trail wait for
+    /// it). `false`: the caller waits for the event's transaction. Ignored on PostgreSQL,
+    /// whose commit is the stronger guarantee.
+    pub outbox: bool,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { outbox: true }
     }
 }
 

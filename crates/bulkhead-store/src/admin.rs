@@ -11,6 +11,7 @@ use crate::StoreError;
 use crate::audit;
 use crate::backend::{Access, Backend, Scope, Tx, execute, fetch_all, fetch_optional};
 use crate::credentials::DataKeyRecord;
+use crate::events::EventBatcher;
 use crate::records::{
     API_KEY_COLUMNS, ApiKeyInfo, ApiKeyRow, DeletionReceipt, ISSUER_COLUMNS, IssuerRecord,
     IssuerRow, KeyForAuthRow, NewIssuer, NewTenant, Page, TENANT_COLUMNS, TenantPatch, TenantRow,
@@ -19,6 +20,7 @@ use crate::records::{
 
 pub struct AdminStore<'a> {
     backend: &'a Backend,
+    pub(crate) events: &'a EventBatcher,
 }
 
 #[derive(sqlx::FromRow)]
@@ -27,8 +29,8 @@ struct SettingRow {
 }
 
 impl<'a> AdminStore<'a> {
-    pub(crate) fn new(backend: &'a Backend) -> Self {
-        Self { backend }
+    pub(crate) fn new(backend: &'a Backend, events: &'a EventBatcher) -> Self {
+        Self { backend, events }
     }
 
     pub(crate) async fn begin_write(&self) -> Result<Tx, StoreError> {
@@ -556,6 +558,7 @@ impl<'a> AdminStore<'a> {
         after: i64,
         limit: i64,
     ) -> Result<Vec<AuditEvent>, StoreError> {
+        self.events.settle().await?;
         let mut tx = self.begin(Access::Read).await?;
         let events = audit::read(&mut tx, tenant, after, limit).await?;
         tx.commit().await?;

@@ -1,7 +1,7 @@
 //! Appending to and reading a tenant's audit chain, inside the caller's transaction.
 
 use bulkhead_core::TenantId;
-use bulkhead_core::audit::{AuditDraft, AuditEvent, GENESIS_HASH, Origin};
+use bulkhead_core::audit::{AuditDraft, AuditEvent, GENESIS_HASH, Origin, Outcome};
 use bulkhead_core::timestamp::now_millis;
 
 use crate::StoreError;
@@ -14,17 +14,55 @@ struct HeadRow {
     hash: String,
 }
 
+/// An event as its caller made it, before the chain gives it a place: what the audit
+/// outbox keeps between acknowledging an event and importing it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct PendingEvent {
+    pub occurred_at: i64,
+    pub actor: String,
+    pub action: String,
+    pub resource: String,
+    pub outcome: Outcome,
+    pub request_id: Option<String>,
+    pub trace_id: Option<String>,
+    pub details: serde_json::Value,
+}
+
+impl PendingEvent {
+    pub(crate) fn new(origin: &Origin, draft: AuditDraft) -> Self {
+        Self {
+            occurred_at: now_millis(),
+            actor: origin.actor.clone(),
+            action: draft.action.to_owned(),
+            resource: draft.resource,
+            outcome: draft.outcome,
+            request_id: origin.request_id.as_ref().map(|r| r.as_str().to_owned()),
+            trace_id: origin.request_id.as_ref().map(|r| r.trace_id().to_owned()),
+            details: draft.details,
+        }
+    }
+}
+
 /// Appends one event to `tenant`'s chain in `tx`.
-///
-/// The first statement is an upsert on the tenant's head row: a write, so it takes the row lock
-/// on PostgreSQL (SQLite already serialises writers) and concurrent appends for one tenant
-/// queue up instead of racing for the same sequence number. Different tenants never wait for
-/// each other.
 pub(crate) async fn append(
     tx: &mut Tx,
     tenant: &TenantId,
     origin: &Origin,
     draft: AuditDraft,
+) -> Result<AuditEvent, StoreError> {
+    append_pending(tx, tenant, PendingEvent::new(origin, draft)).await
+}
+
+/// Appends an event made earlier to `tenant`'s chain in `tx`, keeping the time it was made.
+///
+/// The first statement is an upsert on the tenant's head row: a write, so it takes the row lock
+/// on PostgreSQL (SQLite already serialises writers) and concurrent appends for one tenant
+/// queue up instead of racing for the same sequence number. Different tenants never wait for
+/// each other.
+pub(crate) async fn append_pending(
+    tx: &mut Tx,
+    tenant: &TenantId,
+    pending: PendingEvent,
 ) -> Result<AuditEvent, StoreError> {
     let head = fetch_optional!(
         tx,
@@ -40,14 +78,14 @@ pub(crate) async fn append(
     let mut event = AuditEvent {
         tenant_id: tenant.clone(),
         seq: head.seq + 1,
-        occurred_at: now_millis(),
-        actor: origin.actor.clone(),
-        action: draft.action.to_owned(),
-        resource: draft.resource,
-        outcome: draft.outcome,
-        request_id: origin.request_id.as_ref().map(|r| r.as_str().to_owned()),
-        trace_id: origin.request_id.as_ref().map(|r| r.trace_id().to_owned()),
-        details: draft.details,
+        occurred_at: pending.occurred_at,
+        actor: pending.actor,
+        action: pending.action,
+        resource: pending.resource,
+        outcome: pending.outcome,
+        request_id: pending.request_id,
+        trace_id: pending.trace_id,
+        details: pending.details,
         prev_hash: head.hash,
         hash: String::new(),
     };
@@ -142,6 +180,7 @@ impl crate::TenantStore<'_> {
              AND occurred_at >= $3 AND occurred_at < $4 \
              AND ($5 = '' OR action = $5) AND ($6 = '' OR action LIKE $6) ORDER BY seq LIMIT $7"
         );
+        self.events.settle().await?;
         let mut tx = self.begin(crate::backend::Access::Read).await?;
         let rows = fetch_all!(
             &mut tx,
@@ -162,6 +201,7 @@ impl crate::TenantStore<'_> {
     /// The head of the tenant's chain as the store records it on every append: the last
     /// sequence number and hash. A trail whose verified head differs was cut short.
     pub async fn audit_head(&self) -> Result<(i64, String), StoreError> {
+        self.events.settle().await?;
         let mut tx = self.begin(crate::backend::Access::Read).await?;
         let head = fetch_optional!(
             &mut tx,

@@ -27,6 +27,7 @@ impl AdminStore<'_> {
             published_seq: i64,
             head_seq: i64,
         }
+        self.events.settle().await?;
         let mut tx = self.begin(Access::Read).await?;
         let rows = fetch_all!(
             &mut tx,

@@ -15,22 +15,26 @@ use bulkhead_core::audit::{AuditDraft, Origin};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::StoreError;
-use crate::audit;
+use crate::audit::{self, PendingEvent};
 use crate::backend::{Access, Backend, Scope};
+use crate::outbox::Outbox;
 
 const MAX_BATCH: usize = 512;
 const QUEUE: usize = 4096;
 
-struct Pending {
+pub(crate) struct Pending {
     tenant: TenantId,
     origin: Origin,
     draft: AuditDraft,
     done: oneshot::Sender<Result<(), String>>,
 }
 
+/// Where events with no stored change go: a group-committed transaction, or on SQLite the
+/// audit outbox (`outbox.rs`).
 #[derive(Clone)]
-pub(crate) struct EventBatcher {
-    queue: mpsc::Sender<Pending>,
+pub(crate) enum EventBatcher {
+    GroupCommit { queue: mpsc::Sender<Pending> },
+    Outbox(Outbox),
 }
 
 impl EventBatcher {
@@ -48,16 +52,23 @@ impl EventBatcher {
                 }
             }
         });
-        Self { queue }
+        Self::GroupCommit { queue }
     }
 
-    /// Queues one event and waits until the transaction holding it has committed.
+    /// Appends one event; it is as durable as a commit when this returns. With the group
+    /// commit that means waiting for the transaction holding it.
     pub(crate) async fn append(
         &self,
         tenant: &TenantId,
         origin: Origin,
         draft: AuditDraft,
     ) -> Result<(), StoreError> {
+        let queue = match self {
+            Self::GroupCommit { queue } => queue,
+            Self::Outbox(outbox) => {
+                return outbox.append(tenant, PendingEvent::new(&origin, draft));
+            }
+        };
         let (done, committed) = oneshot::channel();
         let pending = Pending {
             tenant: tenant.clone(),
@@ -65,7 +76,7 @@ impl EventBatcher {
             draft,
             done,
         };
-        self.queue
+        queue
             .send(pending)
             .await
             .map_err(|_| StoreError::EventWriter("the audit writer has stopped".into()))?;
@@ -73,6 +84,15 @@ impl EventBatcher {
             .await
             .map_err(|_| StoreError::EventWriter("the audit writer has stopped".into()))?
             .map_err(StoreError::EventWriter)
+    }
+
+    /// Returns once every event this process acknowledged is in its chain, so that a read
+    /// of the audit trail sees them (only the outbox acknowledges before that).
+    pub(crate) async fn settle(&self) -> Result<(), StoreError> {
+        match self {
+            Self::GroupCommit { .. } => Ok(()),
+            Self::Outbox(outbox) => outbox.settle().await,
+        }
     }
 }
 

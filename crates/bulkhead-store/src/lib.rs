@@ -21,6 +21,7 @@ mod credentials;
 mod events;
 mod knowledge;
 mod models;
+mod outbox;
 mod pgvector;
 mod records;
 mod runs;
@@ -108,12 +109,16 @@ pub struct Store {
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     pub max_connections: u32,
+    /// SQLite: acknowledge audit events of outbound calls once they are in the audit outbox
+    /// file rather than after their transaction (`outbox.rs`). Ignored on PostgreSQL.
+    pub audit_outbox: bool,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             max_connections: 16,
+            audit_outbox: true,
         }
     }
 }
@@ -161,7 +166,11 @@ impl Store {
             .max_connections(options.max_connections.max(1))
             .connect_with(connect.clone().read_only(true))
             .await?;
-        let mut store = Self::with_backend(Backend::Sqlite { writer, reader });
+        let backend = Backend::Sqlite { writer, reader };
+        let mut store = Self::with_backend(backend.clone());
+        if options.audit_outbox {
+            store.events = EventBatcher::Outbox(outbox::Outbox::open(path, backend).await?);
+        }
         store._checkpointer = Some(checkpoint::Checkpointer::start(connect));
         Ok(store)
     }
@@ -186,7 +195,7 @@ impl Store {
     /// The control-plane handle: sees every tenant. Only admin-authenticated code and the
     /// authentication layer (which must find a credential before it knows the tenant) use it.
     pub fn admin(&self) -> AdminStore<'_> {
-        AdminStore::new(&self.backend)
+        AdminStore::new(&self.backend, &self.events)
     }
 
     /// The handle for one tenant, taken from an authenticated context.
@@ -216,6 +225,9 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Err(error) = self.events.settle().await {
+            tracing::warn!(%error, "audit events still in the outbox are imported at the next start");
+        }
         if let Err(error) = self.flush_usage().await {
             tracing::warn!(%error, "usage counts of the last second were not written");
         }

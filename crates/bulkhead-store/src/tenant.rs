@@ -94,6 +94,7 @@ impl<'a> TenantStore<'a> {
         after: i64,
         limit: i64,
     ) -> Result<Vec<AuditEvent>, StoreError> {
+        self.events.settle().await?;
         let mut tx = self.begin(Access::Read).await?;
         let events = audit::read(&mut tx, self.ctx.tenant_id(), after, limit).await?;
         tx.commit().await?;

@@ -62,9 +62,15 @@ impl TestDb {
             .unwrap();
         conn.close().await.unwrap();
         let url = admin.database(&name).to_url_lossy().to_string();
-        let store = Store::open(&url, &StoreOptions { max_connections: 4 })
-            .await
-            .unwrap();
+        let store = Store::open(
+            &url,
+            &StoreOptions {
+                max_connections: 4,
+                ..StoreOptions::default()
+            },
+        )
+        .await
+        .unwrap();
         (store, TestDb::Postgres { name, url })
     }
 

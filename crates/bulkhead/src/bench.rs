@@ -44,7 +44,7 @@ pub async fn run(global: &GlobalArgs, command: BenchCommand) -> anyhow::Result<(
         BenchCommand::Audit(args) => return crate::bench_audit::run(global, args).await,
     };
     let config = settings::load(global)?;
-    let store = settings::open_store(&config).await?;
+    let store = settings::open_store(&config, false).await?;
     let size_before = store.size_bytes().await?;
     let mut out = std::io::stdout();
     writeln!(

@@ -37,7 +37,7 @@ pub struct AuditBenchArgs {
 
 pub async fn run(global: &GlobalArgs, args: AuditBenchArgs) -> anyhow::Result<()> {
     let config = settings::load(global)?;
-    let store = settings::open_store(&config).await?;
+    let store = settings::open_store(&config, false).await?;
     let mut tenants = Vec::new();
     for i in 0..args.tenants.max(1) {
         let id = TenantId::try_from(format!("{}-{i}", args.prefix).as_str())?;

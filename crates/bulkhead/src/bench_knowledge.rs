@@ -307,7 +307,7 @@ fn ms(d: Duration) -> String {
 
 pub async fn run(global: &GlobalArgs, args: KnowledgeBenchArgs) -> anyhow::Result<()> {
     let config = settings::load(global)?;
-    let store = settings::open_store(&config).await?;
+    let store = settings::open_store(&config, false).await?;
     let mut out = std::io::stdout();
     writeln!(out, "knowledge bench on {:?}", store.kind())?;
     // On a PostgreSQL with pgvector, the shared-graph search is measured beside ours.

@@ -187,7 +187,7 @@ fn show_tenant(tenant: &Tenant, output: &Output) -> anyhow::Result<()> {
 
 async fn open(global: &GlobalArgs) -> anyhow::Result<(bulkhead_core::config::Config, Store)> {
     let config = settings::load(global)?;
-    let store = settings::open_store(&config).await?;
+    let store = settings::open_store(&config, false).await?;
     Ok((config, store))
 }
 

@@ -70,7 +70,7 @@ pub async fn run(global: &GlobalArgs, command: AuditCommand) -> anyhow::Result<(
     let tenant =
         TenantId::try_from(tenant.as_str()).map_err(|e| anyhow::anyhow!("--tenant: {e}"))?;
     let config = settings::load(global)?;
-    let store = settings::open_store(&config).await?;
+    let store = settings::open_store(&config, false).await?;
     let record = store
         .admin()
         .get_tenant(&tenant)
@@ -101,7 +101,7 @@ async fn open_tenant(
 ) -> anyhow::Result<(bulkhead_store::Store, bulkhead_core::TenantContext)> {
     let tenant = TenantId::try_from(tenant).map_err(|e| anyhow::anyhow!("--tenant: {e}"))?;
     let config = settings::load(global)?;
-    let store = settings::open_store(&config).await?;
+    let store = settings::open_store(&config, false).await?;
     let record = store
         .admin()
         .get_tenant(&tenant)

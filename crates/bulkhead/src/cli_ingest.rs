@@ -43,7 +43,7 @@ struct Source {
 
 pub async fn run(global: &GlobalArgs, args: IngestArgs) -> anyhow::Result<()> {
     let config = settings::load(global)?;
-    let store = settings::open_store(&config).await?;
+    let store = settings::open_store(&config, false).await?;
     let tenant_id = bulkhead_core::TenantId::try_from(args.tenant.as_str())
         .map_err(|e| anyhow!("invalid tenant id {:?}: {e}", args.tenant))?;
     let tenant = store

@@ -223,7 +223,7 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<()> {
     }
     let token = generate_admin_token();
     config.admin_token = Some(token.clone());
-    let store = settings::open_store(&config).await?;
+    let store = settings::open_store(&config, config.audit.outbox).await?;
     let (hash, _) = serve::admin_token_hash(&config, &store).await?;
     let state = serve::app_state(&config, &store, hash).await?;
     let app = bulkhead_server::app(state);

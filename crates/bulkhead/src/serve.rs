@@ -25,7 +25,7 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
         config.listen = listen;
     }
     let telemetry = settings::init_logging(&config)?;
-    let store = settings::open_store(&config).await?;
+    let store = settings::open_store(&config, config.audit.outbox).await?;
     let (admin_token_hash, generated) = admin_token_hash(&config, &store).await?;
     if let Some(token) = generated {
         let mut out = std::io::stdout().lock();

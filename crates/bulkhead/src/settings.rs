@@ -109,10 +109,14 @@ fn restrict_to_owner(_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+/// Opens the database. Only a long-running server that closes its store on the way out
+/// should take the audit outbox (`[audit] outbox`); the CLI and dedicated workers commit each
+/// event before answering, so another process reads it at once.
+pub async fn open_store(config: &Config, audit_outbox: bool) -> anyhow::Result<Store> {
     let url = database_url(config)?;
     let options = StoreOptions {
         max_connections: config.postgres.max_connections,
+        audit_outbox,
     };
     Store::open(&url, &options)
         .await

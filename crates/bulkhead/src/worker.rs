@@ -43,7 +43,7 @@ pub async fn run(global: &GlobalArgs, args: WorkerArgs) -> anyhow::Result<()> {
     config.previous_master_keys.clear();
     config.admin_token = None;
     let _telemetry = settings::init_logging(&config)?;
-    let store = settings::open_store(&config).await?;
+    let store = settings::open_store(&config, false).await?;
     let mut stream = UnixStream::connect(&args.socket).await.with_context(|| {
         format!(
             "cannot reach the control plane at {}",

@@ -1,0 +1,362 @@
+//! The audit outbox (SQLite): audit events that go with no stored change (outbound calls,
+//! refusals) are acknowledged once appended to a file, and imported into their tenants'
+//! chains by a background task moments later.
+//!
+//! Why: on SQLite an awaited audit transaction was most of what the gateway added to a call
+//! (five hand-offs to the database's one writer thread per event). The guarantee does not
+//! change: with `synchronous = NORMAL` a SQLite commit reaches the WAL file with a `write`
+//! and no fsync, so it survives a crash of the process but not a power cut; one `write` of
+//! the event to this file, under the same lock that orders the file, gives exactly that.
+//! PostgreSQL keeps the group commit (`events.rs`), whose commit is the server's durable one.
+//!
+//! How:
+//! - Each process that opens the store with the outbox on appends to a file of its own next
+//!   to the database (`<db>.audit-outbox.<pid>-<millis>-<n>`), held under an exclusive
+//!   `flock` for as long as the process lives. One line of JSON per event; file order is
+//!   acknowledgement order, and the importer keeps it.
+//! - The importer reads complete lines past its offset, appends them to the chains and
+//!   records the new offset in `audit_outbox_files` in the same transaction, so a crash
+//!   between the two neither loses nor repeats an event.
+//! - Opening the store imports every outbox file whose lock it can take (its process is
+//!   gone) before anything is served, then deletes it.
+//! - Reads of the audit trail wait for the import of everything this process acknowledged
+//!   before them (`settle`), so a caller reads its own events as before.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bulkhead_core::TenantId;
+use bulkhead_core::timestamp::now_millis;
+use tokio::sync::{Notify, watch};
+
+use crate::StoreError;
+use crate::audit::{self, PendingEvent};
+use crate::backend::{Access, Backend, Scope, execute, fetch_optional};
+
+/// A fully imported file this large is replaced by a fresh one.
+const ROTATE_BYTES: u64 = 8 << 20;
+/// How long the importer waits after a failed import before it tries again.
+const RETRY: Duration = Duration::from_secs(1);
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Line {
+    tenant: TenantId,
+    #[serde(flatten)]
+    event: PendingEvent,
+}
+
+#[derive(Clone)]
+pub(crate) struct Outbox {
+    shared: Arc<Shared>,
+    /// The importer stops when the last clone of this is dropped.
+    _alive: Arc<watch::Sender<()>>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    prefix: String,
+    current: Mutex<Current>,
+    wake: Notify,
+    /// Bytes imported so far, over every file this process wrote.
+    imported: watch::Sender<u64>,
+}
+
+struct Current {
+    name: String,
+    file: Arc<File>,
+    written: u64,
+    /// Bytes written so far, over every file this process wrote.
+    written_total: u64,
+    generation: u64,
+}
+
+impl Outbox {
+    /// Imports what crashed or stopped processes left behind, then starts this process's own
+    /// file and its importer.
+    pub(crate) async fn open(database: &Path, backend: Backend) -> Result<Self, StoreError> {
+        let dir = database
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned();
+        let file_name = database
+            .file_name()
+            .ok_or_else(|| outbox_error(database, "the database path names no file"))?;
+        let prefix = format!("{}.audit-outbox.", file_name.to_string_lossy());
+        import_left_behind(&dir, &prefix, &backend).await?;
+
+        let (name, file) = create_file(&dir, &prefix, 0)?;
+        let (imported, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            dir,
+            prefix,
+            current: Mutex::new(Current {
+                name,
+                file: Arc::new(file),
+                written: 0,
+                written_total: 0,
+                generation: 0,
+            }),
+            wake: Notify::new(),
+            imported,
+        });
+        let (alive, stopped) = watch::channel(());
+        tokio::spawn(import_loop(shared.clone(), backend, stopped));
+        Ok(Self {
+            shared,
+            _alive: Arc::new(alive),
+        })
+    }
+
+    /// Appends one event; acknowledged (as durable as a SQLite commit) when this returns.
+    pub(crate) fn append(&self, tenant: &TenantId, event: PendingEvent) -> Result<(), StoreError> {
+        let mut line = serde_json::to_vec(&Line {
+            tenant: tenant.clone(),
+            event,
+        })
+        .map_err(|e| StoreError::EventWriter(format!("cannot encode an audit event: {e}")))?;
+        line.push(b'\n');
+        {
+            let mut current = self
+                .shared
+                .current
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            // One write of the whole line: `write_all` on a regular file is one `write` unless
+            // the disk is full, and then the error is the caller's.
+            (&*current.file).write_all(&line).map_err(|e| {
+                StoreError::EventWriter(format!("cannot append to the audit outbox: {e}"))
+            })?;
+            current.written += line.len() as u64;
+            current.written_total += line.len() as u64;
+        }
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// Returns once every event this process acknowledged before the call is in its chain.
+    pub(crate) async fn settle(&self) -> Result<(), StoreError> {
+        let target = self
+            .shared
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .written_total;
+        let mut imported = self.shared.imported.subscribe();
+        if *imported.borrow() >= target {
+            return Ok(());
+        }
+        self.shared.wake.notify_one();
+        imported
+            .wait_for(|done| *done >= target)
+            .await
+            .map(|_| ())
+            .map_err(|_| StoreError::EventWriter("the audit importer has stopped".into()))
+    }
+}
+
+fn outbox_error(path: &Path, message: impl std::fmt::Display) -> StoreError {
+    StoreError::EventWriter(format!("audit outbox {}: {message}", path.display()))
+}
+
+fn create_file(dir: &Path, prefix: &str, generation: u64) -> Result<(String, File), StoreError> {
+    let name = format!(
+        "{prefix}{}-{}-{generation}",
+        std::process::id(),
+        now_millis()
+    );
+    let path = dir.join(&name);
+    let file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .read(true)
+        .open(&path)
+        .map_err(|e| outbox_error(&path, e))?;
+    file.try_lock()
+        .map_err(|e| outbox_error(&path, format!("cannot lock: {e}")))?;
+    Ok((name, file))
+}
+
+/// Imports and deletes every outbox file of this database that no live process holds.
+async fn import_left_behind(dir: &Path, prefix: &str, backend: &Backend) -> Result<(), StoreError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| outbox_error(dir, e))?;
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|name| name.starts_with(prefix))
+        .collect();
+    names.sort();
+    for name in names {
+        let path = dir.join(&name);
+        let Ok(file) = OpenOptions::new().read(true).write(true).open(&path) else {
+            continue;
+        };
+        if file.try_lock().is_err() {
+            continue; // its process is alive and imports it itself
+        }
+        let mut offset = imported_offset(backend, &name).await?;
+        let length = file.metadata().map_err(|e| outbox_error(&path, e))?.len();
+        let imported = import(backend, &file, &name, offset, length).await?;
+        offset += imported;
+        if offset < length {
+            tracing::warn!(file = %path.display(), bytes = length - offset,
+                "an audit outbox ends in an incomplete line (cut by a power loss?); it is dropped");
+        }
+        tracing::info!(file = %path.display(), bytes = imported, "imported an audit outbox left by a stopped process");
+        std::fs::remove_file(&path).map_err(|e| outbox_error(&path, e))?;
+        forget_file(backend, &name).await?;
+    }
+    Ok(())
+}
+
+async fn import_loop(shared: Arc<Shared>, backend: Backend, mut stopped: watch::Receiver<()>) {
+    let mut offset = 0u64;
+    let mut imported_total = 0u64;
+    loop {
+        let stopping = tokio::select! {
+            _ = shared.wake.notified() => false,
+            changed = stopped.changed() => changed.is_err(),
+        };
+        loop {
+            let (name, file, written) = {
+                let current = shared
+                    .current
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                (current.name.clone(), current.file.clone(), current.written)
+            };
+            if offset >= written {
+                // If more arrived meanwhile, its writer's wake-up brings the loop back.
+                if written >= ROTATE_BYTES && rotate(&shared, &backend, &name, written).await {
+                    offset = 0;
+                    continue;
+                }
+                break;
+            }
+            match import(&backend, &file, &name, offset, written).await {
+                Ok(bytes) => {
+                    offset += bytes;
+                    imported_total += bytes;
+                    shared.imported.send_replace(imported_total);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "importing audit events failed; they stay in the outbox and are retried");
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Starts a fresh file once the current one is fully imported, and deletes the old one;
+/// false if it did not (more arrived meanwhile, or no new file could be made).
+async fn rotate(shared: &Shared, backend: &Backend, old_name: &str, imported: u64) -> bool {
+    {
+        let mut current = shared
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if current.name != old_name || current.written != imported {
+            return false; // more arrived meanwhile: import it first
+        }
+        match create_file(&shared.dir, &shared.prefix, current.generation + 1) {
+            Ok((name, file)) => {
+                current.name = name;
+                current.file = Arc::new(file);
+                current.written = 0;
+                current.generation += 1;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot start a fresh audit outbox; the current one keeps growing");
+                return false;
+            }
+        }
+    }
+    let path = shared.dir.join(old_name);
+    if let Err(error) = std::fs::remove_file(&path) {
+        tracing::warn!(%error, file = %path.display(), "cannot delete an imported audit outbox");
+    }
+    if let Err(error) = forget_file(backend, old_name).await {
+        tracing::warn!(%error, "cannot forget an imported audit outbox's offset");
+    }
+    true
+}
+
+/// Imports the complete lines of `file` in `offset..end` in one transaction that also records
+/// how far the file is imported; returns the bytes consumed.
+async fn import(
+    backend: &Backend,
+    file: &File,
+    name: &str,
+    offset: u64,
+    end: u64,
+) -> Result<u64, StoreError> {
+    let length = usize::try_from(end.saturating_sub(offset))
+        .map_err(|_| StoreError::EventWriter("audit outbox too large".into()))?;
+    let mut bytes = vec![0; length];
+    file.read_exact_at(&mut bytes, offset).map_err(|e| {
+        StoreError::EventWriter(format!("cannot read the audit outbox {name}: {e}"))
+    })?;
+    let Some(last_newline) = bytes.iter().rposition(|b| *b == b'\n') else {
+        return Ok(0);
+    };
+    let complete = &bytes[..=last_newline];
+    let mut tx = backend.begin(Access::Write, Scope::ControlPlane).await?;
+    for line in complete.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        match serde_json::from_slice::<Line>(line) {
+            Ok(line) => {
+                audit::append_pending(&mut tx, &line.tenant, line.event).await?;
+            }
+            // Only this module writes these files; a line that does not parse was damaged on
+            // disk, and holding back every later event for it would be worse than skipping it.
+            Err(error) => {
+                tracing::error!(%error, file = name, "an audit outbox line is damaged and skipped")
+            }
+        }
+    }
+    let consumed = complete.len() as u64;
+    let imported = i64::try_from(offset + consumed)
+        .map_err(|_| StoreError::EventWriter("audit outbox offset overflows".into()))?;
+    execute!(
+        &mut tx,
+        "INSERT INTO audit_outbox_files (file, imported_bytes) VALUES ($1, $2) \
+         ON CONFLICT (file) DO UPDATE SET imported_bytes = excluded.imported_bytes",
+        name,
+        imported,
+    )?;
+    tx.commit().await?;
+    Ok(consumed)
+}
+
+async fn imported_offset(backend: &Backend, name: &str) -> Result<u64, StoreError> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        imported_bytes: i64,
+    }
+    let mut tx = backend.begin(Access::Read, Scope::ControlPlane).await?;
+    let row = fetch_optional!(
+        &mut tx,
+        Row,
+        "SELECT imported_bytes FROM audit_outbox_files WHERE file = $1",
+        name,
+    )?;
+    tx.commit().await?;
+    Ok(row.map_or(0, |row| u64::try_from(row.imported_bytes).unwrap_or(0)))
+}
+
+async fn forget_file(backend: &Backend, name: &str) -> Result<(), StoreError> {
+    let mut tx = backend.begin(Access::Write, Scope::ControlPlane).await?;
+    execute!(
+        &mut tx,
+        "DELETE FROM audit_outbox_files WHERE file = $1",
+        name
+    )?;
+    tx.commit().await
+}
