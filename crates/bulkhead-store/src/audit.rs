@@ -229,8 +229,12 @@ pub struct AuditVerification {
 impl crate::TenantStore<'_> {
     /// Verifies the whole stored chain page by page (every hash, link and sequence number) and
     /// that it ends at the head recorded with the last append, so a cut tail is found too.
+    ///
+    /// The head is read after the chain: an event appended meanwhile (it moves the head in its
+    /// own transaction) is then read too, instead of looking like an event added at the end.
     pub async fn verify_audit(&self) -> Result<AuditVerification, StoreError> {
-        let (recorded_seq, recorded_hash) = self.audit_head().await?;
+        /// Rounds of "the head moved on while the chain was read" before judging as is.
+        const CATCH_UP_ROUNDS: usize = 10;
         let mut verifier =
             bulkhead_core::audit::ChainVerifier::new(self.context().tenant_id().clone());
         let mut filter = AuditFilter {
@@ -238,19 +242,27 @@ impl crate::TenantStore<'_> {
             ..AuditFilter::default()
         };
         let mut error = None;
-        'pages: loop {
-            let events = self.audit_page(&filter).await?;
-            let Some(last) = events.last().map(|e| e.seq) else {
-                break;
-            };
-            for event in &events {
-                if let Err(fault) = verifier.push(event) {
-                    error = Some(fault.to_string());
-                    break 'pages;
+        let mut rounds = 0;
+        let (recorded_seq, recorded_hash) = loop {
+            'pages: loop {
+                let events = self.audit_page(&filter).await?;
+                let Some(last) = events.last().map(|e| e.seq) else {
+                    break;
+                };
+                for event in &events {
+                    if let Err(fault) = verifier.push(event) {
+                        error = Some(fault.to_string());
+                        break 'pages;
+                    }
                 }
+                filter.after_seq = last;
             }
-            filter.after_seq = last;
-        }
+            let (seq, hash) = self.audit_head().await?;
+            rounds += 1;
+            if error.is_some() || verifier.head().last_seq >= seq || rounds >= CATCH_UP_ROUNDS {
+                break (seq, hash);
+            }
+        };
         let head = verifier.head();
         if error.is_none() && (head.last_seq != recorded_seq || head.head_hash != recorded_hash) {
             error = Some(format!(

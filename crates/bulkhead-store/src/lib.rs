@@ -167,6 +167,7 @@ impl Store {
             .connect_with(connect.clone().read_only(true))
             .await?;
         let backend = Backend::Sqlite { writer, reader };
+        outbox::import_left_behind(path, &backend).await?;
         let mut store = Self::with_backend(backend.clone());
         if options.audit_outbox {
             store.events = EventBatcher::Outbox(outbox::Outbox::open(path, backend).await?);

@@ -75,20 +75,9 @@ struct Current {
 }
 
 impl Outbox {
-    /// Imports what crashed or stopped processes left behind, then starts this process's own
-    /// file and its importer.
+    /// Starts this process's own file and its importer. [`import_left_behind`] first.
     pub(crate) async fn open(database: &Path, backend: Backend) -> Result<Self, StoreError> {
-        let dir = database
-            .parent()
-            .filter(|dir| !dir.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_owned();
-        let file_name = database
-            .file_name()
-            .ok_or_else(|| outbox_error(database, "the database path names no file"))?;
-        let prefix = format!("{}.audit-outbox.", file_name.to_string_lossy());
-        import_left_behind(&dir, &prefix, &backend).await?;
-
+        let (dir, prefix) = location(database)?;
         let (name, file) = create_file(&dir, &prefix, 0)?;
         let (imported, _) = watch::channel(0);
         let shared = Arc::new(Shared {
@@ -181,8 +170,31 @@ fn create_file(dir: &Path, prefix: &str, generation: u64) -> Result<(String, Fil
     Ok((name, file))
 }
 
-/// Imports and deletes every outbox file of this database that no live process holds.
-async fn import_left_behind(dir: &Path, prefix: &str, backend: &Backend) -> Result<(), StoreError> {
+/// The directory the outbox files of `database` live in, and the start of their names.
+fn location(database: &Path) -> Result<(PathBuf, String), StoreError> {
+    let dir = database
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_owned();
+    let file_name = database
+        .file_name()
+        .ok_or_else(|| outbox_error(database, "the database path names no file"))?;
+    Ok((
+        dir,
+        format!("{}.audit-outbox.", file_name.to_string_lossy()),
+    ))
+}
+
+/// Imports and deletes every outbox file of `database` that no live process holds. Every
+/// process that opens the database does this, outbox or not, so the CLI reading a trail after
+/// a crash sees the events the crashed server acknowledged.
+pub(crate) async fn import_left_behind(
+    database: &Path,
+    backend: &Backend,
+) -> Result<(), StoreError> {
+    let (dir, prefix) = location(database)?;
+    let (dir, prefix) = (dir.as_path(), prefix.as_str());
     let entries = std::fs::read_dir(dir).map_err(|e| outbox_error(dir, e))?;
     let mut names: Vec<String> = entries
         .filter_map(Result::ok)
