@@ -134,7 +134,9 @@ impl Store {
                 .connect_with(connect)
                 .await?;
             sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-            return Ok(Self::with_backend(Backend::Postgres(pool)));
+            let backend = Backend::Postgres(pool);
+            let events = EventBatcher::start(backend.clone());
+            return Ok(Self::with_backend(backend, events));
         }
         if let Some(path) = url.strip_prefix("sqlite://") {
             return Self::open_sqlite(Path::new(path), options).await;
@@ -168,17 +170,19 @@ impl Store {
             .await?;
         let backend = Backend::Sqlite { writer, reader };
         outbox::import_left_behind(path, &backend).await?;
-        let mut store = Self::with_backend(backend.clone());
-        if options.audit_outbox {
-            store.events = EventBatcher::Outbox(outbox::Outbox::open(path, backend).await?);
-        }
+        let events = if options.audit_outbox {
+            EventBatcher::Outbox(outbox::Outbox::open(path, backend.clone()).await?)
+        } else {
+            EventBatcher::start(backend.clone())
+        };
+        let mut store = Self::with_backend(backend, events);
         store._checkpointer = Some(checkpoint::Checkpointer::start(connect));
         Ok(store)
     }
 
-    fn with_backend(backend: Backend) -> Self {
+    fn with_backend(backend: Backend, events: EventBatcher) -> Self {
         Self {
-            events: EventBatcher::start(backend.clone()),
+            events,
             usage: UsageMeter::start(backend.clone()),
             pgvector: Default::default(),
             _checkpointer: None,
