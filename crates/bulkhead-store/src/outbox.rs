@@ -41,6 +41,10 @@ use crate::backend::{Access, Backend, Scope, execute, fetch_optional};
 const ROTATE_BYTES: u64 = 8 << 20;
 /// How long the importer waits after a failed import before it tries again.
 const RETRY: Duration = Duration::from_secs(1);
+/// How long the importer lets events gather before it imports them, unless a reader is
+/// waiting. One transaction per event would cost the CPU the outbox saves the request path:
+/// at 2,500 requests a second one at a time, this turns 50 transactions into one.
+const GATHER: Duration = Duration::from_millis(20);
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Line {
@@ -61,6 +65,8 @@ struct Shared {
     prefix: String,
     current: Mutex<Current>,
     wake: Notify,
+    /// A reader is waiting in [`Outbox::settle`]: import now, without gathering.
+    urgent: Notify,
     /// Bytes imported so far, over every file this process wrote.
     imported: watch::Sender<u64>,
 }
@@ -91,6 +97,7 @@ impl Outbox {
                 generation: 0,
             }),
             wake: Notify::new(),
+            urgent: Notify::new(),
             imported,
         });
         let (alive, stopped) = watch::channel(());
@@ -139,7 +146,7 @@ impl Outbox {
         if *imported.borrow() >= target {
             return Ok(());
         }
-        self.shared.wake.notify_one();
+        self.shared.urgent.notify_one();
         imported
             .wait_for(|done| *done >= target)
             .await
@@ -230,7 +237,14 @@ async fn import_loop(shared: Arc<Shared>, backend: Backend, mut stopped: watch::
     let mut imported_total = 0u64;
     loop {
         let stopping = tokio::select! {
-            _ = shared.wake.notified() => false,
+            _ = shared.urgent.notified() => false,
+            _ = shared.wake.notified() => {
+                tokio::select! {
+                    _ = tokio::time::sleep(GATHER) => false,
+                    _ = shared.urgent.notified() => false,
+                    changed = stopped.changed() => changed.is_err(),
+                }
+            }
             changed = stopped.changed() => changed.is_err(),
         };
         loop {
