@@ -4,8 +4,10 @@
 //! and the model files; read-write on its own directory and the SQLite files; nothing else
 //! (another worker's directory and the key-encryption key file included). Where the kernel
 //! has no landlock the worker says so in one log line and in its start report. Then
-//! `RLIMIT_AS` and `RLIMIT_NOFILE`. The report is checked from inside: after confining, the
-//! worker tries to read the KEK file and reports whether it could.
+//! `RLIMIT_AS` and `RLIMIT_NOFILE`. Last, the seccomp deny-list (`seccomp.rs`): no reading
+//! another process's memory, no running programs. The report is checked from inside: after
+//! confining, the worker tries to read the KEK file and another process's memory (its own,
+//! through the call that would reach another's) and reports whether it could.
 
 use std::path::{Path, PathBuf};
 
@@ -49,9 +51,24 @@ pub fn confine(what: &Confinement<'_>) -> SandboxReport {
         .filter(|bytes| set_limit(nix::sys::resource::Resource::RLIMIT_AS, *bytes));
     let open_files_limit = Some(what.open_files)
         .filter(|n| set_limit(nix::sys::resource::Resource::RLIMIT_NOFILE, *n));
+    let seccomp = match no_new_privs
+        .then(|| crate::seccomp::deny_escapes(crate::seccomp::Threads::All))
+    {
+        Some(Ok(())) => "enforced",
+        Some(Err(error)) => {
+            tracing::warn!(%error, "no seccomp filter: the worker can still read other processes' memory where the kernel lets the same user");
+            "unsupported"
+        }
+        None => {
+            tracing::warn!("no seccomp filter without no_new_privs");
+            "unsupported"
+        }
+    };
     SandboxReport {
         no_new_privs,
         landlock: landlock.to_owned(),
+        seccomp: seccomp.to_owned(),
+        process_memory_readable: crate::seccomp::process_memory_readable(),
         kek_file_readable: what
             .kek_file
             .filter(|path| path.exists())

@@ -67,7 +67,7 @@ pub async fn run(global: &GlobalArgs, args: WorkerArgs) -> anyhow::Result<()> {
         memory_mib,
         open_files,
     });
-    tracing::info!(tenant.id = %tenant, pid = std::process::id(), landlock = %report.landlock, no_new_privs = report.no_new_privs, "dedicated worker ready");
+    tracing::info!(tenant.id = %tenant, pid = std::process::id(), landlock = %report.landlock, seccomp = %report.seccomp, no_new_privs = report.no_new_privs, "dedicated worker ready");
     let ready = FromWorker::Ready {
         pid: std::process::id(),
         tenant: tenant.to_string(),

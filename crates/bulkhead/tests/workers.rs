@@ -253,6 +253,20 @@ async fn dedicated_tenants_run_in_their_own_confined_supervised_worker() {
         proc_field(worker_pid, "status", "NoNewPrivs:"),
         "NoNewPrivs:\t1"
     );
+    // The seccomp deny-list is on every thread (mode 2: filter), and the worker could not
+    // read process memory with it on; without it, a same-user process could read the
+    // control plane's (the KEK) or a sibling worker's.
+    assert_eq!(sandbox["seccomp"], "enforced", "{sandbox}");
+    assert_eq!(sandbox["process_memory_readable"], false, "{sandbox}");
+    assert_eq!(proc_field(worker_pid, "status", "Seccomp:"), "Seccomp:\t2");
+    let worker_threads = std::fs::read_dir(format!("/proc/{worker_pid}/task")).unwrap();
+    for thread in worker_threads {
+        let status = std::fs::read_to_string(thread.unwrap().path().join("status")).unwrap();
+        assert!(
+            status.lines().any(|l| l == "Seccomp:\t2"),
+            "a worker thread runs unfiltered: {status}"
+        );
+    }
     // acme's own limit, not the node's default of 1024.
     assert!(
         proc_field(worker_pid, "limits", "Max open files").contains("512"),

@@ -164,6 +164,12 @@ pub struct SandboxReport {
     /// Whether the worker could still read the key-encryption key file after confining
     /// itself (it must not); `None` when the KEK does not come from a file.
     pub kek_file_readable: Option<bool>,
+    /// `enforced` (the deny-list of `bulkhead worker`'s seccomp filter is on every thread) or
+    /// `unsupported`.
+    pub seccomp: String,
+    /// Whether the worker could still read process memory with `process_vm_readv` after
+    /// confining itself (it must not: the control plane holds the key-encryption key).
+    pub process_memory_readable: bool,
     pub memory_limit_bytes: Option<u64>,
     pub open_files_limit: Option<u64>,
 }
