@@ -78,7 +78,7 @@ impl fmt::Display for TenantStatus {
 }
 
 /// A customer organisation, as the control plane sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tenant {
     pub id: TenantId,
     pub name: String,

@@ -7,10 +7,11 @@ use bulkhead_core::{AgentName, PromptName};
 use serde_json::{Value, json};
 
 use crate::backend::{Access, execute, fetch_all, fetch_optional};
+use crate::remote::remote;
 use crate::{StoreError, TenantStore, audit};
 
 /// One version of an agent.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct AgentRecord {
     pub name: AgentName,
     pub version: i64,
@@ -41,7 +42,7 @@ impl TryFrom<AgentRow> for AgentRecord {
 }
 
 /// A prompt snippet of the tenant's library.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
 pub struct PromptRecord {
     pub name: String,
     pub version: i64,
@@ -113,6 +114,7 @@ impl TenantStore<'_> {
     /// The agent's current version; `None` if it does not exist, was deleted, or belongs to
     /// another tenant.
     pub async fn agent(&self, name: &AgentName) -> Result<Option<AgentRecord>, StoreError> {
+        remote!(self, agent, name);
         let mut tx = self.begin(Access::Read).await?;
         let sql = format!("{CURRENT_AGENT} AND a.name = $2");
         let row = fetch_optional!(
@@ -132,6 +134,7 @@ impl TenantStore<'_> {
         name: &AgentName,
         version: i64,
     ) -> Result<Option<AgentRecord>, StoreError> {
+        remote!(self, agent_version, name, version);
         let mut tx = self.begin(Access::Read).await?;
         let row = fetch_optional!(
             &mut tx,
@@ -217,6 +220,7 @@ impl TenantStore<'_> {
     }
 
     pub async fn prompt(&self, name: &PromptName) -> Result<Option<PromptRecord>, StoreError> {
+        remote!(self, prompt, name);
         let mut tx = self.begin(Access::Read).await?;
         let row = fetch_optional!(
             &mut tx,
@@ -231,6 +235,7 @@ impl TenantStore<'_> {
 
     /// The whole library: what this tenant's templates may include.
     pub async fn prompts(&self) -> Result<Vec<PromptRecord>, StoreError> {
+        remote!(self, prompts);
         let mut tx = self.begin(Access::Read).await?;
         let rows = fetch_all!(
             &mut tx,

@@ -7,10 +7,11 @@ use bulkhead_core::timestamp::now_millis;
 use serde_json::{Value, json};
 
 use crate::backend::{Access, execute, fetch_all, fetch_optional};
+use crate::remote::remote;
 use crate::{StoreError, TenantStore, audit};
 
 /// A tenant's data key, wrapped by a key-encryption key.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
 pub struct DataKeyRecord {
     /// Which key-encryption key wrapped it.
     pub kek_id: String,
@@ -20,7 +21,7 @@ pub struct DataKeyRecord {
 }
 
 /// A sealed credential and its non-secret metadata.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CredentialRecord {
     pub connector: ConnectorName,
     pub version: i64,
@@ -85,6 +86,7 @@ impl TenantStore<'_> {
     /// `events.rs`), so recording every outbound call does not serialise callers on the
     /// database's writer.
     pub async fn record_event(&self, draft: AuditDraft) -> Result<(), StoreError> {
+        remote!(self, record_event, crate::remote::DraftWire::from(&draft));
         self.events
             .append(self.context().tenant_id(), self.origin(), draft)
             .await
@@ -92,6 +94,7 @@ impl TenantStore<'_> {
 
     /// Every live version of the tenant's data key, newest (current) first.
     pub async fn data_keys(&self) -> Result<Vec<DataKeyRecord>, StoreError> {
+        remote!(self, data_keys);
         let mut tx = self.begin(Access::Read).await?;
         let keys = fetch_all!(
             &mut tx,
@@ -269,6 +272,7 @@ impl TenantStore<'_> {
         &self,
         connector: &ConnectorName,
     ) -> Result<Option<CredentialRecord>, StoreError> {
+        remote!(self, credential, connector);
         let mut tx = self.begin(Access::Read).await?;
         let sql = format!(
             "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE tenant_id = $1 AND connector = $2"
@@ -291,6 +295,7 @@ impl TenantStore<'_> {
         &self,
         connector: &ConnectorName,
     ) -> Result<Option<(CredentialRecord, Option<DataKeyRecord>)>, StoreError> {
+        remote!(self, credential_with_key, connector);
         #[derive(sqlx::FromRow)]
         struct Row {
             #[sqlx(flatten)]

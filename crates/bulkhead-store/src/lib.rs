@@ -24,6 +24,7 @@ mod models;
 mod outbox;
 mod pgvector;
 mod records;
+pub mod remote;
 mod runs;
 mod sessions;
 mod tenant;
@@ -85,6 +86,10 @@ pub enum StoreError {
     Unsupported(&'static str),
     #[error("appending audit events failed: {0}")]
     EventWriter(String),
+    /// A dedicated worker's store call that the control plane could not answer (or whose
+    /// answer did not decode).
+    #[error("the control plane's store: {0}")]
+    Remote(String),
 }
 
 /// Which database holds the data; reported by `/readyz` and the CLI.
@@ -104,6 +109,8 @@ pub struct Store {
     pgvector: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// SQLite only: WAL checkpoints on a connection of their own.
     _checkpointer: Option<checkpoint::Checkpointer>,
+    /// A dedicated worker's channel: the methods that have moved go there (`remote.rs`).
+    link: Option<std::sync::Arc<dyn remote::StoreLink>>,
 }
 
 #[derive(Debug, Clone)]
@@ -186,8 +193,16 @@ impl Store {
             usage: UsageMeter::start(backend.clone()),
             pgvector: Default::default(),
             _checkpointer: None,
+            link: None,
             backend,
         }
+    }
+
+    /// This store, with its tenant handles sending the calls that have moved to the control
+    /// plane over `link` (a dedicated worker's channel).
+    pub fn with_link(mut self, link: std::sync::Arc<dyn remote::StoreLink>) -> Self {
+        self.link = Some(link);
+        self
     }
 
     pub fn kind(&self) -> BackendKind {
@@ -212,6 +227,7 @@ impl Store {
             ctx,
             self.pgvector.load(std::sync::atomic::Ordering::Relaxed),
         )
+        .linked(self.link.as_deref())
     }
 
     /// Checks that the database answers.

@@ -59,6 +59,7 @@ impl AdminStore<'_> {
 impl TenantStore<'_> {
     /// The model aliases this tenant may use beyond the deployment's defaults.
     pub async fn extra_models(&self) -> Result<Vec<String>, StoreError> {
+        crate::remote::remote!(self, extra_models);
         let mut tx = self.begin(Access::Read).await?;
         let rows = fetch_all!(
             &mut tx,

@@ -6,9 +6,10 @@ use bulkhead_core::timestamp::now_millis;
 use serde_json::{Value, json};
 
 use crate::backend::{Access, Scope, execute, fetch_all, fetch_optional};
+use crate::remote::remote;
 use crate::{AdminStore, StoreError, TenantStore, audit};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RunRecord {
     pub run_id: String,
     pub thread_id: Option<String>,
@@ -51,7 +52,7 @@ impl RunProcess {
 }
 
 /// A running run's transcript, steps and token use so far.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RunProgress {
     pub transcript: Value,
     pub steps: i64,
@@ -81,7 +82,7 @@ struct RunRow {
 }
 
 /// How a run ended.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RunEnd {
     pub output: Option<String>,
     /// `(code, message)` for a failed run.
@@ -101,6 +102,16 @@ impl TenantStore<'_> {
         input: &str,
         process: RunProcess,
     ) -> Result<(), StoreError> {
+        // A worker's process is the one the control plane knows it by, not one it names.
+        remote!(
+            self,
+            start_run,
+            run_id,
+            thread_id,
+            agent,
+            agent_version,
+            input
+        );
         let tenant = self.context().tenant_id();
         let mut tx = self.begin(Access::Write).await?;
         let now = now_millis();
@@ -146,6 +157,7 @@ impl TenantStore<'_> {
         run_id: &str,
         progress: &RunProgress,
     ) -> Result<(), StoreError> {
+        remote!(self, record_run_progress, run_id, progress);
         let mut tx = self.begin(Access::Write).await?;
         execute!(
             &mut tx,
@@ -164,6 +176,7 @@ impl TenantStore<'_> {
 
     /// Records how a run ended.
     pub async fn finish_run(&self, run_id: &str, end: &RunEnd) -> Result<(), StoreError> {
+        remote!(self, finish_run, run_id, end);
         let tenant = self.context().tenant_id();
         let mut tx = self.begin(Access::Write).await?;
         let (status, code, message) = match &end.error {
@@ -213,6 +226,7 @@ impl TenantStore<'_> {
 
     /// One of the tenant's runs; another tenant's is `None`, like a missing one.
     pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        remote!(self, run, run_id);
         let mut tx = self.begin(Access::Read).await?;
         let row = fetch_optional!(
             &mut tx,

@@ -19,6 +19,8 @@ pub struct TenantStore<'a> {
     pub(crate) usage: &'a UsageMeter,
     ctx: &'a TenantContext,
     pub(crate) pgvector: bool,
+    /// Set in a dedicated worker: see `remote.rs`.
+    pub(crate) link: Option<&'a dyn crate::remote::StoreLink>,
 }
 
 impl<'a> TenantStore<'a> {
@@ -35,7 +37,13 @@ impl<'a> TenantStore<'a> {
             usage,
             ctx,
             pgvector,
+            link: None,
         }
+    }
+
+    pub(crate) fn linked(mut self, link: Option<&'a dyn crate::remote::StoreLink>) -> Self {
+        self.link = link;
+        self
     }
 
     pub(crate) fn backend(&self) -> &Backend {
@@ -54,6 +62,7 @@ impl<'a> TenantStore<'a> {
 
     /// The context's own tenant record.
     pub async fn tenant(&self) -> Result<Option<Tenant>, StoreError> {
+        crate::remote::remote!(self, tenant);
         let mut tx = self.begin(Access::Read).await?;
         let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE tenant_id = $1");
         let row = fetch_optional!(&mut tx, TenantRow, &sql, self.ctx.tenant_id().as_str())?;

@@ -8,9 +8,10 @@ use bulkhead_core::TenantId;
 use bulkhead_core::audit::Origin;
 
 use crate::backend::{Access, Scope, execute, fetch_all, fetch_optional};
+use crate::remote::remote;
 use crate::{AdminStore, StoreError, TenantStore, audit};
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
 pub struct ThreadMessage {
     pub seq: i64,
     pub role: String,
@@ -26,6 +27,7 @@ struct ThreadRow {
 impl TenantStore<'_> {
     /// Creates an empty thread for `end_user`.
     pub async fn create_thread(&self, thread_id: &str, end_user: &str) -> Result<(), StoreError> {
+        remote!(self, create_thread, thread_id, end_user);
         let tenant = self.context().tenant_id();
         let mut tx = self.begin(Access::Write).await?;
         let now = now_millis();
@@ -59,6 +61,7 @@ impl TenantStore<'_> {
         thread_id: &str,
         end_user: &str,
     ) -> Result<Option<Vec<ThreadMessage>>, StoreError> {
+        remote!(self, thread_messages, thread_id, end_user);
         let tenant = self.context().tenant_id();
         let mut tx = self.begin(Access::Read).await?;
         let thread = fetch_optional!(
@@ -89,6 +92,7 @@ impl TenantStore<'_> {
         thread_id: &str,
         messages: &[(&str, &str)],
     ) -> Result<(), StoreError> {
+        remote!(self, append_thread, thread_id, messages);
         let tenant = self.context().tenant_id();
         let mut tx = self.begin(Access::Write).await?;
         #[derive(sqlx::FromRow)]

@@ -8,10 +8,11 @@ use bulkhead_core::timestamp::now_millis;
 use serde_json::{Value, json};
 
 use crate::backend::{Access, Scope, execute, fetch_all, fetch_optional};
+use crate::remote::remote;
 use crate::runs::RunProgress;
 use crate::{AdminStore, StoreError, TenantStore, audit};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ToolsetRecord {
     pub name: String,
     pub version: i64,
@@ -43,7 +44,7 @@ impl TryFrom<ToolsetRow> for ToolsetRecord {
     }
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
 pub struct PolicyRecord {
     pub name: String,
     pub version: i64,
@@ -135,6 +136,7 @@ impl TenantStore<'_> {
     }
 
     pub async fn toolset(&self, name: &str) -> Result<Option<ToolsetRecord>, StoreError> {
+        remote!(self, toolset, name);
         let mut tx = self.begin(Access::Read).await?;
         let row = fetch_optional!(
             &mut tx,
@@ -148,6 +150,7 @@ impl TenantStore<'_> {
     }
 
     pub async fn toolsets(&self) -> Result<Vec<ToolsetRecord>, StoreError> {
+        remote!(self, toolsets);
         let mut tx = self.begin(Access::Read).await?;
         let rows = fetch_all!(
             &mut tx,
@@ -233,6 +236,7 @@ impl TenantStore<'_> {
 
     /// All of the tenant's policies and the generation they are at, read in one snapshot.
     pub async fn policies(&self) -> Result<(i64, Vec<PolicyRecord>), StoreError> {
+        remote!(self, policies);
         let mut tx = self.begin(Access::Read).await?;
         let generation = read_policy_generation(&mut tx, self.context().tenant_id()).await?;
         let rows = fetch_all!(
@@ -247,6 +251,7 @@ impl TenantStore<'_> {
 
     /// The tenant's policy generation: 0 before its first policy, then one more per change.
     pub async fn policy_generation(&self) -> Result<i64, StoreError> {
+        remote!(self, policy_generation);
         let mut tx = self.begin(Access::SingleRead).await?;
         let generation = read_policy_generation(&mut tx, self.context().tenant_id()).await?;
         tx.commit().await?;

@@ -320,6 +320,7 @@ impl TenantStore<'_> {
 
     /// Model tokens (input and output) this tenant spent today (UTC), for its budget.
     pub async fn tokens_spent_today(&self) -> Result<i64, StoreError> {
+        crate::remote::remote!(self, tokens_spent_today);
         self.usage
             .spent_today(self.backend(), self.context().tenant_id())
             .await

@@ -43,7 +43,12 @@ pub async fn run(global: &GlobalArgs, args: WorkerArgs) -> anyhow::Result<()> {
     config.previous_master_keys.clear();
     config.admin_token = None;
     let _telemetry = settings::init_logging(&config)?;
-    let store = settings::open_store(&config, false).await?;
+    // The store calls that have moved go to the control plane over the channel; the rest
+    // still reach the database directly (Stage 1, ARCHITECTURE.md).
+    let (link, outgoing) = bulkhead_server::worker::link::WorkerLink::new();
+    let store = settings::open_store(&config, false)
+        .await?
+        .with_link(link.clone());
     let mut stream = UnixStream::connect(&args.socket).await.with_context(|| {
         format!(
             "cannot reach the control plane at {}",
@@ -74,7 +79,7 @@ pub async fn run(global: &GlobalArgs, args: WorkerArgs) -> anyhow::Result<()> {
         key_versions,
         sandbox: report,
     };
-    bulkhead_server::worker::serve::serve(state, tenant, stream, ready).await?;
+    bulkhead_server::worker::serve::serve(state, tenant, stream, ready, link, outgoing).await?;
     store.close().await;
     Ok(())
 }

@@ -247,6 +247,13 @@ async fn dedicated_tenants_run_in_their_own_confined_supervised_worker() {
         json!([1]),
         "handed more than acme's one data key: {worker}"
     );
+    // The run's reads and writes of the agent, the run, its thread and its audit events went
+    // to the control plane over the channel (Stage 2), each for a request it had forwarded.
+    assert!(
+        worker["store_calls"].as_u64().unwrap() >= 4,
+        "the worker's run did not reach the store through the control plane: {worker}"
+    );
+    assert_eq!(worker["store_calls_refused"], 0, "{worker}");
     let sandbox = &worker["sandbox"];
     assert_eq!(sandbox["no_new_privs"], true, "{worker}");
     assert_eq!(

@@ -47,9 +47,16 @@ pub enum ToWorker {
         call: Box<HttpCall>,
     },
     /// Continue a paused run whose approval was decided; answered `Done` or `Refused`.
+    /// `caller` is the runtime the control plane resumes it as.
     Resume {
         id: u64,
         run_id: String,
+        caller: Caller,
+    },
+    /// The answer to the worker's store call `call` (`FromWorker::Store`).
+    StoreAnswer {
+        call: u64,
+        answer: Result<serde_json::Value, bulkhead_store::remote::RemoteFailure>,
     },
     Health {
         id: u64,
@@ -229,6 +236,14 @@ pub enum FromWorker {
     Drained {
         id: u64,
     },
+    /// A store call made while serving the forwarded request whose request id is `request`
+    /// (`bulkhead_store::remote`); answered `ToWorker::StoreAnswer` with the same `call`.
+    Store {
+        call: u64,
+        request: String,
+        method: String,
+        args: serde_json::Value,
+    },
 }
 
 impl FromWorker {
@@ -243,7 +258,7 @@ impl FromWorker {
     /// The request a frame answers, if any.
     pub fn request_id(&self) -> Option<u64> {
         match self {
-            FromWorker::Ready { .. } => None,
+            FromWorker::Ready { .. } | FromWorker::Store { .. } => None,
             FromWorker::RunStarted { id, .. }
             | FromWorker::Event { id, .. }
             | FromWorker::Head { id, .. }

@@ -1,5 +1,5 @@
 //! Dedicated tenants' worker processes: the control plane's side (`pool`), the worker's side
-//! (`serve`), and the framed protocol between them (`frames`).
+//! (`serve`, and `link` for its store calls), and the framed protocol between them (`frames`).
 //!
 //! A dedicated tenant's agent work runs in `bulkhead worker --tenant T`, a process serving
 //! that tenant alone. `bulkhead serve` authenticates the request as always, then forwards it
@@ -9,6 +9,7 @@
 //! receives can name another tenant.
 
 pub mod frames;
+pub mod link;
 pub mod pool;
 pub mod serve;
 

@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 
 use bulkhead_core::config::WorkersConfig;
 use bulkhead_core::timestamp::{now_millis, to_rfc3339};
-use bulkhead_core::{TenantContext, TenantId};
-use bulkhead_store::Store;
+use bulkhead_core::{Isolation, TenantContext, TenantId};
+use bulkhead_store::remote::RemoteFailure;
+use bulkhead_store::{RunProcess, Store, StoreError};
 use bulkhead_vault::Vault;
 use serde::Serialize;
 use tokio::net::UnixListener;
@@ -27,7 +28,8 @@ use tokio::sync::{mpsc, oneshot};
 use utoipa::ToSchema;
 
 use crate::worker::frames::{
-    FrameError, FromWorker, HttpCall, RunCall, SandboxReport, ToWorker, read_frame, write_frame,
+    Caller, FrameError, FromWorker, HttpCall, RunCall, SandboxReport, ToWorker, read_frame,
+    write_frame,
 };
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -76,6 +78,10 @@ pub struct WorkerView {
     pub in_flight: usize,
     /// The data-key versions it was handed (the keys themselves never leave the worker).
     pub key_versions: Vec<i64>,
+    /// Store calls the control plane answered for this worker since it started, and how
+    /// many of them it refused (a call naming no request in flight on its channel).
+    pub store_calls: u64,
+    pub store_calls_refused: u64,
     #[schema(value_type = Object)]
     pub sandbox: Option<SandboxReport>,
 }
@@ -133,6 +139,8 @@ struct Conn {
     kill: Mutex<Option<oneshot::Sender<()>>>,
     /// Set when the pool itself stops the worker, so its exit is not a crash.
     stopping: AtomicBool,
+    store_calls: AtomicU64,
+    store_calls_refused: AtomicU64,
 }
 
 struct Pending {
@@ -235,9 +243,11 @@ impl Workers {
         run_id: &str,
     ) -> Result<mpsc::UnboundedReceiver<FromWorker>, WorkerError> {
         let run_id = run_id.to_owned();
+        let caller = Caller::of(ctx);
         self.forward(ctx, Some(run_id.clone()), |id| ToWorker::Resume {
             id,
             run_id,
+            caller,
         })
         .await
     }
@@ -261,6 +271,8 @@ impl Workers {
         if let Some(conn) = slot.conn.lock().ok().and_then(|c| c.clone()) {
             view.in_flight = conn.in_flight();
             view.rss_bytes = rss_bytes(conn.pid);
+            view.store_calls = conn.store_calls.load(Ordering::Relaxed);
+            view.store_calls_refused = conn.store_calls_refused.load(Ordering::Relaxed);
         }
         Some(view)
     }
@@ -453,6 +465,8 @@ impl Workers {
             last_used: Mutex::new(Instant::now()),
             kill: Mutex::new(Some(kill)),
             stopping: AtomicBool::new(false),
+            store_calls: AtomicU64::new(0),
+            store_calls_refused: AtomicU64::new(0),
         });
         let (mut reader, mut writer) = stream.into_split();
         tokio::spawn(async move {
@@ -464,9 +478,23 @@ impl Workers {
         });
         let reading = {
             let conn = conn.clone();
+            let store = self.inner.store.clone();
             async move {
                 loop {
                     match read_frame::<_, FromWorker>(&mut reader).await {
+                        Ok(FromWorker::Store {
+                            call,
+                            request,
+                            method,
+                            args,
+                        }) => {
+                            let (conn, store) = (conn.clone(), store.clone());
+                            tokio::spawn(async move {
+                                let answer =
+                                    answer_store_call(&conn, &store, &request, &method, args).await;
+                                let _ = conn.outbox.send(ToWorker::StoreAnswer { call, answer });
+                            });
+                        }
                         Ok(frame) => dispatch(&conn, frame),
                         Err(FrameError::Closed) => break,
                         Err(error) => {
@@ -716,6 +744,46 @@ fn set_state(slot: &Slot, state: &str) {
     }
 }
 
+/// Answers a worker's store call in the context the control plane authenticated for the
+/// request it serves, found among the requests in flight on *this* worker's channel: a
+/// worker can name neither a tenant nor a caller, only a request it was given.
+async fn answer_store_call(
+    conn: &Conn,
+    store: &Store,
+    request: &str,
+    method: &str,
+    args: serde_json::Value,
+) -> Result<serde_json::Value, RemoteFailure> {
+    conn.store_calls.fetch_add(1, Ordering::Relaxed);
+    let Some(ctx) = context_of_request(conn, request) else {
+        conn.store_calls_refused.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            pid = conn.pid,
+            method,
+            "a worker's store call names no request in flight on its channel; refused"
+        );
+        return Err(RemoteFailure::from(&StoreError::NotFound(
+            "request in flight on this channel",
+        )));
+    };
+    let process = RunProcess {
+        id: conn.pid,
+        isolation: Isolation::Dedicated,
+    };
+    bulkhead_store::remote::answer(&store.tenant(&ctx), process, method, args)
+        .await
+        .map_err(|error| RemoteFailure::from(&error))
+}
+
+fn context_of_request(conn: &Conn, request: &str) -> Option<TenantContext> {
+    let pending = conn.pending.lock().ok()?;
+    pending
+        .values()
+        .filter_map(|entry| entry.ctx.as_ref())
+        .find(|ctx| ctx.request_id().as_str() == request)
+        .cloned()
+}
+
 /// Routes a worker's frame to the request it answers.
 fn dispatch(conn: &Conn, frame: FromWorker) {
     let Some(id) = frame.request_id() else {
@@ -763,4 +831,59 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bulkhead_core::{RegionName, Tenant, TenantStatus};
+
+    /// A worker's connection with one request of `tenant` in flight; the receiver stands in
+    /// for the worker's end of the channel.
+    fn conn_serving(tenant: &str) -> (Conn, TenantContext, mpsc::UnboundedReceiver<ToWorker>) {
+        let record = Tenant {
+            id: TenantId::try_from(tenant).unwrap(),
+            name: tenant.to_uppercase(),
+            region: RegionName::try_from("local").unwrap(),
+            allowed_regions: Vec::new(),
+            isolation: Isolation::Dedicated,
+            status: TenantStatus::Active,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let ctx = bulkhead_core::auth::runtime_context(&record).unwrap();
+        let (outbox, worker_end) = mpsc::unbounded_channel();
+        let conn = Conn {
+            pid: 1,
+            started: Instant::now(),
+            outbox,
+            pending: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            last_used: Mutex::new(Instant::now()),
+            kill: Mutex::new(None),
+            stopping: AtomicBool::new(false),
+            store_calls: AtomicU64::new(0),
+            store_calls_refused: AtomicU64::new(0),
+        };
+        let _answers = conn
+            .request(|id| ToWorker::Health { id }, Some(ctx.clone()), None)
+            .unwrap();
+        (conn, ctx, worker_end)
+    }
+
+    #[test]
+    fn a_store_call_is_answered_only_for_a_request_in_flight_on_the_same_channel() {
+        let (acme, acme_request, _acme_worker) = conn_serving("acme");
+        let (globex, globex_request, _globex_worker) = conn_serving("globex");
+        let found = context_of_request(&acme, acme_request.request_id().as_str()).unwrap();
+        assert_eq!(found.tenant_id().as_str(), "acme");
+        // Globex's request, named on acme's channel (a compromised acme worker that learned
+        // it), finds nothing: the tenant of a call is the channel's.
+        assert!(context_of_request(&acme, globex_request.request_id().as_str()).is_none());
+        assert!(context_of_request(&globex, acme_request.request_id().as_str()).is_none());
+        assert!(context_of_request(&acme, "made-up").is_none());
+        // A request that has been answered is no longer in flight.
+        acme.pending.lock().unwrap().clear();
+        assert!(context_of_request(&acme, acme_request.request_id().as_str()).is_none());
+    }
 }

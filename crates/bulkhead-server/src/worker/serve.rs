@@ -26,6 +26,7 @@ use crate::worker::frames::{
     Caller, FrameError, FromWorker, HttpCall, RunCall, ToWorker, header_pair, read_frame,
     write_frame,
 };
+use crate::worker::link::WorkerLink;
 
 /// Set by the worker on every answer it gives, so a caller (and a test) can see which
 /// process served it.
@@ -64,14 +65,20 @@ pub async fn receive_start(
 
 /// Announces the worker ready, then answers requests until the control plane drains it or
 /// goes away (then the worker has no reason to live and returns).
+/// `link` is the store's link to the control plane (`WorkerLink::new`), and `outbox` the
+/// frames it made; every frame the worker sends goes through it.
 pub async fn serve(
     state: AppState,
     tenant: TenantId,
     stream: UnixStream,
     ready: FromWorker,
+    link: Arc<WorkerLink>,
+    mut outbox: mpsc::UnboundedReceiver<FromWorker>,
 ) -> Result<(), FrameError> {
     let (mut reader, mut writer) = stream.into_split();
-    let (out, mut outbox) = mpsc::unbounded_channel::<FromWorker>();
+    let Some(out) = link.frames() else {
+        return Ok(());
+    };
     let writing = tokio::spawn(async move {
         while let Some(frame) = outbox.recv().await {
             write_frame(&mut writer, &frame).await?;
@@ -81,8 +88,15 @@ pub async fn serve(
     let _ = out.send(ready);
     let in_flight = Arc::new(AtomicUsize::new(0));
     let router = crate::app(state.clone());
+    // Set once a drain has seen the last request finish; until then the loop keeps reading,
+    // since the requests in flight may still be waiting for the answers to store calls.
+    let drained = Arc::new(tokio::sync::Notify::new());
     let outcome = loop {
-        let frame = match read_frame::<_, ToWorker>(&mut reader).await {
+        let read = tokio::select! {
+            read = read_frame::<_, ToWorker>(&mut reader) => read,
+            () = drained.notified() => break Ok(()),
+        };
+        let frame = match read {
             Ok(frame) => frame,
             Err(FrameError::Closed) => {
                 tracing::info!("the control plane closed the channel; exiting");
@@ -104,12 +118,13 @@ pub async fn serve(
                     http(router, &state, &tenant, id, *call, &frames).await
                 });
             }
-            ToWorker::Resume { id, run_id } => {
+            ToWorker::Resume { id, run_id, caller } => {
                 let (state, tenant) = (state.clone(), tenant.clone());
                 answer_in_background(&in_flight, &out, async move {
-                    resume(&state, &tenant, id, run_id).await
+                    resume(&state, &tenant, id, run_id, caller).await
                 });
             }
+            ToWorker::StoreAnswer { call, answer } => link.answered(call, answer),
             ToWorker::Health { id } => {
                 let _ = out.send(FromWorker::Healthy {
                     id,
@@ -117,12 +132,15 @@ pub async fn serve(
                 });
             }
             ToWorker::Drain { id } => {
-                while in_flight.load(Ordering::SeqCst) > 0 {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                tracing::info!("drained; exiting");
-                let _ = out.send(FromWorker::Drained { id });
-                break Ok(());
+                let (in_flight, out, drained) = (in_flight.clone(), out.clone(), drained.clone());
+                tokio::spawn(async move {
+                    while in_flight.load(Ordering::SeqCst) > 0 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    tracing::info!("drained; exiting");
+                    let _ = out.send(FromWorker::Drained { id });
+                    drained.notify_one();
+                });
             }
             ToWorker::Start { .. } => {
                 tracing::warn!("ignoring a second start frame");
@@ -130,6 +148,7 @@ pub async fn serve(
         }
     };
     drop(out);
+    link.shut_down();
     // Whatever was answered reaches the control plane before the process exits.
     match writing.await {
         Ok(Err(error)) if outcome.is_ok() => Err(error),
@@ -332,13 +351,16 @@ fn forwarded_request(
 
 /// A paused run of this tenant continued here; answered `Done` (however it ended) or
 /// `Refused`.
-async fn resume(state: &AppState, tenant: &TenantId, id: u64, run_id: String) -> FromWorker {
-    let ctx = match state.runtime_context(tenant).await {
-        Ok(Some(ctx)) => ctx,
-        Ok(None) => {
-            return FromWorker::refused(id, "not_found", "the tenant is gone or not active");
-        }
-        Err(error) => return FromWorker::refused(id, "internal", error.to_string()),
+async fn resume(
+    state: &AppState,
+    tenant: &TenantId,
+    id: u64,
+    run_id: String,
+    caller: Caller,
+) -> FromWorker {
+    let ctx = match context(state, tenant, caller, id).await {
+        Ok(ctx) => ctx,
+        Err(refusal) => return refusal,
     };
     let span = worker_span("worker.resume", &ctx);
     async {
