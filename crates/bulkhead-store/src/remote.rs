@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{RunEnd, RunProcess, RunProgress, StoreError, TenantStore};
+use crate::{ApprovalDraft, RunEnd, RunProcess, RunProgress, StoreError, TenantStore};
 
 pub type LinkFuture<'a> = Pin<Box<dyn Future<Output = Result<Value, StoreError>> + Send + 'a>>;
 
@@ -270,6 +270,26 @@ pub async fn answer(
         "toolsets" => encode(store.toolsets().await?),
         "policies" => encode(store.policies().await?),
         "policy_generation" => encode(store.policy_generation().await?),
+        "request_approval" => {
+            let (draft, progress): (ApprovalDraft, RunProgress) = decode(method, args)?;
+            encode(store.request_approval(&draft, &progress).await?)
+        }
+        "run_approval" => {
+            let (run_id,): (String,) = decode(method, args)?;
+            encode(store.run_approval(&run_id).await?)
+        }
+        "request_call_approval" => {
+            let (draft,): (ApprovalDraft,) = decode(method, args)?;
+            encode(store.request_call_approval(&draft).await?)
+        }
+        "consume_approval" => {
+            let (caller, tool, arguments): (String, String, String) = decode(method, args)?;
+            encode(store.consume_approval(&caller, &tool, &arguments).await?)
+        }
+        "claim_paused_run" => {
+            let (run_id,): (String,) = decode(method, args)?;
+            encode(store.claim_paused_run(&run_id, process).await?)
+        }
         other => {
             tracing::warn!(
                 method = other,

@@ -54,7 +54,7 @@ pub struct PolicyRecord {
 }
 
 /// A tool call waiting for (or past) a decision.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
 pub struct ApprovalRecord {
     pub approval_id: String,
     pub run_id: String,
@@ -77,7 +77,7 @@ pub struct ApprovalRecord {
 }
 
 /// What a run asks a person to decide.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ApprovalDraft {
     pub approval_id: String,
     pub run_id: String,
@@ -293,6 +293,7 @@ impl TenantStore<'_> {
         draft: &ApprovalDraft,
         progress: &RunProgress,
     ) -> Result<ApprovalRecord, StoreError> {
+        remote!(self, request_approval, draft, progress);
         let tenant = self.context().tenant_id();
         let mut tx = self.begin(Access::Write).await?;
         let now = now_millis();
@@ -358,6 +359,7 @@ impl TenantStore<'_> {
 
     /// The latest approval of a run (the one it waits for, or waited for last).
     pub async fn run_approval(&self, run_id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
+        remote!(self, run_approval, run_id);
         let mut tx = self.begin(Access::Read).await?;
         let sql = format!(
             "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE tenant_id = $1 AND run_id = $2 \
@@ -441,6 +443,7 @@ impl TenantStore<'_> {
         &self,
         draft: &ApprovalDraft,
     ) -> Result<ApprovalRecord, StoreError> {
+        remote!(self, request_call_approval, draft);
         let tenant = self.context().tenant_id();
         let mut tx = self.begin(Access::Write).await?;
         let draft = ApprovalDraft {
@@ -461,6 +464,7 @@ impl TenantStore<'_> {
         tool: &str,
         arguments: &str,
     ) -> Result<Option<ApprovalRecord>, StoreError> {
+        remote!(self, consume_approval, caller, tool, arguments);
         let tenant = self.context().tenant_id();
         let mut tx = self.begin(Access::Write).await?;
         let sql = format!(
@@ -494,6 +498,8 @@ impl TenantStore<'_> {
         run_id: &str,
         process: crate::RunProcess,
     ) -> Result<bool, StoreError> {
+        // As with start_run, the process is the one the control plane knows the worker by.
+        remote!(self, claim_paused_run, run_id);
         let tenant = self.context().tenant_id();
         let mut tx = self.begin(Access::Write).await?;
         let claimed = execute!(

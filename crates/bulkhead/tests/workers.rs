@@ -793,6 +793,11 @@ async fn a_dedicated_tenants_gateway_mcp_knowledge_previews_and_approvals_are_se
     );
     let posts = saas.requests();
     assert_eq!(posts.len(), 2, "{posts:?}");
+    // Every store call the worker made on these paths (the approval's request, its
+    // consumption, the paused run's claim) named a request the control plane had forwarded.
+    let worker = client.worker("acme").await;
+    assert!(worker["store_calls"].as_u64().unwrap() > 0, "{worker}");
+    assert_eq!(worker["store_calls_refused"], 0, "{worker}");
 
     // A worker killed under a gateway call: the call gets a clear 503, the agent run it
     // started is failed, and the worker comes back.
