@@ -17,7 +17,15 @@ pub(crate) enum Backend {
         reader: SqlitePool,
     },
     Postgres(PgPool),
+    /// No database at all: a dedicated worker's store, whose tenant calls go to the control
+    /// plane (`remote.rs`). A call that has not moved fails here, loudly, instead of reaching
+    /// rows the worker has no business reading.
+    Detached,
 }
+
+/// What a call on a [`Backend::Detached`] store fails with.
+pub(crate) const DETACHED: StoreError =
+    StoreError::Unsupported("this process has no database (a dedicated worker)");
 
 pub(crate) enum Tx {
     Sqlite(Transaction<'static, Sqlite>),
@@ -83,6 +91,7 @@ impl Backend {
                 }
                 Ok(Tx::Postgres(tx))
             }
+            Backend::Detached => Err(DETACHED),
         }
     }
 
@@ -94,6 +103,7 @@ impl Backend {
             Backend::Postgres(pool) => {
                 sqlx::query("SELECT 1").execute(pool).await?;
             }
+            Backend::Detached => return Err(DETACHED),
         }
         Ok(())
     }
@@ -116,6 +126,7 @@ impl Backend {
                     .fetch_one(pool)
                     .await?
             }
+            Backend::Detached => return Err(DETACHED),
         };
         Ok(size)
     }
@@ -141,6 +152,7 @@ impl Backend {
                 writer.close().await;
             }
             Backend::Postgres(pool) => pool.close().await,
+            Backend::Detached => {}
         }
     }
 }

@@ -4,15 +4,21 @@
 
 use bulkhead_core::audit::{AuditDraft, Outcome};
 use bulkhead_core::timestamp::now_millis;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::backend::{Access, Tx, execute, fetch_all, fetch_optional};
+use crate::remote::{self, StoreLink, remote};
 use crate::{StoreError, TenantStore, audit};
+
+/// Chunks per page of an index source sent to a dedicated worker: with 384 dimensions as
+/// JSON numbers, a few MiB, well under a frame.
+pub(crate) const INDEX_PAGE: i64 = 512;
 
 /// Rows per multi-row INSERT: 8 parameters each stays far below both databases' limits.
 const CHUNK_INSERT_BATCH: usize = 200;
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, Deserialize)]
 pub struct KnowledgeBaseRecord {
     pub kb: String,
     pub embedder: String,
@@ -26,14 +32,14 @@ pub struct KnowledgeBaseRecord {
 
 /// Which state of a knowledge base an index reflects: the creation (`epoch`, its
 /// `created_at`) and the count of changes since.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KnowledgeVersion {
     pub epoch: i64,
     pub generation: i64,
 }
 
 /// What a search needs to know about its knowledge base.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, Deserialize)]
 pub struct KnowledgeHead {
     pub generation: i64,
     /// When this knowledge base was created: a generation counts changes of one creation,
@@ -43,7 +49,7 @@ pub struct KnowledgeHead {
     pub dimensions: i64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DocumentRecord {
     pub doc_id: String,
     pub title: String,
@@ -88,7 +94,7 @@ impl TryFrom<DocumentRow> for DocumentRecord {
 }
 
 /// A chunk to store with its document.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NewChunk {
     pub position: i64,
     pub heading_path: Vec<String>,
@@ -97,6 +103,7 @@ pub struct NewChunk {
 }
 
 /// A document and its chunks, written together.
+#[derive(Serialize)]
 pub struct DocumentWrite<'a> {
     pub doc_id: &'a str,
     pub title: &'a str,
@@ -108,7 +115,7 @@ pub struct DocumentWrite<'a> {
 }
 
 /// What a document write did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DocumentOutcome {
     Created,
     Replaced,
@@ -117,7 +124,7 @@ pub enum DocumentOutcome {
 }
 
 /// The change a write made, for a cached index to apply without reloading.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KnowledgeChange {
     pub outcome: DocumentOutcome,
     /// The knowledge base's generation before and after the change (equal if unchanged).
@@ -131,7 +138,7 @@ pub struct KnowledgeChange {
 }
 
 /// A chunk as the index loads it: what vector and keyword search need.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IndexedChunk {
     pub chunk_id: i64,
     pub text: String,
@@ -139,7 +146,7 @@ pub struct IndexedChunk {
 }
 
 /// A chunk as a search result shows it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChunkRecord {
     pub chunk_id: i64,
     pub doc_id: String,
@@ -208,6 +215,7 @@ impl TenantStore<'_> {
         embedder: &str,
         dimensions: usize,
     ) -> Result<KnowledgeBaseRecord, StoreError> {
+        remote!(self, ensure_knowledge_base, kb, embedder, dimensions);
         let tenant = self.context().tenant_id();
         let mut tx = self.begin(Access::Write).await?;
         let now = now_millis();
@@ -245,6 +253,7 @@ impl TenantStore<'_> {
         &self,
         kb: &str,
     ) -> Result<Option<KnowledgeBaseRecord>, StoreError> {
+        remote!(self, knowledge_base, kb);
         let mut tx = self.begin(Access::Read).await?;
         let sql = format!("{KNOWLEDGE_BASES} AND k.kb = $2");
         let row = fetch_optional!(
@@ -259,6 +268,7 @@ impl TenantStore<'_> {
     }
 
     pub async fn knowledge_bases(&self) -> Result<Vec<KnowledgeBaseRecord>, StoreError> {
+        remote!(self, knowledge_bases);
         let mut tx = self.begin(Access::Read).await?;
         let sql = format!("{KNOWLEDGE_BASES} ORDER BY k.kb");
         let rows = fetch_all!(
@@ -274,6 +284,7 @@ impl TenantStore<'_> {
     /// The knowledge base's generation and embedder, on every search: one indexed
     /// single-row read.
     pub async fn knowledge_head(&self, kb: &str) -> Result<Option<KnowledgeHead>, StoreError> {
+        remote!(self, knowledge_head, kb);
         let mut tx = self.begin(Access::SingleRead).await?;
         let row = fetch_optional!(
             &mut tx,
@@ -292,6 +303,7 @@ impl TenantStore<'_> {
         kb: &str,
         doc_id: &str,
     ) -> Result<Option<String>, StoreError> {
+        remote!(self, document_hash, kb, doc_id);
         Ok(self.document(kb, doc_id).await?.map(|d| d.content_hash))
     }
 
@@ -300,6 +312,7 @@ impl TenantStore<'_> {
         kb: &str,
         doc_id: &str,
     ) -> Result<Option<DocumentRecord>, StoreError> {
+        remote!(self, document, kb, doc_id);
         let mut tx = self.begin(Access::Read).await?;
         let row = fetch_optional!(
             &mut tx,
@@ -315,6 +328,7 @@ impl TenantStore<'_> {
     }
 
     pub async fn documents(&self, kb: &str) -> Result<Vec<DocumentRecord>, StoreError> {
+        remote!(self, documents, kb);
         let mut tx = self.begin(Access::Read).await?;
         let rows = fetch_all!(
             &mut tx,
@@ -336,6 +350,7 @@ impl TenantStore<'_> {
         kb: &str,
         write: &DocumentWrite<'_>,
     ) -> Result<KnowledgeChange, StoreError> {
+        remote!(self, put_document, kb, write);
         let tenant = self.context().tenant_id();
         let mut tx = self.begin(Access::Write).await?;
         let now = now_millis();
@@ -468,6 +483,7 @@ impl TenantStore<'_> {
         kb: &str,
         doc_id: &str,
     ) -> Result<Option<KnowledgeChange>, StoreError> {
+        remote!(self, delete_document, kb, doc_id);
         let tenant = self.context().tenant_id();
         let mut tx = self.begin(Access::Write).await?;
         let removed_chunk_ids = delete_chunks(&mut tx, tenant.as_str(), kb, doc_id).await?;
@@ -518,6 +534,7 @@ impl TenantStore<'_> {
     /// Deletes a knowledge base with all its documents, chunks and vectors; `None` if there
     /// was none. Answers how many documents went.
     pub async fn delete_knowledge_base(&self, kb: &str) -> Result<Option<i64>, StoreError> {
+        remote!(self, delete_knowledge_base, kb);
         let tenant = self.context().tenant_id();
         let mut tx = self.begin(Access::Write).await?;
         execute!(
@@ -563,6 +580,60 @@ impl TenantStore<'_> {
         &self,
         kb: &str,
     ) -> Result<Option<(KnowledgeVersion, Vec<IndexedChunk>)>, StoreError> {
+        if let Some(link) = self.link {
+            return self.index_source_in_pages(link, kb).await;
+        }
+        self.knowledge_index_page(kb, 0, i64::MAX).await
+    }
+
+    /// A dedicated worker reads the index source a page at a time, so that no answer is
+    /// larger than a frame. Pages are read in transactions of their own; every change of a
+    /// knowledge base moves its version, so pages that all carry one version are one state.
+    async fn index_source_in_pages(
+        &self,
+        link: &dyn StoreLink,
+        kb: &str,
+    ) -> Result<Option<(KnowledgeVersion, Vec<IndexedChunk>)>, StoreError> {
+        const ATTEMPTS: usize = 3;
+        'attempt: for _ in 0..ATTEMPTS {
+            let mut chunks: Vec<IndexedChunk> = Vec::new();
+            let mut version = None;
+            loop {
+                let after = chunks.last().map_or(0, |chunk| chunk.chunk_id);
+                let page: Option<(KnowledgeVersion, Vec<IndexedChunk>)> = remote::call(
+                    link,
+                    self.context(),
+                    "knowledge_index_page",
+                    (kb, after, INDEX_PAGE),
+                )
+                .await?;
+                let Some((page_version, page)) = page else {
+                    return Ok(None);
+                };
+                if version.is_some_and(|seen| seen != page_version) {
+                    continue 'attempt;
+                }
+                version = Some(page_version);
+                let last = page.len() < INDEX_PAGE as usize;
+                chunks.extend(page);
+                if last {
+                    return Ok(Some((page_version, chunks)));
+                }
+            }
+        }
+        Err(StoreError::Conflict(
+            "a knowledge base that changed while it was read, three times over",
+        ))
+    }
+
+    /// The chunks after `after` (a chunk id), at most `limit` of them, with the version they
+    /// belong to.
+    pub(crate) async fn knowledge_index_page(
+        &self,
+        kb: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Option<(KnowledgeVersion, Vec<IndexedChunk>)>, StoreError> {
         let tenant = self.context().tenant_id();
         let mut tx = self.begin(Access::Read).await?;
         let Some(generation) = fetch_optional!(
@@ -579,9 +650,12 @@ impl TenantStore<'_> {
         let rows = fetch_all!(
             &mut tx,
             IndexedRow,
-            "SELECT chunk_id, text, embedding FROM kb_chunks WHERE tenant_id = $1 AND kb = $2 ORDER BY chunk_id",
+            "SELECT chunk_id, text, embedding FROM kb_chunks WHERE tenant_id = $1 AND kb = $2 \
+             AND chunk_id > $3 ORDER BY chunk_id LIMIT $4",
             tenant.as_str(),
-            kb
+            kb,
+            after,
+            limit
         )?;
         tx.commit().await?;
         let chunks = rows
@@ -613,6 +687,7 @@ impl TenantStore<'_> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        remote!(self, chunks_by_id, kb, ids);
         let placeholders = (0..ids.len())
             .map(|i| format!("${}", i + 3))
             .collect::<Vec<_>>()

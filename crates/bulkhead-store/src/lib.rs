@@ -97,6 +97,9 @@ pub enum StoreError {
 pub enum BackendKind {
     Sqlite,
     Postgres,
+    /// A dedicated worker's store: no database of its own, its tenant's calls answered by
+    /// the control plane.
+    ControlPlane,
 }
 
 /// A handle on the database. Cheap to clone; hands out [`AdminStore`] and [`TenantStore`].
@@ -205,10 +208,19 @@ impl Store {
         self
     }
 
+    /// A dedicated worker's store: no database, every tenant call sent over `link`. A call
+    /// that has not moved, and every [`AdminStore`] call, fails with
+    /// `StoreError::Unsupported`.
+    pub fn linked(link: std::sync::Arc<dyn remote::StoreLink>) -> Self {
+        let backend = Backend::Detached;
+        Self::with_backend(backend.clone(), EventBatcher::start(backend)).with_link(link)
+    }
+
     pub fn kind(&self) -> BackendKind {
         match self.backend {
             Backend::Sqlite { .. } => BackendKind::Sqlite,
             Backend::Postgres(_) => BackendKind::Postgres,
+            Backend::Detached => BackendKind::ControlPlane,
         }
     }
 

@@ -32,7 +32,7 @@ impl Store {
     /// Whether the server has the `vector` extension available.
     pub async fn pgvector_available(&self) -> Result<bool, StoreError> {
         match &self.backend {
-            Backend::Sqlite { .. } => Ok(false),
+            Backend::Sqlite { .. } | Backend::Detached => Ok(false),
             Backend::Postgres(pool) => {
                 let found: Option<i32> = sqlx::query_scalar(
                     "SELECT 1 FROM pg_available_extensions WHERE name = 'vector'",

@@ -9,8 +9,10 @@
 //! channel's, and the caller is the one the control plane authenticated: nothing the worker
 //! sends can name another tenant or another principal.
 //!
-//! Methods that have not moved yet still use the worker's own database connection (Stage 1,
-//! ARCHITECTURE.md); once none is left the worker stops opening the database.
+//! A worker's store is [`Store::linked`](crate::Store::linked): it has no database at all.
+//! A method that has not moved, and every `AdminStore` call, fails there with
+//! `StoreError::Unsupported` instead of reaching any row. Calls whose answer nobody waits
+//! for (usage counts) are [`StoreLink::notify`].
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -23,15 +25,40 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{ApprovalDraft, RunEnd, RunProcess, RunProgress, StoreError, TenantStore};
+use crate::knowledge::INDEX_PAGE;
+use crate::{
+    ApprovalDraft, DocumentWrite, NewChunk, RunEnd, RunProcess, RunProgress, StoreError,
+    TenantStore,
+};
 
 pub type LinkFuture<'a> = Pin<Box<dyn Future<Output = Result<Value, StoreError>> + Send + 'a>>;
 
 /// The worker's end of the channel, as the store sees it.
 pub trait StoreLink: Send + Sync {
     /// Sends one call made while serving the forwarded request `request` and waits for its
-    /// answer.
+    /// answer. The call is on its way when this returns, before the future is polled: the
+    /// control plane reads it before any later frame of the same request, and so before the
+    /// request's last one.
     fn call(&self, request: &RequestId, method: &'static str, args: Value) -> LinkFuture<'_>;
+
+    /// Sends a call whose answer nobody waits for (counting usage). A failure is logged by
+    /// the control plane.
+    fn notify(&self, request: &RequestId, method: &'static str, args: Value) {
+        drop(self.call(request, method, args));
+    }
+}
+
+/// Sends a call whose answer nobody waits for; see [`StoreLink::notify`].
+pub(crate) fn notify<A: Serialize>(
+    link: &dyn StoreLink,
+    ctx: &TenantContext,
+    method: &'static str,
+    args: A,
+) {
+    match serde_json::to_value(args) {
+        Ok(args) => link.notify(ctx.request_id(), method, args),
+        Err(error) => tracing::warn!(method, %error, "cannot encode a store call; not sent"),
+    }
 }
 
 /// A failed call as it crosses the channel: the error's kind and its message.
@@ -157,6 +184,18 @@ impl From<DraftWire> for AuditDraft {
             details: wire.details,
         }
     }
+}
+
+/// A document write as it crosses the channel (`DocumentWrite` borrows its fields).
+#[derive(Deserialize)]
+struct DocumentWire {
+    doc_id: String,
+    title: String,
+    content_type: String,
+    metadata: Value,
+    content_hash: String,
+    bytes: i64,
+    chunks: Vec<NewChunk>,
 }
 
 /// Decodes a call's arguments. What a worker sends is not trusted: a malformed call is
@@ -285,6 +324,78 @@ pub async fn answer(
         "consume_approval" => {
             let (caller, tool, arguments): (String, String, String) = decode(method, args)?;
             encode(store.consume_approval(&caller, &tool, &arguments).await?)
+        }
+        "ensure_knowledge_base" => {
+            let (kb, embedder, dimensions): (String, String, usize) = decode(method, args)?;
+            encode(
+                store
+                    .ensure_knowledge_base(&kb, &embedder, dimensions)
+                    .await?,
+            )
+        }
+        "knowledge_base" => {
+            let (kb,): (String,) = decode(method, args)?;
+            encode(store.knowledge_base(&kb).await?)
+        }
+        "knowledge_bases" => encode(store.knowledge_bases().await?),
+        "knowledge_head" => {
+            let (kb,): (String,) = decode(method, args)?;
+            encode(store.knowledge_head(&kb).await?)
+        }
+        "document_hash" => {
+            let (kb, doc_id): (String, String) = decode(method, args)?;
+            encode(store.document_hash(&kb, &doc_id).await?)
+        }
+        "document" => {
+            let (kb, doc_id): (String, String) = decode(method, args)?;
+            encode(store.document(&kb, &doc_id).await?)
+        }
+        "documents" => {
+            let (kb,): (String,) = decode(method, args)?;
+            encode(store.documents(&kb).await?)
+        }
+        "put_document" => {
+            let (kb, wire): (String, DocumentWire) = decode(method, args)?;
+            let write = DocumentWrite {
+                doc_id: &wire.doc_id,
+                title: &wire.title,
+                content_type: &wire.content_type,
+                metadata: &wire.metadata,
+                content_hash: &wire.content_hash,
+                bytes: wire.bytes,
+                chunks: wire.chunks,
+            };
+            encode(store.put_document(&kb, &write).await?)
+        }
+        "delete_document" => {
+            let (kb, doc_id): (String, String) = decode(method, args)?;
+            encode(store.delete_document(&kb, &doc_id).await?)
+        }
+        "delete_knowledge_base" => {
+            let (kb,): (String,) = decode(method, args)?;
+            encode(store.delete_knowledge_base(&kb).await?)
+        }
+        "knowledge_index_page" => {
+            // A worker asking for more per page than it should still gets answers that fit
+            // in a frame.
+            let (kb, after, limit): (String, i64, i64) = decode(method, args)?;
+            let limit = limit.clamp(1, INDEX_PAGE);
+            encode(store.knowledge_index_page(&kb, after, limit).await?)
+        }
+        "chunks_by_id" => {
+            let (kb, ids): (String, Vec<i64>) = decode(method, args)?;
+            encode(store.chunks_by_id(&kb, &ids).await?)
+        }
+        "record_usage" => {
+            let (model, agent, input_tokens, output_tokens): (String, Option<String>, u64, u64) =
+                decode(method, args)?;
+            store.record_usage(&model, agent.as_deref(), input_tokens, output_tokens);
+            encode(())
+        }
+        "record_tool_call" => {
+            let (agent, tool, failed): (Option<String>, String, bool) = decode(method, args)?;
+            store.record_tool_call(agent.as_deref(), &tool, failed);
+            encode(())
         }
         "claim_paused_run" => {
             let (run_id,): (String,) = decode(method, args)?;

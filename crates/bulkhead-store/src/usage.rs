@@ -298,6 +298,10 @@ impl TenantStore<'_> {
         input_tokens: u64,
         output_tokens: u64,
     ) {
+        if let Some(link) = self.link {
+            let args = (model, agent, input_tokens, output_tokens);
+            return crate::remote::notify(link, self.context(), "record_usage", args);
+        }
         let key = (
             self.context().tenant_id().clone(),
             today(),
@@ -309,6 +313,10 @@ impl TenantStore<'_> {
 
     /// Counts one call of `tool` (`toolset.operation`) by `agent` (`None` through `/mcp`).
     pub fn record_tool_call(&self, agent: Option<&str>, tool: &str, failed: bool) {
+        if let Some(link) = self.link {
+            let args = (agent, tool, failed);
+            return crate::remote::notify(link, self.context(), "record_tool_call", args);
+        }
         let key = (
             self.context().tenant_id().clone(),
             today(),

@@ -7,12 +7,12 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bulkhead_core::{AgentName, Isolation, RequestId, Role, TenantContext};
 use bulkhead_store::remote::{LinkFuture, StoreLink, answer};
 use bulkhead_store::testing::create_tenant;
-use bulkhead_store::{RunProcess, Store, StoreError, StoreOptions};
+use bulkhead_store::{DocumentWrite, NewChunk, RunProcess, Store, StoreError, StoreOptions};
 use serde_json::{Value, json};
 
 /// The control plane's end of one worker's channel: every call is answered as `tenant`.
@@ -20,12 +20,49 @@ struct BoundChannel {
     store: Store,
     tenant: TenantContext,
     calls: AtomicUsize,
+    index_pages: AtomicUsize,
+    /// Once set, the knowledge base changes just before the second page of an index is
+    /// answered (as another request's write would).
+    change_before_second_page: AtomicBool,
+    /// Calls nobody waits for, answered on tasks of their own as the control plane does.
+    notified: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl BoundChannel {
+    fn new(store: &Store, tenant: &TenantContext) -> Arc<Self> {
+        Arc::new(Self {
+            store: store.clone(),
+            tenant: tenant.clone(),
+            calls: AtomicUsize::new(0),
+            index_pages: AtomicUsize::new(0),
+            change_before_second_page: AtomicBool::new(false),
+            notified: Default::default(),
+        })
+    }
+
+    async fn notified_calls_answered(&self) {
+        let handles = std::mem::take(&mut *self.notified.lock().unwrap());
+        for handle in handles {
+            handle.await.unwrap();
+        }
+    }
 }
 
 impl StoreLink for BoundChannel {
     fn call(&self, _request: &RequestId, method: &'static str, args: Value) -> LinkFuture<'_> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move {
+            if method == "knowledge_index_page"
+                && self.index_pages.fetch_add(1, Ordering::SeqCst) == 1
+                && self.change_before_second_page.swap(false, Ordering::SeqCst)
+            {
+                let texts = ["a change made between two pages"];
+                let store = self.store.tenant(&self.tenant);
+                store
+                    .put_document("kb", &document("late", &texts))
+                    .await
+                    .unwrap();
+            }
             // What crosses a real channel is JSON text.
             let args: Value = serde_json::from_str(&args.to_string()).unwrap();
             let process = RunProcess {
@@ -34,6 +71,17 @@ impl StoreLink for BoundChannel {
             };
             answer(&self.store.tenant(&self.tenant), process, method, args).await
         })
+    }
+
+    fn notify(&self, _request: &RequestId, method: &'static str, args: Value) {
+        let (store, tenant) = (self.store.clone(), self.tenant.clone());
+        let process = RunProcess::current(Isolation::Dedicated);
+        let handle = tokio::spawn(async move {
+            answer(&store.tenant(&tenant), process, method, args)
+                .await
+                .unwrap();
+        });
+        self.notified.lock().unwrap().push(handle);
     }
 }
 
@@ -64,12 +112,8 @@ async fn a_linked_handle_reads_and_writes_in_the_channels_tenant_only() {
         .await
         .unwrap();
 
-    let channel = Arc::new(BoundChannel {
-        store: control.clone(),
-        tenant: acme_ctx.clone(),
-        calls: AtomicUsize::new(0),
-    });
-    let worker = open(&path).await.with_link(channel.clone());
+    let channel = BoundChannel::new(&control, &acme_ctx);
+    let worker = Store::linked(channel.clone());
 
     // Acme's worker asks as acme: acme's agent, through the channel.
     let agent = worker
@@ -121,10 +165,20 @@ async fn a_linked_handle_reads_and_writes_in_the_channels_tenant_only() {
             .is_none()
     );
 
-    // A method that has not moved is not sent (it still uses the worker's own connection),
-    // and a name the control plane does not serve is refused there.
+    // A linked store has no database: a method that has not moved (no agent work calls it)
+    // and every control-plane call fail there, without sending anything; a name the control
+    // plane does not serve is refused there.
     let before = channel.calls.load(Ordering::SeqCst);
-    worker.tenant(&acme_ctx).agents().await.unwrap();
+    let unmoved = worker.tenant(&acme_ctx).agents().await;
+    assert!(
+        matches!(unmoved, Err(StoreError::Unsupported(_))),
+        "{unmoved:?}"
+    );
+    let admin = worker.admin().list_tenants(None, 10).await;
+    assert!(
+        matches!(admin, Err(StoreError::Unsupported(_))),
+        "{admin:?}"
+    );
     assert_eq!(channel.calls.load(Ordering::SeqCst), before);
     let refused = answer(
         &control.tenant(&acme_ctx),
@@ -148,5 +202,131 @@ async fn a_linked_handle_reads_and_writes_in_the_channels_tenant_only() {
     assert!(
         matches!(malformed, Err(StoreError::Unsupported(_))),
         "{malformed:?}"
+    );
+}
+
+fn document<'a>(doc_id: &'a str, texts: &[&str]) -> DocumentWrite<'a> {
+    static METADATA: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    DocumentWrite {
+        doc_id,
+        title: doc_id,
+        content_type: "text/plain",
+        metadata: METADATA.get_or_init(|| json!({})),
+        content_hash: doc_id,
+        bytes: 1,
+        chunks: texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| NewChunk {
+                position: i as i64,
+                heading_path: vec!["Top".to_owned()],
+                text: (*text).to_owned(),
+                embedding: vec![i as f32, 0.5, -0.25, 1.0],
+            })
+            .collect(),
+    }
+}
+
+#[tokio::test]
+async fn a_worker_reads_a_large_index_in_pages_of_one_version_and_counts_usage_remotely() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = open(&dir.path().join("bulkhead.db")).await;
+    let acme = create_tenant(&control, "acme", "local").await;
+    let globex = create_tenant(&control, "globex", "local").await;
+    let acme_ctx = TenantContext::for_tests(&acme, &[Role::Owner]);
+    let globex_ctx = TenantContext::for_tests(&globex, &[Role::Owner]);
+    let channel = BoundChannel::new(&control, &acme_ctx);
+    let worker = Store::linked(channel.clone());
+    // The worker writes through the channel; a handle naming globex writes acme's rows.
+    let forged = worker.tenant(&globex_ctx);
+    forged
+        .ensure_knowledge_base("kb", "local", 4)
+        .await
+        .unwrap();
+    let texts: Vec<String> = (0..1100).map(|i| format!("chunk {i}")).collect();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let change = forged
+        .put_document("kb", &document("big", &texts))
+        .await
+        .unwrap();
+    assert_eq!(change.added_chunk_ids.len(), 1100);
+    assert!(
+        control
+            .tenant(&globex_ctx)
+            .knowledge_head("kb")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let head = control
+        .tenant(&acme_ctx)
+        .knowledge_head("kb")
+        .await
+        .unwrap()
+        .unwrap();
+
+    // More chunks than a page: read in three pages, all of one version.
+    let pages_before = channel.index_pages.load(Ordering::SeqCst);
+    let (version, chunks) = forged.knowledge_index_source("kb").await.unwrap().unwrap();
+    assert_eq!(channel.index_pages.load(Ordering::SeqCst) - pages_before, 3);
+    assert_eq!(
+        (version.generation, version.epoch),
+        (head.generation, head.created_at)
+    );
+    assert_eq!(chunks.len(), 1100);
+    assert!(chunks.windows(2).all(|w| w[0].chunk_id < w[1].chunk_id));
+    assert_eq!(chunks[1099].text, "chunk 1099");
+    assert_eq!(chunks[7].embedding, vec![7.0, 0.5, -0.25, 1.0]);
+    let (_, direct) = control
+        .tenant(&acme_ctx)
+        .knowledge_index_source("kb")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(direct.len(), chunks.len());
+
+    // A change between two pages: the pages of the old version are thrown away and the
+    // source is read again, whole, at the new version.
+    channel
+        .change_before_second_page
+        .store(true, Ordering::SeqCst);
+    channel.index_pages.store(0, Ordering::SeqCst);
+    let (changed, chunks) = forged.knowledge_index_source("kb").await.unwrap().unwrap();
+    assert_eq!(changed.generation, version.generation + 1);
+    assert_eq!(chunks.len(), 1101);
+    assert_eq!(channel.index_pages.load(Ordering::SeqCst), 2 + 3);
+    let found = forged
+        .chunks_by_id("kb", &[chunks[0].chunk_id, chunks[1100].chunk_id])
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 2);
+    assert_eq!(
+        forged.document_hash("kb", "big").await.unwrap().as_deref(),
+        Some("big")
+    );
+
+    // Usage is counted by the control plane, in the channel's tenant.
+    forged.record_usage("gpt", None, 10, 5);
+    forged.record_tool_call(None, "slack.post", false);
+    channel.notified_calls_answered().await;
+    let usage = control.tenant(&acme_ctx).usage().await.unwrap();
+    assert_eq!(
+        usage
+            .iter()
+            .map(|row| (row.model.as_str(), row.requests))
+            .collect::<Vec<_>>(),
+        [("gpt", 1)]
+    );
+    assert_eq!(
+        control.tenant(&acme_ctx).tool_usage().await.unwrap().len(),
+        1
+    );
+    assert!(
+        control
+            .tenant(&globex_ctx)
+            .usage()
+            .await
+            .unwrap()
+            .is_empty()
     );
 }

@@ -1,13 +1,15 @@
 //! What a dedicated worker takes away from itself before it serves (Linux).
 //!
 //! `no_new_privs`, then a landlock ruleset: read-only on the system directories, its binary
-//! and the model files; read-write on its own directory and the SQLite files; nothing else
-//! (another worker's directory and the key-encryption key file included). Where the kernel
+//! and the model files; read-write on its own directory; nothing else (the database, another
+//! worker's directory and the key-encryption key file included: a worker's store calls go to
+//! the control plane). Where the kernel
 //! has no landlock the worker says so in one log line and in its start report. Then
 //! `RLIMIT_AS` and `RLIMIT_NOFILE`. Last, the seccomp deny-list (`seccomp.rs`): no reading
 //! another process's memory, no running programs. The report is checked from inside: after
-//! confining, the worker tries to read the KEK file and another process's memory (its own,
-//! through the call that would reach another's) and reports whether it could.
+//! confining, the worker tries to read the KEK file, the SQLite database and another
+//! process's memory (its own, through the call that would reach another's) and reports
+//! whether it could.
 
 use std::path::{Path, PathBuf};
 
@@ -19,7 +21,8 @@ use landlock::{
 
 pub struct Confinement<'a> {
     pub own_dir: &'a Path,
-    pub database_files: &'a [PathBuf],
+    /// The SQLite database, which the worker must not be able to open.
+    pub database_file: Option<&'a Path>,
     pub model_files: &'a [PathBuf],
     pub kek_file: Option<&'a Path>,
     pub memory_mib: u64,
@@ -69,13 +72,17 @@ pub fn confine(what: &Confinement<'_>) -> SandboxReport {
         landlock: landlock.to_owned(),
         seccomp: seccomp.to_owned(),
         process_memory_readable: crate::seccomp::process_memory_readable(),
-        kek_file_readable: what
-            .kek_file
-            .filter(|path| path.exists())
-            .map(|path| std::fs::File::open(path).is_ok()),
+        kek_file_readable: readable(what.kek_file),
+        database_readable: readable(what.database_file),
         memory_limit_bytes,
         open_files_limit,
     }
+}
+
+/// Whether a file that exists can be opened; `None` for no file.
+fn readable(path: Option<&Path>) -> Option<bool> {
+    path.filter(|path| path.exists())
+        .map(|path| std::fs::File::open(path).is_ok())
 }
 
 fn set_limit(resource: nix::sys::resource::Resource, value: u64) -> bool {
@@ -104,17 +111,8 @@ fn landlock_rules(what: &Confinement<'_>) -> Result<RulesetStatus, landlock::Rul
             ruleset = ruleset.add_rule(PathBeneath::new(fd, read))?;
         }
     }
-    let mut writable = vec![what.own_dir.to_path_buf()];
-    writable.extend(what.database_files.iter().filter(|p| p.exists()).cloned());
-    for path in &writable {
-        if let Ok(fd) = PathFd::new(path) {
-            let access = if path.is_dir() {
-                all
-            } else {
-                AccessFs::from_file(abi)
-            };
-            ruleset = ruleset.add_rule(PathBeneath::new(fd, access))?;
-        }
+    if let Ok(fd) = PathFd::new(what.own_dir) {
+        ruleset = ruleset.add_rule(PathBeneath::new(fd, all))?;
     }
     Ok(ruleset.restrict_self()?.ruleset)
 }

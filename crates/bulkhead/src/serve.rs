@@ -145,12 +145,14 @@ pub async fn worker_state(
     ))
 }
 
-/// Environment variables a worker must not inherit: the key-encryption keys and the admin
-/// token.
+/// Environment variables a worker must not inherit: the key-encryption keys, the admin
+/// token, and the database's address (a worker has no database; a PostgreSQL URL may carry
+/// a password).
 const WITHHELD_FROM_WORKERS: &[&str] = &[
     "BULKHEAD_MASTER_KEY",
     "BULKHEAD_PREVIOUS_MASTER_KEYS",
     "BULKHEAD_ADMIN_TOKEN",
+    "BULKHEAD_DATABASE",
 ];
 
 const MIMALLOC_EAGER_COMMIT: &str = "MIMALLOC_ARENA_EAGER_COMMIT";
@@ -173,7 +175,13 @@ fn worker_launch(
         "--data-dir".into(),
         std::path::absolute(&config.data_dir)?.into(),
     ]);
-    if let Some(database) = &config.database {
+    // Only a SQLite file's place, which the worker checks it cannot open; never a
+    // PostgreSQL URL.
+    if let Some(database) = config
+        .database
+        .as_ref()
+        .filter(|url| url.starts_with("sqlite://"))
+    {
         global_args.extend(["--database".into(), database.into()]);
     }
     let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os()

@@ -123,18 +123,15 @@ pub async fn open_store(config: &Config, audit_outbox: bool) -> anyhow::Result<S
         .with_context(|| format!("cannot open database {}", redact_url(&url)))
 }
 
-/// The SQLite database's files (itself, its WAL and shared memory), for a worker's sandbox;
-/// none on PostgreSQL.
-pub fn sqlite_files(config: &Config) -> anyhow::Result<Vec<std::path::PathBuf>> {
+/// The SQLite database file, which a worker's sandbox checks it cannot open; none on
+/// PostgreSQL.
+pub fn sqlite_file(config: &Config) -> anyhow::Result<Option<std::path::PathBuf>> {
     let url = database_url(config)?;
     let Some(path) = url.strip_prefix("sqlite://") else {
-        return Ok(Vec::new());
+        return Ok(None);
     };
     let path = path.split('?').next().unwrap_or_default();
-    Ok(["", "-wal", "-shm"]
-        .iter()
-        .map(|suffix| std::path::PathBuf::from(format!("{path}{suffix}")))
-        .collect())
+    Ok(Some(std::path::PathBuf::from(path)))
 }
 
 /// Every model and embedder file the configuration names, for a worker's sandbox.

@@ -23,7 +23,7 @@ pub struct WorkerArgs {
     /// The control plane's socket to connect to.
     #[arg(long)]
     socket: PathBuf,
-    /// The worker's own working directory (the only place it may write besides the database).
+    /// The worker's own working directory (the only place it may write).
     #[arg(long)]
     dir: PathBuf,
 }
@@ -42,13 +42,13 @@ pub async fn run(global: &GlobalArgs, args: WorkerArgs) -> anyhow::Result<()> {
     config.master_key = None;
     config.previous_master_keys.clear();
     config.admin_token = None;
+    let database_file = settings::sqlite_file(&config)?;
+    config.database = None;
     let _telemetry = settings::init_logging(&config)?;
-    // The store calls that have moved go to the control plane over the channel; the rest
-    // still reach the database directly (Stage 1, ARCHITECTURE.md).
+    // No database: every store call of the tenant's work goes to the control plane over the
+    // channel, which answers it for the request it forwarded (`bulkhead_store::remote`).
     let (link, outgoing) = bulkhead_server::worker::link::WorkerLink::new();
-    let store = settings::open_store(&config, false)
-        .await?
-        .with_link(link.clone());
+    let store = bulkhead_store::Store::linked(link.clone());
     let mut stream = UnixStream::connect(&args.socket).await.with_context(|| {
         format!(
             "cannot reach the control plane at {}",
@@ -62,11 +62,10 @@ pub async fn run(global: &GlobalArgs, args: WorkerArgs) -> anyhow::Result<()> {
         std::time::Duration::from_millis(config.vault.credential_cache_ms),
     );
     let state = serve::worker_state(&config, &store, vault).await?;
-    let database_files = settings::sqlite_files(&config)?;
     let (memory_mib, open_files) = config.workers.limits_for(tenant.as_str());
     let report = sandbox::confine(&sandbox::Confinement {
         own_dir: &args.dir,
-        database_files: &database_files,
+        database_file: database_file.as_deref(),
         model_files: &settings::model_files(&config),
         kek_file: kek_file.as_deref(),
         memory_mib,

@@ -248,7 +248,8 @@ async fn dedicated_tenants_run_in_their_own_confined_supervised_worker() {
         "handed more than acme's one data key: {worker}"
     );
     // The run's reads and writes of the agent, the run, its thread and its audit events went
-    // to the control plane over the channel (Stage 2), each for a request it had forwarded.
+    // to the control plane over the channel (Stage 2), each for a request it had forwarded:
+    // the worker has no database of its own.
     assert!(
         worker["store_calls"].as_u64().unwrap() >= 4,
         "the worker's run did not reach the store through the control plane: {worker}"
@@ -284,8 +285,29 @@ async fn dedicated_tenants_run_in_their_own_confined_supervised_worker() {
         !environ.windows(ADMIN.len()).any(|w| w == ADMIN.as_bytes()),
         "the worker inherited the admin token"
     );
+    // The worker has no database: no descriptor of the database's files, and (where the
+    // kernel confines files) it cannot open them either. Every tenant's rows are in there.
+    let database_descriptors: Vec<_> = std::fs::read_dir(format!("/proc/{worker_pid}/fd"))
+        .unwrap()
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().contains("bulkhead.db"))
+        .collect();
+    assert!(
+        database_descriptors.is_empty(),
+        "the worker holds the database open: {database_descriptors:?}"
+    );
+    let serve_descriptors = std::fs::read_dir(format!("/proc/{serve_pid}/fd"))
+        .unwrap()
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().contains("bulkhead.db"))
+        .count();
+    assert!(
+        serve_descriptors > 0,
+        "the check above looks for the wrong file name"
+    );
     if sandbox["landlock"] != "unsupported" {
         assert_eq!(sandbox["kek_file_readable"], false, "{sandbox}");
+        assert_eq!(sandbox["database_readable"], false, "{sandbox}");
     } else {
         eprintln!(
             "landlock is {} on this kernel; the KEK file check is skipped",
@@ -719,6 +741,21 @@ async fn a_dedicated_tenants_gateway_mcp_knowledge_previews_and_approvals_are_se
     assert_eq!((status, served_by), (200, Some(worker_pid)), "{text}");
     assert_eq!(json_of(&text)["result"]["isError"], false, "{text}");
     assert_eq!(saas.requests().len(), 1);
+    // The worker counted its gateway calls and its tool call with the control plane (it has
+    // no database to write them to), in acme's usage only.
+    let (status, usage) = client.call(Method::GET, "/v1/usage", &acme, None).await;
+    assert_eq!(status, 200, "{usage}");
+    let gpt = usage["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|line| line["model"] == "gpt" && line["agent"] == "")
+        .unwrap_or_else(|| panic!("no plain gateway usage for acme: {usage}"));
+    assert!(gpt["requests"].as_u64().unwrap() >= 1, "{usage}");
+    assert_eq!(
+        usage["tool_calls"][0]["tool"], "slack.list_channels",
+        "{usage}"
+    );
     let (status, body) = client
         .call(
             Method::PUT,

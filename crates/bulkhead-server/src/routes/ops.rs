@@ -40,6 +40,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, Ap
     let database = match state.store().kind() {
         bulkhead_store::BackendKind::Sqlite => "sqlite",
         bulkhead_store::BackendKind::Postgres => "postgres",
+        bulkhead_store::BackendKind::ControlPlane => "control-plane",
     };
     Ok(Json(Readiness {
         status: "ready",

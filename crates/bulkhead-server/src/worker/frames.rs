@@ -6,7 +6,10 @@
 
 use std::collections::BTreeSet;
 
-use bulkhead_core::{ApiKeyId, Principal, RequestId, Role, TenantContext};
+use bulkhead_core::{
+    ApiKeyId, Isolation, Principal, RegionName, RequestId, Role, Tenant, TenantContext, TenantId,
+    TenantStatus,
+};
 use bulkhead_vault::HandedKeyWire;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -75,6 +78,18 @@ pub struct Caller {
     pub roles: BTreeSet<Role>,
     pub request_id: String,
     pub trace_id: String,
+    pub tenant: ForwardedTenant,
+}
+
+/// The worker's tenant as the control plane found it when it authenticated the request (a
+/// worker has no database to read it from). No id: the tenant is the one the worker was
+/// started for, and only an active tenant's request is ever forwarded.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ForwardedTenant {
+    pub name: String,
+    pub region: RegionName,
+    pub allowed_regions: Vec<RegionName>,
+    pub isolation: Isolation,
 }
 
 impl Caller {
@@ -84,11 +99,31 @@ impl Caller {
             roles: ctx.roles().clone(),
             request_id: ctx.request_id().as_str().to_owned(),
             trace_id: ctx.request_id().trace_id().to_owned(),
+            tenant: ForwardedTenant {
+                name: ctx.tenant_name().to_owned(),
+                region: ctx.region().clone(),
+                allowed_regions: ctx.allowed_regions().to_vec(),
+                isolation: ctx.isolation(),
+            },
         }
     }
 
     pub fn request_id(&self) -> RequestId {
         RequestId::from_header_or_generate(Some(&self.request_id)).with_trace_id(&self.trace_id)
+    }
+
+    /// The record of `bound`, the worker's own tenant, as the control plane forwarded it.
+    pub fn tenant_record(&self, bound: &TenantId) -> Tenant {
+        Tenant {
+            id: bound.clone(),
+            name: self.tenant.name.clone(),
+            region: self.tenant.region.clone(),
+            allowed_regions: self.tenant.allowed_regions.clone(),
+            isolation: self.tenant.isolation,
+            status: TenantStatus::Active,
+            created_at: 0,
+            updated_at: 0,
+        }
     }
 }
 
@@ -171,6 +206,11 @@ pub struct SandboxReport {
     /// Whether the worker could still read the key-encryption key file after confining
     /// itself (it must not); `None` when the KEK does not come from a file.
     pub kek_file_readable: Option<bool>,
+    /// Whether the worker could still read the SQLite database file after confining itself
+    /// (it must not: it holds every tenant's rows, and a worker has no database of its own);
+    /// `None` on PostgreSQL.
+    #[serde(default)]
+    pub database_readable: Option<bool>,
     /// `enforced` (the deny-list of `bulkhead worker`'s seccomp filter is on every thread) or
     /// `unsupported`.
     pub seccomp: String,

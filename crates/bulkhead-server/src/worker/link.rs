@@ -58,6 +58,15 @@ impl WorkerLink {
         }
     }
 
+    /// The failure of a call too large for one frame (a document with more chunks than
+    /// the channel carries at once).
+    pub fn too_large() -> RemoteFailure {
+        RemoteFailure {
+            kind: "unsupported".into(),
+            detail: "a store call larger than the worker channel's frame limit".into(),
+        }
+    }
+
     /// The worker is done serving: no more calls, and every waiting one fails (their
     /// senders drop).
     pub fn shut_down(&self) {

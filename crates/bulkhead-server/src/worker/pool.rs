@@ -24,7 +24,7 @@ use bulkhead_store::{RunProcess, Store, StoreError};
 use bulkhead_vault::Vault;
 use serde::Serialize;
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use utoipa::ToSchema;
 
 use crate::worker::frames::{
@@ -141,7 +141,15 @@ struct Conn {
     stopping: AtomicBool,
     store_calls: AtomicU64,
     store_calls_refused: AtomicU64,
+    /// One permit per store call of this worker being answered (`STORE_CALLS_PER_WORKER`).
+    store_call_slots: Arc<Semaphore>,
 }
+
+/// How many of one worker's store calls the control plane answers at once. The next call
+/// waits for a slot before the channel is read any further, so a worker that floods calls
+/// is slowed down by its own socket, and the shared database sees at most this many of its
+/// calls (the connection pool's own limit still applies across all of them).
+const STORE_CALLS_PER_WORKER: usize = 64;
 
 struct Pending {
     answers: mpsc::UnboundedSender<FromWorker>,
@@ -467,8 +475,9 @@ impl Workers {
             stopping: AtomicBool::new(false),
             store_calls: AtomicU64::new(0),
             store_calls_refused: AtomicU64::new(0),
+            store_call_slots: Arc::new(Semaphore::new(STORE_CALLS_PER_WORKER)),
         });
-        let (mut reader, mut writer) = stream.into_split();
+        let (reader, mut writer) = stream.into_split();
         tokio::spawn(async move {
             while let Some(frame) = outgoing.recv().await {
                 if write_frame(&mut writer, &frame).await.is_err() {
@@ -476,35 +485,7 @@ impl Workers {
                 }
             }
         });
-        let reading = {
-            let conn = conn.clone();
-            let store = self.inner.store.clone();
-            async move {
-                loop {
-                    match read_frame::<_, FromWorker>(&mut reader).await {
-                        Ok(FromWorker::Store {
-                            call,
-                            request,
-                            method,
-                            args,
-                        }) => {
-                            let (conn, store) = (conn.clone(), store.clone());
-                            tokio::spawn(async move {
-                                let answer =
-                                    answer_store_call(&conn, &store, &request, &method, args).await;
-                                let _ = conn.outbox.send(ToWorker::StoreAnswer { call, answer });
-                            });
-                        }
-                        Ok(frame) => dispatch(&conn, frame),
-                        Err(FrameError::Closed) => break,
-                        Err(error) => {
-                            tracing::warn!(%error, "unreadable frame from a worker; dropping it");
-                            break;
-                        }
-                    }
-                }
-            }
-        };
+        let reading = read_frames(conn.clone(), self.inner.store.clone(), reader);
         {
             let pool = self.clone();
             let slot = slot.clone();
@@ -747,15 +728,49 @@ fn set_state(slot: &Slot, state: &str) {
 /// Answers a worker's store call in the context the control plane authenticated for the
 /// request it serves, found among the requests in flight on *this* worker's channel: a
 /// worker can name neither a tenant nor a caller, only a request it was given.
+/// Reads a worker's frames until its channel closes: answers go to the requests they answer,
+/// store calls are answered on tasks of their own, at most `STORE_CALLS_PER_WORKER` at once.
+async fn read_frames(conn: Arc<Conn>, store: Store, mut reader: impl tokio::io::AsyncRead + Unpin) {
+    loop {
+        match read_frame::<_, FromWorker>(&mut reader).await {
+            Ok(FromWorker::Store {
+                call,
+                request,
+                method,
+                args,
+            }) => {
+                // Looked up now, in the order of the frames: a call sent before its request's
+                // last frame finds the request in flight, however late it is answered.
+                let ctx = context_of_request(&conn, &request);
+                let Ok(slot) = conn.store_call_slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let (conn, store) = (conn.clone(), store.clone());
+                tokio::spawn(async move {
+                    let answer = answer_store_call(&conn, &store, ctx, &method, args).await;
+                    drop(slot);
+                    let _ = conn.outbox.send(ToWorker::StoreAnswer { call, answer });
+                });
+            }
+            Ok(frame) => dispatch(&conn, frame),
+            Err(FrameError::Closed) => break,
+            Err(error) => {
+                tracing::warn!(%error, "unreadable frame from a worker; dropping it");
+                break;
+            }
+        }
+    }
+}
+
 async fn answer_store_call(
     conn: &Conn,
     store: &Store,
-    request: &str,
+    ctx: Option<TenantContext>,
     method: &str,
     args: serde_json::Value,
 ) -> Result<serde_json::Value, RemoteFailure> {
     conn.store_calls.fetch_add(1, Ordering::Relaxed);
-    let Some(ctx) = context_of_request(conn, request) else {
+    let Some(ctx) = ctx else {
         conn.store_calls_refused.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             pid = conn.pid,
@@ -864,6 +879,7 @@ mod tests {
             stopping: AtomicBool::new(false),
             store_calls: AtomicU64::new(0),
             store_calls_refused: AtomicU64::new(0),
+            store_call_slots: Arc::new(Semaphore::new(STORE_CALLS_PER_WORKER)),
         };
         let _answers = conn
             .request(|id| ToWorker::Health { id }, Some(ctx.clone()), None)
@@ -885,5 +901,68 @@ mod tests {
         // A request that has been answered is no longer in flight.
         acme.pending.lock().unwrap().clear();
         assert!(context_of_request(&acme, acme_request.request_id().as_str()).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_worker_with_every_store_call_slot_taken_is_not_read_further() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("db.sqlite"), &Default::default())
+            .await
+            .unwrap();
+        let (conn, ctx, mut worker_end) = conn_serving("acme");
+        // The request in flight, as the worker received it.
+        assert!(matches!(
+            worker_end.recv().await,
+            Some(ToWorker::Health { .. })
+        ));
+        let conn = Arc::new(conn);
+        let (mut worker, control_plane) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(read_frames(conn.clone(), store, control_plane));
+        let slots = conn
+            .store_call_slots
+            .clone()
+            .acquire_many_owned(STORE_CALLS_PER_WORKER as u32)
+            .await
+            .unwrap();
+        let store_call = FromWorker::Store {
+            call: 7,
+            request: ctx.request_id().as_str().to_owned(),
+            method: "tenant".into(),
+            args: serde_json::json!([]),
+        };
+        write_frame(&mut worker, &store_call).await.unwrap();
+        // The request's last frame, behind the call: not read while no slot is free.
+        let request_id = *conn.pending.lock().unwrap().keys().next().unwrap();
+        let last = FromWorker::Healthy {
+            id: request_id,
+            in_flight: 0,
+        };
+        write_frame(&mut worker, &last).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            conn.pending.lock().unwrap().len(),
+            1,
+            "read past a full set of slots"
+        );
+        assert_eq!(conn.store_calls.load(Ordering::Relaxed), 0);
+        drop(slots);
+        // Answered (the call was looked up while its request was in flight), then the last
+        // frame is read.
+        let answer = tokio::time::timeout(Duration::from_secs(10), worker_end.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        match answer {
+            ToWorker::StoreAnswer { call: 7, answer } => assert!(answer.is_ok(), "{answer:?}"),
+            other => panic!("expected the call's answer, got {other:?}"),
+        }
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !conn.pending.lock().unwrap().is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(conn.store_calls_refused.load(Ordering::Relaxed), 0);
     }
 }

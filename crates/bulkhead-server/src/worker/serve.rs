@@ -79,12 +79,22 @@ pub async fn serve(
     let Some(out) = link.frames() else {
         return Ok(());
     };
-    let writing = tokio::spawn(async move {
-        while let Some(frame) = outbox.recv().await {
-            write_frame(&mut writer, &frame).await?;
-        }
-        Ok::<_, FrameError>(())
-    });
+    let writing = {
+        let link = link.clone();
+        tokio::spawn(async move {
+            while let Some(frame) = outbox.recv().await {
+                match (write_frame(&mut writer, &frame).await, &frame) {
+                    // Nothing was written: the call fails, the channel goes on.
+                    (Err(FrameError::TooLarge(bytes)), FromWorker::Store { call, .. }) => {
+                        tracing::warn!(bytes, "a store call is larger than a frame; failed");
+                        link.answered(*call, Err(WorkerLink::too_large()));
+                    }
+                    (written, _) => written?,
+                }
+            }
+            Ok::<_, FrameError>(())
+        })
+    };
     let _ = out.send(ready);
     let in_flight = Arc::new(AtomicUsize::new(0));
     let router = crate::app(state.clone());
@@ -112,10 +122,10 @@ pub async fn serve(
                 });
             }
             ToWorker::Http { id, call } => {
-                let (state, tenant, frames) = (state.clone(), tenant.clone(), out.clone());
+                let (tenant, frames) = (tenant.clone(), out.clone());
                 let router = router.clone();
                 answer_in_background(&in_flight, &out, async move {
-                    http(router, &state, &tenant, id, *call, &frames).await
+                    http(router, &tenant, id, *call, &frames).await
                 });
             }
             ToWorker::Resume { id, run_id, caller } => {
@@ -181,9 +191,9 @@ async fn run(
     out: &mpsc::UnboundedSender<FromWorker>,
 ) -> FromWorker {
     let refused = |code: &str, detail: String| FromWorker::refused(id, code, detail);
-    let ctx = match context(state, tenant, call.caller, id).await {
+    let ctx = match context(tenant, call.caller) {
         Ok(ctx) => ctx,
-        Err(refusal) => return refusal,
+        Err(detail) => return FromWorker::refused(id, "unauthenticated", detail),
     };
     let span = worker_span("worker.run", &ctx);
     async move {
@@ -237,37 +247,24 @@ async fn run(
     .await
 }
 
-/// The context of a forwarded request: this worker's own tenant, as it is now in the
-/// database, with the caller the control plane authenticated. One that cannot be built is
-/// the request's refusal (`id`'s last frame).
-async fn context(
-    state: &AppState,
-    tenant: &TenantId,
-    caller: Caller,
-    id: u64,
-) -> Result<TenantContext, FromWorker> {
-    let record = state
-        .store()
-        .admin()
-        .get_tenant(tenant)
-        .await
-        .map_err(|error| FromWorker::refused(id, "internal", error.to_string()))?;
+/// The context of a forwarded request: this worker's own tenant, as the control plane
+/// authenticated it, with the caller it authenticated. One that cannot be built is refused
+/// (`unauthenticated`, with this detail) as the request's last frame.
+fn context(tenant: &TenantId, caller: Caller) -> Result<TenantContext, String> {
+    let record = caller.tenant_record(tenant);
     let request_id = caller.request_id();
-    let principal = caller.principal.principal().ok_or_else(|| {
-        FromWorker::refused(
-            id,
-            "unauthenticated",
-            "the forwarded principal is malformed",
-        )
-    })?;
+    let principal = caller
+        .principal
+        .principal()
+        .ok_or_else(|| "the forwarded principal is malformed".to_owned())?;
     bulkhead_core::auth::forwarded_context(
-        record.as_ref(),
+        Some(&record),
         tenant,
         principal,
         caller.roles,
         request_id,
     )
-    .map_err(|error| FromWorker::refused(id, "unauthenticated", error.to_string()))
+    .map_err(|error| error.to_string())
 }
 
 fn worker_span(name: &'static str, ctx: &TenantContext) -> tracing::Span {
@@ -285,16 +282,15 @@ fn worker_span(name: &'static str, ctx: &TenantContext) -> tracing::Span {
 /// every frame of the answer is sent here, the last one returned.
 async fn http(
     router: axum::Router,
-    state: &AppState,
     tenant: &TenantId,
     id: u64,
     call: HttpCall,
     out: &mpsc::UnboundedSender<FromWorker>,
 ) -> FromWorker {
     let refused = |code: &str, detail: String| FromWorker::refused(id, code, detail);
-    let ctx = match context(state, tenant, call.caller, id).await {
+    let ctx = match context(tenant, call.caller) {
         Ok(ctx) => ctx,
-        Err(refusal) => return refusal,
+        Err(detail) => return FromWorker::refused(id, "unauthenticated", detail),
     };
     let span = worker_span("worker.http", &ctx);
     let request = match forwarded_request(&call.method, &call.uri, &call.headers, &call.body) {
@@ -358,9 +354,9 @@ async fn resume(
     run_id: String,
     caller: Caller,
 ) -> FromWorker {
-    let ctx = match context(state, tenant, caller, id).await {
+    let ctx = match context(tenant, caller) {
         Ok(ctx) => ctx,
-        Err(refusal) => return refusal,
+        Err(detail) => return FromWorker::refused(id, "unauthenticated", detail),
     };
     let span = worker_span("worker.resume", &ctx);
     async {
