@@ -198,6 +198,24 @@ struct DocumentWire {
     chunks: Vec<NewChunk>,
 }
 
+/// The caller label of an approval a worker consumes: `mcp:<principal>` only for the
+/// principal the control plane authenticated for the request, otherwise an agent's name (which
+/// the control plane cannot check: it does not know which agent a forwarded gateway call
+/// runs). So a worker cannot spend an approval granted to another person's MCP call.
+fn check_approval_caller(ctx: &TenantContext, caller: &str) -> Result<(), StoreError> {
+    let allowed = match caller.strip_prefix("mcp:") {
+        Some(principal) => principal == ctx.principal().to_string(),
+        None => AgentName::try_from(caller).is_ok(),
+    };
+    if allowed {
+        return Ok(());
+    }
+    tracing::warn!("a worker consumed an approval for a caller other than its request's; refused");
+    Err(StoreError::Unsupported(
+        "an approval for a caller other than the request's",
+    ))
+}
+
 /// Decodes a call's arguments. What a worker sends is not trusted: a malformed call is
 /// refused with a fixed message (the detail goes to the log, never into a string the process
 /// keeps).
@@ -323,6 +341,7 @@ pub async fn answer(
         }
         "consume_approval" => {
             let (caller, tool, arguments): (String, String, String) = decode(method, args)?;
+            check_approval_caller(store.context(), &caller)?;
             encode(store.consume_approval(&caller, &tool, &arguments).await?)
         }
         "ensure_knowledge_base" => {

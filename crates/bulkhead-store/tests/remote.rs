@@ -191,6 +191,29 @@ async fn a_linked_handle_reads_and_writes_in_the_channels_tenant_only() {
         matches!(refused, Err(StoreError::Unsupported(_))),
         "{refused:?}"
     );
+    // An approval is consumed only for the request's own principal (or an agent).
+    let ctx_principal = format!("mcp:{}", acme_ctx.principal());
+    for (caller, allowed) in [
+        (ctx_principal.as_str(), true),
+        ("mcp:someone-else", false),
+        ("helper", true),
+        ("not an agent name!", false),
+    ] {
+        let consumed = answer(
+            &control.tenant(&acme_ctx),
+            RunProcess::current(Isolation::Dedicated),
+            "consume_approval",
+            json!([caller, "slack.post_message", "{}"]),
+        )
+        .await;
+        match allowed {
+            true => assert_eq!(consumed.unwrap(), Value::Null, "{caller}"),
+            false => assert!(
+                matches!(consumed, Err(StoreError::Unsupported(_))),
+                "{caller}: {consumed:?}"
+            ),
+        }
+    }
     // Malformed arguments are refused, not a panic.
     let malformed = answer(
         &control.tenant(&acme_ctx),

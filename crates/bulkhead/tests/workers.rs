@@ -830,6 +830,39 @@ async fn a_dedicated_tenants_gateway_mcp_knowledge_previews_and_approvals_are_se
     );
     let posts = saas.requests();
     assert_eq!(posts.len(), 2, "{posts:?}");
+    // An approval of an MCP call is consumed in the worker by the same principal's retry,
+    // which the control plane checks against the request it forwarded.
+    let post = |id: u64| {
+        rpc(
+            id,
+            "tools/call",
+            json!({"name": "slack__post_message", "arguments": {"channel": "#ops", "text": "mcp"}}),
+        )
+    };
+    let (status, text, served_by) = client
+        .served(Method::POST, "/mcp", &acme, Some(post(2)))
+        .await;
+    assert_eq!((status, served_by), (200, Some(worker_pid)), "{text}");
+    assert!(text.contains("approval_required"), "{text}");
+    let (_, pending) = client
+        .call(Method::GET, "/v1/approvals?status=pending", &acme, None)
+        .await;
+    let mcp_approval = pending[0]["id"].as_str().unwrap();
+    let (status, body) = client
+        .call(
+            Method::POST,
+            &format!("/v1/approvals/{mcp_approval}/decision"),
+            approver["key"].as_str().unwrap(),
+            Some(json!({"approve": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, text, served_by) = client
+        .served(Method::POST, "/mcp", &acme, Some(post(3)))
+        .await;
+    assert_eq!((status, served_by), (200, Some(worker_pid)), "{text}");
+    assert_eq!(json_of(&text)["result"]["isError"], false, "{text}");
+    assert_eq!(saas.requests().len(), 3);
     // Every store call the worker made on these paths (the approval's request, its
     // consumption, the paused run's claim) named a request the control plane had forwarded.
     let worker = client.worker("acme").await;
