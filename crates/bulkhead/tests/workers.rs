@@ -98,6 +98,19 @@ impl Client {
         .await
     }
 
+    /// Approves `approval` as `approver`.
+    async fn approve(&self, approval: &str, approver: &str) {
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/approvals/{approval}/decision"),
+                approver,
+                Some(json!({"approve": true})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
     async fn worker(&self, tenant: &str) -> Value {
         let (status, body) = self
             .call(
@@ -803,15 +816,9 @@ async fn a_dedicated_tenants_gateway_mcp_knowledge_previews_and_approvals_are_se
         )
         .await;
     assert_eq!(status, 201, "{approver}");
-    let (status, body) = client
-        .call(
-            Method::POST,
-            &format!("/v1/approvals/{approval}/decision"),
-            approver["key"].as_str().unwrap(),
-            Some(json!({"approve": true})),
-        )
+    client
+        .approve(approval, approver["key"].as_str().unwrap())
         .await;
-    assert_eq!(status, 200, "{body}");
     let run_path = format!("/v1/runs/{}", paused["id"].as_str().unwrap());
     let deadline = Instant::now() + Duration::from_secs(30);
     let resumed = loop {
@@ -848,15 +855,9 @@ async fn a_dedicated_tenants_gateway_mcp_knowledge_previews_and_approvals_are_se
         .call(Method::GET, "/v1/approvals?status=pending", &acme, None)
         .await;
     let mcp_approval = pending[0]["id"].as_str().unwrap();
-    let (status, body) = client
-        .call(
-            Method::POST,
-            &format!("/v1/approvals/{mcp_approval}/decision"),
-            approver["key"].as_str().unwrap(),
-            Some(json!({"approve": true})),
-        )
+    client
+        .approve(mcp_approval, approver["key"].as_str().unwrap())
         .await;
-    assert_eq!(status, 200, "{body}");
     let (status, text, served_by) = client
         .served(Method::POST, "/mcp", &acme, Some(post(3)))
         .await;

@@ -725,9 +725,6 @@ fn set_state(slot: &Slot, state: &str) {
     }
 }
 
-/// Answers a worker's store call in the context the control plane authenticated for the
-/// request it serves, found among the requests in flight on *this* worker's channel: a
-/// worker can name neither a tenant nor a caller, only a request it was given.
 /// Reads a worker's frames until its channel closes: answers go to the requests they answer,
 /// store calls are answered on tasks of their own, at most `STORE_CALLS_PER_WORKER` at once.
 async fn read_frames(conn: Arc<Conn>, store: Store, mut reader: impl tokio::io::AsyncRead + Unpin) {
@@ -762,6 +759,10 @@ async fn read_frames(conn: Arc<Conn>, store: Store, mut reader: impl tokio::io::
     }
 }
 
+/// Answers a worker's store call in the context the control plane authenticated for the
+/// request it serves (`ctx`, found among the requests in flight on *this* worker's channel
+/// when the call was read): a worker can name neither a tenant nor a caller, only a request
+/// it was given.
 async fn answer_store_call(
     conn: &Conn,
     store: &Store,

@@ -191,9 +191,9 @@ async fn run(
     out: &mpsc::UnboundedSender<FromWorker>,
 ) -> FromWorker {
     let refused = |code: &str, detail: String| FromWorker::refused(id, code, detail);
-    let ctx = match context(tenant, call.caller) {
+    let ctx = match context(tenant, call.caller, id) {
         Ok(ctx) => ctx,
-        Err(detail) => return FromWorker::refused(id, "unauthenticated", detail),
+        Err(refusal) => return *refusal,
     };
     let span = worker_span("worker.run", &ctx);
     async move {
@@ -248,15 +248,16 @@ async fn run(
 }
 
 /// The context of a forwarded request: this worker's own tenant, as the control plane
-/// authenticated it, with the caller it authenticated. One that cannot be built is refused
-/// (`unauthenticated`, with this detail) as the request's last frame.
-fn context(tenant: &TenantId, caller: Caller) -> Result<TenantContext, String> {
+/// authenticated it, with the caller it authenticated. One that cannot be built is the
+/// request's refusal (`id`'s last frame), boxed since a frame is large.
+fn context(tenant: &TenantId, caller: Caller, id: u64) -> Result<TenantContext, Box<FromWorker>> {
+    let refused = |detail: String| Box::new(FromWorker::refused(id, "unauthenticated", detail));
     let record = caller.tenant_record(tenant);
     let request_id = caller.request_id();
     let principal = caller
         .principal
         .principal()
-        .ok_or_else(|| "the forwarded principal is malformed".to_owned())?;
+        .ok_or_else(|| refused("the forwarded principal is malformed".to_owned()))?;
     bulkhead_core::auth::forwarded_context(
         Some(&record),
         tenant,
@@ -264,7 +265,7 @@ fn context(tenant: &TenantId, caller: Caller) -> Result<TenantContext, String> {
         caller.roles,
         request_id,
     )
-    .map_err(|error| error.to_string())
+    .map_err(|error| refused(error.to_string()))
 }
 
 fn worker_span(name: &'static str, ctx: &TenantContext) -> tracing::Span {
@@ -288,9 +289,9 @@ async fn http(
     out: &mpsc::UnboundedSender<FromWorker>,
 ) -> FromWorker {
     let refused = |code: &str, detail: String| FromWorker::refused(id, code, detail);
-    let ctx = match context(tenant, call.caller) {
+    let ctx = match context(tenant, call.caller, id) {
         Ok(ctx) => ctx,
-        Err(detail) => return FromWorker::refused(id, "unauthenticated", detail),
+        Err(refusal) => return *refusal,
     };
     let span = worker_span("worker.http", &ctx);
     let request = match forwarded_request(&call.method, &call.uri, &call.headers, &call.body) {
@@ -354,9 +355,9 @@ async fn resume(
     run_id: String,
     caller: Caller,
 ) -> FromWorker {
-    let ctx = match context(tenant, caller) {
+    let ctx = match context(tenant, caller, id) {
         Ok(ctx) => ctx,
-        Err(detail) => return FromWorker::refused(id, "unauthenticated", detail),
+        Err(refusal) => return *refusal,
     };
     let span = worker_span("worker.resume", &ctx);
     async {
