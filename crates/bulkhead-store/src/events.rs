@@ -97,15 +97,11 @@ impl EventBatcher {
 }
 
 async fn write_batch(backend: &Backend, batch: &[Pending]) -> Result<(), StoreError> {
+    let events = batch.iter().map(|pending| {
+        let event = PendingEvent::new(&pending.origin, pending.draft.clone());
+        (pending.tenant.clone(), event)
+    });
     let mut tx = backend.begin(Access::Write, Scope::ControlPlane).await?;
-    for pending in batch {
-        audit::append(
-            &mut tx,
-            &pending.tenant,
-            &pending.origin,
-            pending.draft.clone(),
-        )
-        .await?;
-    }
+    audit::append_batch(&mut tx, events).await?;
     tx.commit().await
 }

@@ -122,6 +122,8 @@ pub struct StoreOptions {
     /// SQLite: acknowledge audit events of outbound calls once they are in the audit outbox
     /// file rather than after their transaction (`outbox.rs`). Ignored on PostgreSQL.
     pub audit_outbox: bool,
+    /// The audit outbox's file is replaced by a fresh one once this much of it is imported.
+    pub audit_outbox_rotate_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -129,6 +131,7 @@ impl Default for StoreOptions {
         Self {
             max_connections: 16,
             audit_outbox: true,
+            audit_outbox_rotate_bytes: outbox::ROTATE_BYTES,
         }
     }
 }
@@ -181,7 +184,10 @@ impl Store {
         let backend = Backend::Sqlite { writer, reader };
         outbox::import_left_behind(path, &backend).await?;
         let events = if options.audit_outbox {
-            EventBatcher::Outbox(outbox::Outbox::open(path, backend.clone()).await?)
+            EventBatcher::Outbox(
+                outbox::Outbox::open(path, backend.clone(), options.audit_outbox_rotate_bytes)
+                    .await?,
+            )
         } else {
             EventBatcher::start(backend.clone())
         };

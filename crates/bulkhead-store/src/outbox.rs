@@ -37,8 +37,11 @@ use crate::StoreError;
 use crate::audit::{self, PendingEvent};
 use crate::backend::{Access, Backend, Scope, execute, fetch_optional};
 
-/// A fully imported file this large is replaced by a fresh one.
-const ROTATE_BYTES: u64 = 8 << 20;
+/// A file imported this far is replaced by a fresh one (unless [`StoreOptions`] says
+/// otherwise).
+///
+/// [`StoreOptions`]: crate::StoreOptions
+pub(crate) const ROTATE_BYTES: u64 = 8 << 20;
 /// How long the importer waits after a failed import before it tries again.
 const RETRY: Duration = Duration::from_secs(1);
 /// How long the importer lets events gather before it imports them, unless a reader is
@@ -46,11 +49,43 @@ const RETRY: Duration = Duration::from_secs(1);
 /// at 2,500 requests a second one at a time, this turns 50 transactions into one.
 const GATHER: Duration = Duration::from_millis(20);
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Line {
-    tenant: TenantId,
+/// One line of an outbox file: the tenant beside the event's own fields.
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    tenant: &'a TenantId,
     #[serde(flatten)]
-    event: PendingEvent,
+    event: &'a PendingEvent,
+}
+
+/// A [`Line`] as the importer reads it, its fields spelled out: `#[serde(flatten)]` parses
+/// through an intermediate buffer, and the importer reads every event the process audits.
+#[derive(serde::Deserialize)]
+struct ReadLine {
+    tenant: TenantId,
+    occurred_at: i64,
+    actor: String,
+    action: String,
+    resource: String,
+    outcome: bulkhead_core::audit::Outcome,
+    request_id: Option<String>,
+    trace_id: Option<String>,
+    details: serde_json::Value,
+}
+
+impl ReadLine {
+    fn into_event(self) -> (TenantId, PendingEvent) {
+        let event = PendingEvent {
+            occurred_at: self.occurred_at,
+            actor: self.actor,
+            action: self.action,
+            resource: self.resource,
+            outcome: self.outcome,
+            request_id: self.request_id,
+            trace_id: self.trace_id,
+            details: self.details,
+        };
+        (self.tenant, event)
+    }
 }
 
 #[derive(Clone)]
@@ -67,6 +102,8 @@ struct Shared {
     wake: Notify,
     /// A reader is waiting in [`Outbox::settle`]: import now, without gathering.
     urgent: Notify,
+    /// A file imported this far is replaced by a fresh one.
+    rotate_bytes: u64,
     /// Bytes imported so far, over every file this process wrote.
     imported: watch::Sender<u64>,
 }
@@ -82,7 +119,11 @@ struct Current {
 
 impl Outbox {
     /// Starts this process's own file and its importer. [`import_left_behind`] first.
-    pub(crate) async fn open(database: &Path, backend: Backend) -> Result<Self, StoreError> {
+    pub(crate) async fn open(
+        database: &Path,
+        backend: Backend,
+        rotate_bytes: u64,
+    ) -> Result<Self, StoreError> {
         let (dir, prefix) = location(database)?;
         let (name, file) = create_file(&dir, &prefix, 0)?;
         let (imported, _) = watch::channel(0);
@@ -98,6 +139,7 @@ impl Outbox {
             }),
             wake: Notify::new(),
             urgent: Notify::new(),
+            rotate_bytes,
             imported,
         });
         let (alive, stopped) = watch::channel(());
@@ -111,8 +153,8 @@ impl Outbox {
     /// Appends one event; acknowledged (as durable as a SQLite commit) when this returns.
     pub(crate) fn append(&self, tenant: &TenantId, event: PendingEvent) -> Result<(), StoreError> {
         let mut line = serde_json::to_vec(&Line {
-            tenant: tenant.clone(),
-            event,
+            tenant,
+            event: &event,
         })
         .map_err(|e| StoreError::EventWriter(format!("cannot encode an audit event: {e}")))?;
         line.push(b'\n');
@@ -235,6 +277,10 @@ pub(crate) async fn import_left_behind(
 async fn import_loop(shared: Arc<Shared>, backend: Backend, mut stopped: watch::Receiver<()>) {
     let mut offset = 0u64;
     let mut imported_total = 0u64;
+    let mut imported = |bytes: u64| {
+        imported_total += bytes;
+        shared.imported.send_replace(imported_total);
+    };
     loop {
         let stopping = tokio::select! {
             _ = shared.urgent.notified() => false,
@@ -247,32 +293,32 @@ async fn import_loop(shared: Arc<Shared>, backend: Backend, mut stopped: watch::
             }
             changed = stopped.changed() => changed.is_err(),
         };
-        loop {
-            let (name, file, written) = {
-                let current = shared
-                    .current
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                (current.name.clone(), current.file.clone(), current.written)
-            };
-            if offset >= written {
-                // If more arrived meanwhile, its writer's wake-up brings the loop back.
-                if written >= ROTATE_BYTES && rotate(&shared, &backend, &name, written).await {
-                    offset = 0;
-                    continue;
-                }
-                break;
+        // One import per wake-up, of all that gathered. Events appended during it left a
+        // wake-up behind and gather for the next; importing again at once until caught up
+        // would, under steady traffic, import them one or two at a time.
+        let (name, file, written) = {
+            let current = shared
+                .current
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            (current.name.clone(), current.file.clone(), current.written)
+        };
+        let bytes = import_until_done(&backend, &file, &name, offset, written).await;
+        offset += bytes;
+        imported(bytes);
+        if offset >= shared.rotate_bytes
+            && let Some((old_name, old_file, old_end)) = switch_file(&shared)
+        {
+            // The sealed file's last lines, then it is gone; the new file starts at 0.
+            let bytes = import_until_done(&backend, &old_file, &old_name, offset, old_end).await;
+            imported(bytes);
+            offset = 0;
+            let path = shared.dir.join(&old_name);
+            if let Err(error) = std::fs::remove_file(&path) {
+                tracing::warn!(%error, file = %path.display(), "cannot delete an imported audit outbox");
             }
-            match import(&backend, &file, &name, offset, written).await {
-                Ok(bytes) => {
-                    offset += bytes;
-                    imported_total += bytes;
-                    shared.imported.send_replace(imported_total);
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "importing audit events failed; they stay in the outbox and are retried");
-                    tokio::time::sleep(RETRY).await;
-                }
+            if let Err(error) = forget_file(&backend, &old_name).await {
+                tracing::warn!(%error, "cannot forget an imported audit outbox's offset");
             }
         }
         if stopping {
@@ -281,38 +327,52 @@ async fn import_loop(shared: Arc<Shared>, backend: Backend, mut stopped: watch::
     }
 }
 
-/// Starts a fresh file once the current one is fully imported, and deletes the old one;
-/// false if it did not (more arrived meanwhile, or no new file could be made).
-async fn rotate(shared: &Shared, backend: &Backend, old_name: &str, imported: u64) -> bool {
-    {
-        let mut current = shared
-            .current
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if current.name != old_name || current.written != imported {
-            return false; // more arrived meanwhile: import it first
-        }
-        match create_file(&shared.dir, &shared.prefix, current.generation + 1) {
-            Ok((name, file)) => {
-                current.name = name;
-                current.file = Arc::new(file);
-                current.written = 0;
-                current.generation += 1;
-            }
+/// [`import`], retried until it succeeds: an acknowledged event is never given up on.
+async fn import_until_done(
+    backend: &Backend,
+    file: &File,
+    name: &str,
+    offset: u64,
+    end: u64,
+) -> u64 {
+    if offset >= end {
+        return 0;
+    }
+    loop {
+        match import(backend, file, name, offset, end).await {
+            Ok(bytes) => return bytes,
             Err(error) => {
-                tracing::warn!(%error, "cannot start a fresh audit outbox; the current one keeps growing");
-                return false;
+                tracing::warn!(%error, "importing audit events failed; they stay in the outbox and are retried");
+                tokio::time::sleep(RETRY).await;
             }
         }
     }
-    let path = shared.dir.join(old_name);
-    if let Err(error) = std::fs::remove_file(&path) {
-        tracing::warn!(%error, file = %path.display(), "cannot delete an imported audit outbox");
+}
+
+/// Seals the current file and sends later appends to a fresh one; answers the sealed file
+/// and its final length, for the importer to finish and delete. `None` if no new file
+/// could be made (the current one keeps growing, and the next import tries again).
+///
+/// A crash before the sealed file is finished leaves both files; the next start imports
+/// them in name order, which is creation order, so each tenant's events keep their order.
+fn switch_file(shared: &Shared) -> Option<(String, Arc<File>, u64)> {
+    let mut current = shared
+        .current
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    match create_file(&shared.dir, &shared.prefix, current.generation + 1) {
+        Ok((name, file)) => {
+            let old_name = std::mem::replace(&mut current.name, name);
+            let old_file = std::mem::replace(&mut current.file, Arc::new(file));
+            let old_end = std::mem::replace(&mut current.written, 0);
+            current.generation += 1;
+            Some((old_name, old_file, old_end))
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot start a fresh audit outbox; the current one keeps growing");
+            None
+        }
     }
-    if let Err(error) = forget_file(backend, old_name).await {
-        tracing::warn!(%error, "cannot forget an imported audit outbox's offset");
-    }
-    true
 }
 
 /// Imports the complete lines of `file` in `offset..end` in one transaction that also records
@@ -334,19 +394,20 @@ async fn import(
         return Ok(0);
     };
     let complete = &bytes[..=last_newline];
-    let mut tx = backend.begin(Access::Write, Scope::ControlPlane).await?;
-    for line in complete.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        match serde_json::from_slice::<Line>(line) {
-            Ok(line) => {
-                audit::append_pending(&mut tx, &line.tenant, line.event).await?;
-            }
+    let events = complete
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|line| match serde_json::from_slice::<ReadLine>(line) {
+            Ok(line) => Some(line.into_event()),
             // Only this module writes these files; a line that does not parse was damaged on
             // disk, and holding back every later event for it would be worse than skipping it.
             Err(error) => {
-                tracing::error!(%error, file = name, "an audit outbox line is damaged and skipped")
+                tracing::error!(%error, file = name, "an audit outbox line is damaged and skipped");
+                None
             }
-        }
-    }
+        });
+    let mut tx = backend.begin(Access::Write, Scope::ControlPlane).await?;
+    audit::append_batch(&mut tx, events).await?;
     let consumed = complete.len() as u64;
     let imported = i64::try_from(offset + consumed)
         .map_err(|_| StoreError::EventWriter("audit outbox offset overflows".into()))?;
@@ -385,4 +446,37 @@ async fn forget_file(backend: &Backend, name: &str) -> Result<(), StoreError> {
         name
     )?;
     tx.commit().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_written_line_reads_back_as_the_same_event() {
+        let tenant = TenantId::try_from("acme").unwrap();
+        let event = PendingEvent {
+            occurred_at: 1_700_000_000_000,
+            actor: "key:k1".into(),
+            action: "egress.call".into(),
+            resource: "endpoint/openai".into(),
+            outcome: bulkhead_core::audit::Outcome::Success,
+            request_id: Some("req-1".into()),
+            trace_id: None,
+            details: serde_json::json!({"status": 200, "path": "/chat/completions"}),
+        };
+        let written = serde_json::to_vec(&Line {
+            tenant: &tenant,
+            event: &event,
+        })
+        .unwrap();
+        let (read_tenant, read) = serde_json::from_slice::<ReadLine>(&written)
+            .unwrap()
+            .into_event();
+        assert_eq!(read_tenant, tenant);
+        assert_eq!(
+            serde_json::to_value(&read).unwrap(),
+            serde_json::to_value(&event).unwrap()
+        );
+    }
 }
