@@ -14,6 +14,10 @@ use crate::{ConnectorName, RegionName};
 pub struct Config {
     /// Address the HTTP server binds.
     pub listen: SocketAddr,
+    /// Threads that serve HTTP, each a single-threaded runtime that serves its connections
+    /// start to end (fewest hand-offs between threads). Unset: one per core. `0`: serve on the
+    /// shared multi-threaded runtime instead, where an idle thread takes work from a busy one.
+    pub http_threads: Option<usize>,
     /// Where the embedded database and local key material live.
     pub data_dir: PathBuf,
     /// `sqlite://path` or `postgres://...`; empty means SQLite in `data_dir`.
@@ -66,6 +70,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            http_threads: None,
             data_dir: PathBuf::from("./bulkhead-data"),
             database: None,
             admin_token: None,

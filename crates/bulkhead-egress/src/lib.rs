@@ -16,6 +16,7 @@
 pub mod audit_stream;
 mod breaker;
 pub mod telemetry;
+mod thread_clients;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,6 +34,7 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 
 use crate::breaker::Breaker;
+use crate::thread_clients::ThreadClients;
 
 const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
@@ -174,14 +176,14 @@ pub struct Egress {
 }
 
 struct Inner {
-    client: reqwest::Client,
+    clients: ThreadClients,
     endpoints: HashMap<String, Endpoint>,
     store: Store,
     vault: Vault,
 }
 
 impl Egress {
-    /// Validates the endpoints and builds the one HTTP client.
+    /// Validates the endpoints and builds the first HTTP client.
     pub fn new(
         endpoints: &[EndpointConfig],
         store: Store,
@@ -227,14 +229,11 @@ impl Egress {
                 )));
             }
         }
-        let client = reqwest::Client::builder()
-            // Redirects could carry the injected credential to another host.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| EgressError::Config(e.without_url().to_string()))?;
+        let clients =
+            ThreadClients::new().map_err(|e| EgressError::Config(e.without_url().to_string()))?;
         Ok(Self {
             inner: Arc::new(Inner {
-                client,
+                clients,
                 endpoints: map,
                 store,
                 vault,
@@ -479,9 +478,10 @@ impl TenantEgress<'_> {
             if !allowed {
                 return Err(EgressError::CircuitOpen(config.name.clone()));
             }
-            let built = self.build(endpoint, &url, &request, credential.as_ref())?;
+            let client = self.egress.inner.clients.current();
+            let built = self.build(&client, endpoint, &url, &request, credential.as_ref())?;
             let retries_left = attempts <= config.max_retries;
-            match self.egress.inner.client.execute(built).await {
+            match client.execute(built).await {
                 Ok(response) => {
                     let status = response.status().as_u16();
                     let failure = status >= 500;
@@ -530,6 +530,7 @@ impl TenantEgress<'_> {
 
     fn build(
         &self,
+        client: &reqwest::Client,
         endpoint: &Endpoint,
         url: &Url,
         request: &OutboundRequest,
@@ -589,10 +590,7 @@ impl TenantEgress<'_> {
                 AuthScheme::None {} => {}
             }
         }
-        let mut builder = self
-            .egress
-            .inner
-            .client
+        let mut builder = client
             .request(request.method.clone(), url)
             .headers(builder_headers)
             .timeout(Duration::from_millis(endpoint.config.timeout_ms));

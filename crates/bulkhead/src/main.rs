@@ -11,6 +11,7 @@ mod demo;
 mod sandbox;
 mod seccomp;
 mod serve;
+mod serving;
 mod settings;
 mod worker;
 

@@ -77,17 +77,26 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
         out.flush()?;
     }
     tracing::info!(%address, database = ?store.kind(), "serving");
-    // A streamed answer ends with a small write of its own (the last chunk); with Nagle on,
-    // it waits for the client's delayed ACK, about 40 ms.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
+    let app = bulkhead_server::app(state);
+    match config.http_threads {
+        Some(0) => {
+            // A streamed answer ends with a small write of its own (the last chunk); with
+            // Nagle on, it waits for the client's delayed ACK, about 40 ms.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                if let Err(error) = tcp.set_nodelay(true) {
+                    tracing::debug!(%error, "cannot set TCP_NODELAY");
+                }
+            });
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
         }
-    });
-    axum::serve(listener, bulkhead_server::app(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("server failed")?;
+        threads => {
+            let threads = threads.unwrap_or_else(crate::serving::default_threads);
+            crate::serving::serve(listener, app, threads, shutdown_signal()).await
+        }
+    }
+    .context("server failed")?;
     tracing::info!("shut down; closing the database");
     store.close().await;
     // The exporter's own thread blocks on its HTTP calls; keep that off the runtime.

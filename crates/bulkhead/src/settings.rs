@@ -17,6 +17,7 @@ use crate::GlobalArgs;
 /// `BULKHEAD_CONFIG`) are not configuration keys and are left alone.
 const ENV_KEYS: &[&str] = &[
     "listen",
+    "http_threads",
     "data_dir",
     "database",
     "admin_token",
@@ -40,6 +41,7 @@ const ENV_KEYS: &[&str] = &[
     "metrics",
     "audit_stream",
     "alerts",
+    "audit",
     "telemetry",
     "workers",
 ];
@@ -117,6 +119,7 @@ pub async fn open_store(config: &Config, audit_outbox: bool) -> anyhow::Result<S
     let options = StoreOptions {
         max_connections: config.postgres.max_connections,
         audit_outbox,
+        ..StoreOptions::default()
     };
     Store::open(&url, &options)
         .await

@@ -222,6 +222,12 @@ fn serve_generates_the_admin_token_once_and_stops_on_sigterm() {
         .to_owned();
     assert_eq!(get(&server.address, "/healthz", None).0, 200);
     assert_eq!(get(&server.address, "/readyz", None).0, 200);
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(
+        serving_threads(&server),
+        cores,
+        "one serving thread per core by default"
+    );
     let (status, body) = get(&server.address, "/admin/v1/tenants", Some(&token));
     assert_eq!(status, 200, "{body}");
     assert_eq!(
@@ -240,17 +246,28 @@ fn serve_generates_the_admin_token_once_and_stops_on_sigterm() {
             "the token is stored in clear"
         );
     }
-    let again = serve(&mut bulkhead(d));
+    // Served from the shared multi-threaded runtime this time (`http_threads = 0`).
+    let again = serve(bulkhead(d).env("BULKHEAD_HTTP_THREADS", "0"));
     assert!(
         again.first_lines.iter().all(|l| !l.contains("bha_")),
         "{:?}",
         again.first_lines
     );
+    assert_eq!(serving_threads(&again), 0);
     assert_eq!(
         get(&again.address, "/admin/v1/tenants", Some(&token)).0,
         200
     );
     assert!(terminate(again).success());
+}
+
+/// The server's threads named as serving threads (`serving.rs`).
+fn serving_threads(server: &Server) -> usize {
+    std::fs::read_dir(format!("/proc/{}/task", server.child.id()))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).ok())
+        .filter(|name| name.starts_with("bulkhead-http-"))
+        .count()
 }
 
 #[test]
