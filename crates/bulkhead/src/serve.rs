@@ -93,6 +93,7 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
         }
         threads => {
             let threads = threads.unwrap_or_else(crate::serving::default_threads);
+            tracing::info!(threads, "serving HTTP from one runtime per thread");
             crate::serving::serve(listener, app, threads, shutdown_signal()).await
         }
     }
