@@ -149,7 +149,8 @@ impl Store {
             sqlx::migrate!("./migrations/postgres").run(&pool).await?;
             let backend = Backend::Postgres(pool);
             let events = EventBatcher::start(backend.clone());
-            return Ok(Self::with_backend(backend, events));
+            let usage = UsageMeter::start(backend.clone());
+            return Ok(Self::with_backend(backend, events, usage));
         }
         if let Some(path) = url.strip_prefix("sqlite://") {
             return Self::open_sqlite(Path::new(path), options).await;
@@ -191,15 +192,16 @@ impl Store {
         } else {
             EventBatcher::start(backend.clone())
         };
-        let mut store = Self::with_backend(backend, events);
+        let usage = UsageMeter::start(backend.clone());
+        let mut store = Self::with_backend(backend, events, usage);
         store._checkpointer = Some(checkpoint::Checkpointer::start(connect));
         Ok(store)
     }
 
-    fn with_backend(backend: Backend, events: EventBatcher) -> Self {
+    fn with_backend(backend: Backend, events: EventBatcher, usage: UsageMeter) -> Self {
         Self {
             events,
-            usage: UsageMeter::start(backend.clone()),
+            usage,
             pgvector: Default::default(),
             _checkpointer: None,
             link: None,
@@ -219,7 +221,10 @@ impl Store {
     /// `StoreError::Unsupported`.
     pub fn linked(link: std::sync::Arc<dyn remote::StoreLink>) -> Self {
         let backend = Backend::Detached;
-        Self::with_backend(backend.clone(), EventBatcher::start(backend)).with_link(link)
+        // The usage calls are sent over the link; a flusher here would wake the idle worker
+        // every second to write nothing.
+        let usage = UsageMeter::unflushed();
+        Self::with_backend(backend.clone(), EventBatcher::start(backend), usage).with_link(link)
     }
 
     pub fn kind(&self) -> BackendKind {

@@ -125,13 +125,19 @@ fn saturating(count: u64) -> i64 {
 }
 
 impl UsageMeter {
-    /// Starts the background flusher; it stops when the last `Store` clone is dropped.
-    pub(crate) fn start(backend: Backend) -> Self {
-        let meter = Self {
+    /// A meter with no flusher: a dedicated worker's store, whose counts go to the control
+    /// plane's meter over its channel (`remote.rs`) and never land in this one.
+    pub(crate) fn unflushed() -> Self {
+        Self {
             pending: Arc::default(),
             spent: Arc::default(),
             flushing: Arc::default(),
-        };
+        }
+    }
+
+    /// Starts the background flusher; it stops when the last `Store` clone is dropped.
+    pub(crate) fn start(backend: Backend) -> Self {
+        let meter = Self::unflushed();
         let weak: Weak<Mutex<Pending>> = Arc::downgrade(&meter.pending);
         let (spent, flushing) = (meter.spent.clone(), meter.flushing.clone());
         tokio::spawn(async move {
