@@ -53,16 +53,7 @@ pub(crate) async fn append(
     origin: &Origin,
     draft: AuditDraft,
 ) -> Result<AuditEvent, StoreError> {
-    append_pending(tx, tenant, PendingEvent::new(origin, draft)).await
-}
-
-/// Appends an event made earlier to `tenant`'s chain in `tx`, keeping the time it was made.
-pub(crate) async fn append_pending(
-    tx: &mut Tx,
-    tenant: &TenantId,
-    pending: PendingEvent,
-) -> Result<AuditEvent, StoreError> {
-    append_to_chain(tx, tenant, vec![pending])
+    append_to_chain(tx, tenant, vec![PendingEvent::new(origin, draft)])
         .await?
         .pop()
         .ok_or_else(|| StoreError::Corrupt("an audit append chained no event".into()))

@@ -80,13 +80,8 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
     let app = bulkhead_server::app(state);
     match config.http_threads {
         Some(0) => {
-            // A streamed answer ends with a small write of its own (the last chunk); with
-            // Nagle on, it waits for the client's delayed ACK, about 40 ms.
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                if let Err(error) = tcp.set_nodelay(true) {
-                    tracing::debug!(%error, "cannot set TCP_NODELAY");
-                }
-            });
+            let listener =
+                axum::serve::ListenerExt::tap_io(listener, |tcp| crate::serving::no_delay(tcp));
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown_signal())
                 .await

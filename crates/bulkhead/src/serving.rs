@@ -125,11 +125,18 @@ async fn deal(
     }
 }
 
+/// Turns Nagle's algorithm off on an accepted connection. A streamed answer ends with a small
+/// write of its own (the last chunk); with Nagle on, it waits for the client's delayed ACK,
+/// about 40 ms. A connection where this fails is still served.
+pub fn no_delay(stream: &TcpStream) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "cannot set TCP_NODELAY");
+    }
+}
+
 /// Readies an accepted connection to move to a serving thread's runtime.
 fn prepare(stream: TcpStream) -> io::Result<std::net::TcpStream> {
-    // A streamed answer ends with a small write of its own (the last chunk); with Nagle on,
-    // it waits for the client's delayed ACK, about 40 ms.
-    stream.set_nodelay(true)?;
+    no_delay(&stream);
     let stream = stream.into_std()?;
     stream.set_nonblocking(true)?;
     Ok(stream)
