@@ -97,33 +97,39 @@ impl AuditEvent {
     /// order and object keys sorted at every depth, so the hash does not depend on how a map
     /// happened to be built or on serde_json's feature flags.
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        let mut fields: Vec<(&str, Value)> = vec![
-            ("tenant_id", Value::from(self.tenant_id.as_str())),
-            ("seq", Value::from(self.seq)),
-            ("occurred_at", Value::from(self.occurred_at)),
-            ("actor", Value::from(self.actor.as_str())),
-            ("action", Value::from(self.action.as_str())),
-            ("resource", Value::from(self.resource.as_str())),
-            ("outcome", Value::from(self.outcome.as_str())),
-            (
-                "request_id",
-                self.request_id.as_deref().map_or(Value::Null, Value::from),
-            ),
-            ("details", self.details.clone()),
-        ];
-        // Appended only when present, so events from before trace ids keep their hashes.
-        if let Some(trace_id) = &self.trace_id {
-            fields.push(("trace_id", Value::from(trace_id.as_str())));
-        }
         let mut out = Vec::with_capacity(256);
         out.push(b'{');
-        for (i, (key, value)) in fields.iter().enumerate() {
-            if i > 0 {
+        let mut field = |name: &str, value: Canonical<'_>, first: bool| {
+            if !first {
                 out.push(b',');
             }
-            write_canonical(&Value::from(*key), &mut out);
+            write_json_str(name, &mut out);
             out.push(b':');
-            write_canonical(value, &mut out);
+            match value {
+                Canonical::Str(text) => write_json_str(text, &mut out),
+                Canonical::Int(number) => out.extend_from_slice(number.to_string().as_bytes()),
+                Canonical::Null => out.extend_from_slice(b"null"),
+                Canonical::Json(value) => write_canonical(value, &mut out),
+            }
+        };
+        field("tenant_id", Canonical::Str(self.tenant_id.as_str()), true);
+        field("seq", Canonical::Int(self.seq), false);
+        field("occurred_at", Canonical::Int(self.occurred_at), false);
+        field("actor", Canonical::Str(&self.actor), false);
+        field("action", Canonical::Str(&self.action), false);
+        field("resource", Canonical::Str(&self.resource), false);
+        field("outcome", Canonical::Str(self.outcome.as_str()), false);
+        field(
+            "request_id",
+            self.request_id
+                .as_deref()
+                .map_or(Canonical::Null, Canonical::Str),
+            false,
+        );
+        field("details", Canonical::Json(&self.details), false);
+        // Appended only when present, so events from before trace ids keep their hashes.
+        if let Some(trace_id) = &self.trace_id {
+            field("trace_id", Canonical::Str(trace_id), false);
         }
         out.push(b'}');
         out
@@ -141,17 +147,32 @@ pub fn chain_hash(prev_hash: &str, canonical: &[u8]) -> String {
     hex::encode(hasher.finalize())
 }
 
+/// A field of [`AuditEvent::canonical_bytes`], written without building a `Value` for it:
+/// the chain is hashed on every append, so this is on the audit importer's hot path.
+enum Canonical<'a> {
+    Str(&'a str),
+    Int(i64),
+    Null,
+    Json(&'a Value),
+}
+
+/// serde_json's own string escaping, the same bytes as `Value::String`'s rendering.
+fn write_json_str(text: &str, out: &mut Vec<u8>) {
+    // Writing into a Vec cannot fail, and a &str always serializes.
+    let _ = serde_json::to_writer(&mut *out, text);
+}
+
 fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     match value {
         Value::Object(map) => {
             let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(b.0));
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
             out.push(b'{');
             for (i, (key, value)) in entries.into_iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
-                write_canonical(&Value::from(key.as_str()), out);
+                write_json_str(key, out);
                 out.push(b':');
                 write_canonical(value, out);
             }
@@ -168,7 +189,9 @@ fn write_canonical(value: &Value, out: &mut Vec<u8>) {
             out.push(b']');
         }
         // Scalars have one serde_json rendering; writing into a Vec cannot fail.
-        scalar => out.extend_from_slice(scalar.to_string().as_bytes()),
+        scalar => {
+            let _ = serde_json::to_writer(&mut *out, scalar);
+        }
     }
 }
 
@@ -322,6 +345,40 @@ mod tests {
         assert!(
             text.starts_with(r#"{"tenant_id":"acme","seq":1,"#),
             "{text}"
+        );
+    }
+
+    /// Hashes already stored must verify forever: the canonical bytes of an event with every
+    /// kind of value (escapes, non-ASCII, floats, nesting, null) are pinned, as they were
+    /// written before the canonical form stopped going through `Value`.
+    #[test]
+    fn canonical_bytes_and_hash_are_pinned() {
+        let event = AuditEvent {
+            tenant_id: acme(),
+            seq: 42,
+            occurred_at: -1,
+            actor: "key:ab\"c".into(),
+            action: "egress.request".into(),
+            resource: "endpoint/open\u{e9}ai\n".into(),
+            outcome: Outcome::Failure,
+            request_id: None,
+            trace_id: Some("0af7651916cd43dd8448eb211c80319c".into()),
+            details: json!({
+                "z": [true, false, null, 1.5, -7, 18446744073709551615u64, "\u{1f600}\t\u{1}"],
+                "a": {"c": {}, "b": [], "a": {"y": "</script>", "x": 0.1}},
+                "M": "upper sorts first",
+            }),
+            prev_hash: GENESIS_HASH.into(),
+            hash: String::new(),
+        };
+        let text = String::from_utf8(event.canonical_bytes()).unwrap();
+        assert_eq!(
+            text,
+            r#"{"tenant_id":"acme","seq":42,"occurred_at":-1,"actor":"key:ab\"c","action":"egress.request","resource":"endpoint/openéai\n","outcome":"failure","request_id":null,"details":{"M":"upper sorts first","a":{"a":{"x":0.1,"y":"</script>"},"b":[],"c":{}},"z":[true,false,null,1.5,-7,18446744073709551615,"😀\t\u0001"]},"trace_id":"0af7651916cd43dd8448eb211c80319c"}"#
+        );
+        assert_eq!(
+            event.compute_hash(),
+            "f90cc09c221e8e4493651b340ac6f6251f8b79a3f4194a7890627c616dc4a828"
         );
     }
 
