@@ -756,9 +756,23 @@ mod tests {
             "/x#frag",
             "/\\\\evil",
             "@evil.test/",
+            "/%2e%2e/%2e%2e/admin",
+            "/x/../../../admin",
+            "/a?b#c",
         ] {
             assert!(join(&base, bad).is_err(), "{bad}");
         }
+        // A query may name another server; the request still goes to the endpoint.
+        assert_eq!(
+            join(&base, "/chat?next=http://evil.test/")
+                .unwrap()
+                .as_str(),
+            "http://127.0.0.1:9000/api/v1/chat?next=http://evil.test/"
+        );
+        assert_eq!(
+            join(&base, "/x/../chat").unwrap().as_str(),
+            "http://127.0.0.1:9000/api/v1/chat"
+        );
         let root = Url::parse("http://127.0.0.1:9000").unwrap();
         assert_eq!(
             join(&root, "/v1/x").unwrap().as_str(),
