@@ -99,37 +99,37 @@ impl AuditEvent {
     pub fn canonical_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);
         out.push(b'{');
-        let mut field = |name: &str, value: Canonical<'_>, first: bool| {
-            if !first {
+        let mut field = |name: &str, value: Canonical<'_>| {
+            // Past the opening brace, every field follows another.
+            if out.len() > 1 {
                 out.push(b',');
             }
-            write_json_str(name, &mut out);
+            write_json(name, &mut out);
             out.push(b':');
             match value {
-                Canonical::Str(text) => write_json_str(text, &mut out),
-                Canonical::Int(number) => out.extend_from_slice(number.to_string().as_bytes()),
+                Canonical::Str(text) => write_json(text, &mut out),
+                Canonical::Int(number) => write_json(&number, &mut out),
                 Canonical::Null => out.extend_from_slice(b"null"),
                 Canonical::Json(value) => write_canonical(value, &mut out),
             }
         };
-        field("tenant_id", Canonical::Str(self.tenant_id.as_str()), true);
-        field("seq", Canonical::Int(self.seq), false);
-        field("occurred_at", Canonical::Int(self.occurred_at), false);
-        field("actor", Canonical::Str(&self.actor), false);
-        field("action", Canonical::Str(&self.action), false);
-        field("resource", Canonical::Str(&self.resource), false);
-        field("outcome", Canonical::Str(self.outcome.as_str()), false);
+        field("tenant_id", Canonical::Str(self.tenant_id.as_str()));
+        field("seq", Canonical::Int(self.seq));
+        field("occurred_at", Canonical::Int(self.occurred_at));
+        field("actor", Canonical::Str(&self.actor));
+        field("action", Canonical::Str(&self.action));
+        field("resource", Canonical::Str(&self.resource));
+        field("outcome", Canonical::Str(self.outcome.as_str()));
         field(
             "request_id",
             self.request_id
                 .as_deref()
                 .map_or(Canonical::Null, Canonical::Str),
-            false,
         );
-        field("details", Canonical::Json(&self.details), false);
+        field("details", Canonical::Json(&self.details));
         // Appended only when present, so events from before trace ids keep their hashes.
         if let Some(trace_id) = &self.trace_id {
-            field("trace_id", Canonical::Str(trace_id), false);
+            field("trace_id", Canonical::Str(trace_id));
         }
         out.push(b'}');
         out
@@ -156,10 +156,11 @@ enum Canonical<'a> {
     Json(&'a Value),
 }
 
-/// serde_json's own string escaping, the same bytes as `Value::String`'s rendering.
-fn write_json_str(text: &str, out: &mut Vec<u8>) {
-    // Writing into a Vec cannot fail, and a &str always serializes.
-    let _ = serde_json::to_writer(&mut *out, text);
+/// serde_json's own rendering of a string or scalar, the same bytes as the `Value` holding it
+/// would display.
+fn write_json<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
+    // Writing into a Vec cannot fail, and strings and scalars always serialize.
+    let _ = serde_json::to_writer(&mut *out, value);
 }
 
 fn write_canonical(value: &Value, out: &mut Vec<u8>) {
@@ -172,7 +173,7 @@ fn write_canonical(value: &Value, out: &mut Vec<u8>) {
                 if i > 0 {
                     out.push(b',');
                 }
-                write_json_str(key, out);
+                write_json(key, out);
                 out.push(b':');
                 write_canonical(value, out);
             }
@@ -188,10 +189,8 @@ fn write_canonical(value: &Value, out: &mut Vec<u8>) {
             }
             out.push(b']');
         }
-        // Scalars have one serde_json rendering; writing into a Vec cannot fail.
-        scalar => {
-            let _ = serde_json::to_writer(&mut *out, scalar);
-        }
+        // Scalars have one serde_json rendering.
+        scalar => write_json(scalar, out),
     }
 }
 
