@@ -18,6 +18,14 @@ pub struct Config {
     /// start to end (fewest hand-offs between threads). Unset: one per core. `0`: serve on the
     /// shared multi-threaded runtime instead, where an idle thread takes work from a busy one.
     pub http_threads: Option<usize>,
+    /// Cores the serving threads run on, in turn (thread `i` on `http_cpus[i % len]`). Empty:
+    /// not pinned. With cores named and `http_threads` unset, one serving thread per core named.
+    /// Needs `background_cpus`, so that nothing else is left to follow a serving thread's core.
+    pub http_cpus: Vec<usize>,
+    /// Cores for everything but the serving threads: the shared runtime (the audit importer,
+    /// usage flusher, sweepers, the acceptor), blocking threads (long computation), the
+    /// database's threads and dedicated tenants' worker processes. Empty: not pinned.
+    pub background_cpus: Vec<usize>,
     /// Where the embedded database and local key material live.
     pub data_dir: PathBuf,
     /// `sqlite://path` or `postgres://...`; empty means SQLite in `data_dir`.
@@ -71,6 +79,8 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             http_threads: None,
+            http_cpus: Vec::new(),
+            background_cpus: Vec::new(),
             data_dir: PathBuf::from("./bulkhead-data"),
             database: None,
             admin_token: None,

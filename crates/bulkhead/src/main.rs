@@ -8,6 +8,7 @@ mod cli_admin;
 mod cli_audit;
 mod cli_ingest;
 mod demo;
+mod placement;
 mod sandbox;
 mod seccomp;
 mod serve;

@@ -10,6 +10,7 @@ use bulkhead_store::Store;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 
+use crate::placement::Placement;
 use crate::{GlobalArgs, settings};
 
 #[derive(clap::Args)]
@@ -24,6 +25,7 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
+    let placement = Placement::from_config(&config)?;
     let telemetry = settings::init_logging(&config)?;
     let store = settings::open_store(&config, config.audit.outbox).await?;
     let (admin_token_hash, generated) = admin_token_hash(&config, &store).await?;
@@ -78,6 +80,7 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!(%address, database = ?store.kind(), "serving");
     let app = bulkhead_server::app(state);
+    placement.pin_process()?;
     match config.http_threads {
         Some(0) => {
             let listener =
@@ -87,9 +90,10 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
                 .await
         }
         threads => {
-            let threads = threads.unwrap_or_else(crate::serving::default_threads);
-            tracing::info!(threads, "serving HTTP from one runtime per thread");
-            crate::serving::serve(listener, app, threads, shutdown_signal()).await
+            let threads = threads.unwrap_or_else(|| placement.default_http_threads());
+            tracing::info!(threads, http_cpus = ?config.http_cpus, background_cpus = ?config.background_cpus,
+                "serving HTTP from one runtime per thread");
+            crate::serving::serve(listener, app, threads, placement, shutdown_signal()).await
         }
     }
     .context("server failed")?;

@@ -26,6 +26,8 @@ use axum::Router;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::placement::Placement;
+
 /// How many serving threads `http_threads = 0` means: one per core.
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -37,23 +39,41 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     threads: usize,
+    placement: Placement,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let local = listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
     let mut queues = Vec::with_capacity(threads);
     let mut finished = Vec::with_capacity(threads);
+    let mut pinned = Vec::with_capacity(threads);
     for index in 0..threads.max(1) {
         let (queue, connections) = mpsc::unbounded_channel();
         let (done, finished_one) = oneshot::channel();
+        let (pinned_tx, pinned_one) = oneshot::channel();
+        let blocking_placement = placement.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            // Runs on the threads this runtime starts for blocking work; the serving thread
+            // itself calls `block_on` and is pinned below.
+            .on_thread_start(move || {
+                if let Err(error) = blocking_placement.pin_background_thread() {
+                    tracing::warn!(%error, "a blocking thread keeps its serving thread's core");
+                }
+            })
             .build()?;
         let app = app.clone();
+        let placement = placement.clone();
         let mut stopped = stopped.clone();
         std::thread::Builder::new()
             .name(format!("bulkhead-http-{index}"))
             .spawn(move || {
+                let pin = placement.pin_serving_thread(index);
+                let failed = pin.is_err();
+                let _ = pinned_tx.send(pin);
+                if failed {
+                    return;
+                }
                 let served = runtime.block_on(async move {
                     let listener = Dealt { connections, local };
                     axum::serve(listener, app)
@@ -66,6 +86,15 @@ pub async fn serve(
             })?;
         queues.push(queue);
         finished.push(finished_one);
+        pinned.push(pinned_one);
+    }
+    // Every serving thread on its core before the first connection is dealt.
+    for pinned_one in pinned {
+        match pinned_one.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(io::Error::other(error)),
+            Err(_) => return Err(io::Error::other("a serving thread ended before it started")),
+        }
     }
     deal(&listener, &queues, shutdown).await;
     let _ = stop.send(true);
@@ -210,9 +239,15 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, thread_name_app(), 2, async {
-            let _ = stopped.await;
-        }));
+        let server = tokio::spawn(serve(
+            listener,
+            thread_name_app(),
+            2,
+            Placement::default(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
         let clients: Vec<reqwest::Client> = (0..4).map(|_| one_connection()).collect();
         let mut first = Vec::new();
         for client in &clients {
@@ -260,7 +295,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, app, 2, async {
+        let server = tokio::spawn(serve(listener, app, 2, Placement::default(), async {
             let _ = stopped.await;
         }));
         let request = tokio::spawn(async move {

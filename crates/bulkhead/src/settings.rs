@@ -18,6 +18,8 @@ use crate::GlobalArgs;
 const ENV_KEYS: &[&str] = &[
     "listen",
     "http_threads",
+    "http_cpus",
+    "background_cpus",
     "data_dir",
     "database",
     "admin_token",

@@ -1033,3 +1033,89 @@ fn audit_trails_verify_in_the_database_and_as_exports_and_tampering_is_named() {
         .unwrap();
     assert!(!output.status.success());
 }
+
+/// Each thread of `pid`: its name and the cores it may run on, as `/proc` lists them (`0-1`).
+fn thread_cores(pid: u32) -> Vec<(String, String)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| {
+            let path = task.unwrap().path();
+            let name = std::fs::read_to_string(path.join("comm")).ok()?;
+            let status = std::fs::read_to_string(path.join("status")).ok()?;
+            let cores = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
+                .trim()
+                .to_owned();
+            Some((name.trim().to_owned(), cores))
+        })
+        .collect()
+}
+
+#[test]
+fn serving_and_background_threads_run_on_the_cores_named() {
+    let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+    let cores: Vec<usize> = (0..nix::sched::CpuSet::count())
+        .filter(|&c| allowed.is_set(c).unwrap())
+        .collect();
+    let (serving, background) = (cores[cores.len() - 1], cores[0]);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = serve(
+        bulkhead(d)
+            .env("BULKHEAD_HTTP_CPUS", format!("[{serving}]"))
+            .env("BULKHEAD_BACKGROUND_CPUS", format!("[{background}]")),
+    );
+    assert_eq!(get(&server.address, "/healthz", None).0, 200);
+    let threads = thread_cores(server.child.id());
+    let on = |named: &dyn Fn(&str) -> bool| -> Vec<&String> {
+        threads
+            .iter()
+            .filter(|(name, _)| named(name))
+            .map(|(_, cores)| cores)
+            .collect()
+    };
+    assert_eq!(
+        on(&|name| name.starts_with("bulkhead-http-")),
+        vec![&serving.to_string()],
+        "one serving thread per core named, on it: {threads:?}"
+    );
+    for background_thread in ["bulkhead", "tokio-rt-worker"] {
+        let placed = on(&|name| name == background_thread);
+        assert!(!placed.is_empty(), "{threads:?}");
+        assert!(
+            placed.iter().all(|c| **c == background.to_string()),
+            "{background_thread} threads on the background core: {threads:?}"
+        );
+    }
+    assert!(terminate(server).success());
+
+    // Cores the process may not use, or serving cores with nowhere named for the rest, stop
+    // the start with the setting named.
+    let unusable = nix::sched::CpuSet::count() - 1;
+    let refused = bulkhead(d)
+        .env("BULKHEAD_HTTP_CPUS", format!("[{unusable}]"))
+        .env("BULKHEAD_BACKGROUND_CPUS", format!("[{background}]"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "http_cpus: core {unusable} is not one this process may run on"
+        )),
+        "{stderr}"
+    );
+    let refused = bulkhead(d)
+        .env("BULKHEAD_HTTP_CPUS", format!("[{serving}]"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("http_cpus needs background_cpus"),
+        "{stderr}"
+    );
+}
