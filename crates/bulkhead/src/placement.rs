@@ -51,7 +51,19 @@ pub struct Placement {
 }
 
 impl Placement {
+    /// The configured placement, refused if it names a core this process may not run on.
     pub fn from_config(config: &Config) -> Result<Self, PlacementError> {
+        Self::build(config, true)
+    }
+
+    /// The placement for a dedicated worker process. Its cores are not checked against the
+    /// ones it may use now: it inherits those of whichever thread started it (a serving
+    /// thread's one core, say), and its server checked the configuration at start.
+    pub fn for_worker(config: &Config) -> Result<Self, PlacementError> {
+        Self::build(config, false)
+    }
+
+    fn build(config: &Config, check_allowed: bool) -> Result<Self, PlacementError> {
         if config.http_cpus.is_empty() && config.background_cpus.is_empty() {
             return Ok(Self::default());
         }
@@ -63,24 +75,26 @@ impl Placement {
                 return Err(PlacementError::NoServingThreads);
             }
         }
-        let allowed =
-            sched_getaffinity(Pid::from_raw(0)).map_err(|error| PlacementError::System {
-                what: "read the cores this process may use",
-                error,
-            })?;
-        for (setting, cores) in [
-            ("http_cpus", &config.http_cpus),
-            ("background_cpus", &config.background_cpus),
-        ] {
-            if let Some(&core) = cores
-                .iter()
-                .find(|&&core| !allowed.is_set(core).unwrap_or(false))
-            {
-                return Err(PlacementError::NotAllowed {
-                    setting,
-                    core,
-                    allowed: describe(&allowed),
-                });
+        if check_allowed {
+            let allowed =
+                sched_getaffinity(Pid::from_raw(0)).map_err(|error| PlacementError::System {
+                    what: "read the cores this process may use",
+                    error,
+                })?;
+            for (setting, cores) in [
+                ("http_cpus", &config.http_cpus),
+                ("background_cpus", &config.background_cpus),
+            ] {
+                if let Some(&core) = cores
+                    .iter()
+                    .find(|&&core| !allowed.is_set(core).unwrap_or(false))
+                {
+                    return Err(PlacementError::NotAllowed {
+                        setting,
+                        core,
+                        allowed: describe(&allowed),
+                    });
+                }
             }
         }
         let background = if config.background_cpus.is_empty() {
@@ -271,6 +285,23 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!(blocking, vec![background_core]);
+    }
+
+    #[test]
+    fn a_worker_takes_cores_its_starter_did_not_have() {
+        let cores = current_cores();
+        let (first, last) = (cores[0], cores[cores.len() - 1]);
+        std::thread::spawn(move || {
+            // As a worker started from a serving thread pinned to one core.
+            pin_current(&cpu_set(&[first]).unwrap(), "pin").unwrap();
+            let named = config(&[], &[last]);
+            assert_eq!(Placement::from_config(&named).is_err(), first != last);
+            let worker = Placement::for_worker(&named).unwrap();
+            worker.pin_background_thread().unwrap();
+            assert_eq!(current_cores(), vec![last]);
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

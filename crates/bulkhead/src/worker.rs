@@ -46,7 +46,7 @@ pub async fn run(global: &GlobalArgs, args: WorkerArgs) -> anyhow::Result<()> {
     config.database = None;
     let _telemetry = settings::init_logging(&config)?;
     // Placed before the sandbox confines it, as a `serve` thread would be.
-    crate::placement::Placement::from_config(&config)?.pin_process()?;
+    crate::placement::Placement::for_worker(&config)?.pin_process()?;
     // No database: every store call of the tenant's work goes to the control plane over the
     // channel, which answers it for the request it forwarded (`bulkhead_store::remote`).
     let (link, outgoing) = bulkhead_server::worker::link::WorkerLink::new();

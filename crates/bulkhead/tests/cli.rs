@@ -1092,30 +1092,29 @@ fn serving_and_background_threads_run_on_the_cores_named() {
 
     // Cores the process may not use, or serving cores with nowhere named for the rest, stop
     // the start with the setting named.
+    let refused = |cores: &[(&str, usize)], says: &str| {
+        let mut command = bulkhead(d);
+        for (setting, core) in cores {
+            command.env(setting, format!("[{core}]"));
+        }
+        let output = command
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{cores:?} started");
+        assert!(stderr.contains(says), "{stderr}");
+    };
     let unusable = nix::sched::CpuSet::count() - 1;
-    let refused = bulkhead(d)
-        .env("BULKHEAD_HTTP_CPUS", format!("[{unusable}]"))
-        .env("BULKHEAD_BACKGROUND_CPUS", format!("[{background}]"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success());
-    assert!(
-        stderr.contains(&format!(
-            "http_cpus: core {unusable} is not one this process may run on"
-        )),
-        "{stderr}"
+    refused(
+        &[
+            ("BULKHEAD_HTTP_CPUS", unusable),
+            ("BULKHEAD_BACKGROUND_CPUS", background),
+        ],
+        &format!("http_cpus: core {unusable} is not one this process may run on"),
     );
-    let refused = bulkhead(d)
-        .env("BULKHEAD_HTTP_CPUS", format!("[{serving}]"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success());
-    assert!(
-        stderr.contains("http_cpus needs background_cpus"),
-        "{stderr}"
+    refused(
+        &[("BULKHEAD_HTTP_CPUS", serving)],
+        "http_cpus needs background_cpus",
     );
 }

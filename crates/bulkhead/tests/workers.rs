@@ -216,10 +216,17 @@ fn proc_field(pid: u64, file: &str, prefix: &str) -> String {
 async fn dedicated_tenants_run_in_their_own_confined_supervised_worker() {
     let fake = FakeLlm::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
+    // Pinned (`placement.rs`): the worker is background work and must land on those cores.
+    let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+    let cores: Vec<usize> = (0..nix::sched::CpuSet::count())
+        .filter(|&c| allowed.is_set(c).unwrap())
+        .collect();
+    let (serving_core, background_core) = (cores[cores.len() - 1], cores[0]);
     std::fs::write(
         dir.path().join("bulkhead.toml"),
         format!(
-            "{}[workers]\nmax_workers = 1\nhealth_ms = 500\nidle_seconds = 4\n\n\
+            "http_cpus = [{serving_core}]\nbackground_cpus = [{background_core}]\n\
+             {}[workers]\nmax_workers = 1\nhealth_ms = 500\nidle_seconds = 4\n\n\
              [workers.tenants.acme]\nopen_files = 512\n",
             model_config(&fake.base)
         ),
@@ -286,6 +293,12 @@ async fn dedicated_tenants_run_in_their_own_confined_supervised_worker() {
         assert!(
             status.lines().any(|l| l == "Seccomp:\t2"),
             "a worker thread runs unfiltered: {status}"
+        );
+        assert!(
+            status
+                .lines()
+                .any(|l| l == format!("Cpus_allowed_list:\t{background_core}")),
+            "a worker thread is not on the background core: {status}"
         );
     }
     // acme's own limit, not the node's default of 1024.
