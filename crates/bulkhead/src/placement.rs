@@ -48,6 +48,10 @@ pub enum PlacementError {
 pub struct Placement {
     http: Vec<usize>,
     background: Option<CpuSet>,
+    /// The cores the process had when the placement was read: where serving threads go when
+    /// only `background_cpus` is named, instead of inheriting those from the thread that
+    /// starts them.
+    unpinned: Option<CpuSet>,
 }
 
 impl Placement {
@@ -75,12 +79,12 @@ impl Placement {
                 return Err(PlacementError::NoServingThreads);
             }
         }
+        let allowed =
+            sched_getaffinity(Pid::from_raw(0)).map_err(|error| PlacementError::System {
+                what: "read the cores this process may use",
+                error,
+            })?;
         if check_allowed {
-            let allowed =
-                sched_getaffinity(Pid::from_raw(0)).map_err(|error| PlacementError::System {
-                    what: "read the cores this process may use",
-                    error,
-                })?;
             for (setting, cores) in [
                 ("http_cpus", &config.http_cpus),
                 ("background_cpus", &config.background_cpus),
@@ -105,6 +109,7 @@ impl Placement {
         Ok(Self {
             http: config.http_cpus.clone(),
             background,
+            unpinned: Some(allowed),
         })
     }
 
@@ -153,7 +158,11 @@ impl Placement {
     /// Pins the calling thread, serving thread number `index`, to its core.
     pub fn pin_serving_thread(&self, index: usize) -> Result<(), PlacementError> {
         if self.http.is_empty() {
-            return Ok(());
+            // Started by a thread on the background cores; serving is not theirs.
+            return match (&self.background, &self.unpinned) {
+                (Some(_), Some(unpinned)) => pin_current(unpinned, "unpin a serving thread"),
+                _ => Ok(()),
+            };
         }
         let core = self.http[index % self.http.len()];
         pin_current(&cpu_set(&[core])?, "pin a serving thread to its core")
@@ -285,6 +294,29 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!(blocking, vec![background_core]);
+    }
+
+    #[test]
+    fn with_only_background_cores_named_serving_threads_keep_the_process_cores() {
+        let cores = current_cores();
+        let placement = Placement::from_config(&config(&[], &[cores[0]])).unwrap();
+        assert_eq!(
+            placement.default_http_threads(),
+            crate::serving::default_threads()
+        );
+        let serving = std::thread::spawn(move || {
+            // Started, as in `serve`, by a thread already on the background cores.
+            placement.pin_background_thread().unwrap();
+            std::thread::spawn(move || {
+                placement.pin_serving_thread(0).unwrap();
+                current_cores()
+            })
+            .join()
+            .unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(serving, cores);
     }
 
     #[test]
