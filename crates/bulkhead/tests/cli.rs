@@ -136,6 +136,17 @@ struct Server {
     first_lines: Vec<String>,
 }
 
+/// A test that fails before `terminate` would otherwise leave its server running, using CPU
+/// under every later test and benchmark on the machine.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Starts `bulkhead serve` on port 0 and reads its stdout until it says where it listens.
 fn serve(command: &mut Command) -> Server {
     let mut child = command
