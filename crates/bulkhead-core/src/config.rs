@@ -19,8 +19,9 @@ pub struct Config {
     /// shared multi-threaded runtime instead, where an idle thread takes work from a busy one.
     pub http_threads: Option<usize>,
     /// Cores the serving threads run on, in turn (thread `i` on `http_cpus[i % len]`). Empty:
-    /// not pinned (the cores the process started with, whatever `background_cpus` says). With cores named and `http_threads` unset, one serving thread per core named.
-    /// Needs `background_cpus`, so that nothing else is left to follow a serving thread's core.
+    /// not pinned (the cores the process started with, whatever `background_cpus` says). With
+    /// cores named and `http_threads` unset, one serving thread per core named. Needs
+    /// `background_cpus`, so that nothing else is left to follow a serving thread's core.
     pub http_cpus: Vec<usize>,
     /// Cores for everything but the serving threads: the shared runtime (the audit importer,
     /// usage flusher, sweepers, the acceptor), blocking threads (long computation), the

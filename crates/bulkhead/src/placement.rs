@@ -36,6 +36,8 @@ pub enum PlacementError {
         "http_cpus needs background_cpus too: name the cores for everything that is not serving"
     )]
     NoBackground,
+    #[error("cannot list this process's threads in /proc/self/task: {0}")]
+    ListThreads(std::io::Error),
     #[error("cannot {what}: {error}")]
     System {
         what: &'static str,
@@ -129,10 +131,7 @@ impl Placement {
         let Some(background) = &self.background else {
             return Ok(());
         };
-        let tasks = std::fs::read_dir("/proc/self/task").map_err(|e| PlacementError::System {
-            what: "list this process's threads",
-            error: nix::Error::from_raw(e.raw_os_error().unwrap_or(0)),
-        })?;
+        let tasks = std::fs::read_dir("/proc/self/task").map_err(PlacementError::ListThreads)?;
         for task in tasks.flatten() {
             let Some(tid) = task
                 .file_name()
