@@ -1,8 +1,8 @@
 //! Egress: the one way out of the process.
 //!
-//! **Architecture Invariant:** the only crate with a network client (reqwest, async-nats, the
-//! OTLP exporter), checked by `only_the_egress_crate_has_a_network_client`. Tenants' calls
-//! go through [`Egress`]; the platform's own traffic (the audit stream in [`audit_stream`],
+//! **Architecture Invariant:** the only crate with a network client (hyper-util's, async-nats,
+//! the OTLP exporter), checked by `only_the_egress_crate_has_a_network_client`. Tenants'
+//! calls go through [`Egress`]; the platform's own traffic (the audit stream in [`audit_stream`],
 //! spans in [`telemetry`]) goes to destinations only the operator configures, and carries
 //! ids, never a tenant's secret or content.
 //!
@@ -28,10 +28,14 @@ use bulkhead_core::config::{AuthScheme, EndpointConfig, EndpointKind};
 use bulkhead_core::{ConnectorName, RegionName, TenantContext};
 use bulkhead_store::{Store, StoreError};
 use bulkhead_vault::{Credential, Vault, VaultError};
-pub use reqwest::Method;
-use reqwest::Url;
+use bytes::Bytes;
+pub use http::Method;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use secrecy::ExposeSecret;
 use serde_json::json;
+use url::Url;
 
 use crate::breaker::Breaker;
 use crate::thread_clients::ThreadClients;
@@ -40,6 +44,8 @@ const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
 const BREAKER_THRESHOLD: u32 = 5;
 const BREAKER_COOLDOWN: Duration = Duration::from_secs(30);
+/// Enough for every path Bulkhead's own provider code calls on one endpoint.
+const MAX_CACHED_URIS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EgressError {
@@ -167,6 +173,31 @@ struct Endpoint {
     config: EndpointConfig,
     base: Url,
     breaker: Mutex<Breaker>,
+    /// The checked URI of each path called, for a model or embedding endpoint, whose paths
+    /// are Bulkhead's own (`/chat/completions`): `join` parses a URL, a fifth of egress's own
+    /// work per call. A tool's or MCP server's paths come from tenants and are not kept.
+    uris: Mutex<HashMap<String, http::Uri>>,
+}
+
+impl Endpoint {
+    /// `path` on this endpoint, checked by [`join`].
+    fn uri(&self, path: &str) -> Result<http::Uri, EgressError> {
+        let cached = matches!(
+            self.config.kind,
+            EndpointKind::Model | EndpointKind::Embedding
+        );
+        if cached && let Some(uri) = self.uris.lock().ok().and_then(|u| u.get(path).cloned()) {
+            return Ok(uri);
+        }
+        let uri = to_uri(join(&self.base, path)?)?;
+        if cached
+            && let Ok(mut uris) = self.uris.lock()
+            && uris.len() < MAX_CACHED_URIS
+        {
+            uris.insert(path.to_owned(), uri.clone());
+        }
+        Ok(uri)
+    }
 }
 
 /// The outbound client. Cheap to clone.
@@ -221,6 +252,7 @@ impl Egress {
                 config: config.clone(),
                 base,
                 breaker: Mutex::new(Breaker::new(BREAKER_THRESHOLD, BREAKER_COOLDOWN)),
+                uris: Mutex::new(HashMap::new()),
             };
             if map.insert(config.name.clone(), endpoint).is_some() {
                 return Err(EgressError::Config(format!(
@@ -229,8 +261,8 @@ impl Egress {
                 )));
             }
         }
-        let clients =
-            ThreadClients::new().map_err(|e| EgressError::Config(e.without_url().to_string()))?;
+        let clients = ThreadClients::new()
+            .map_err(|e| EgressError::Config(format!("cannot set up TLS: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 clients,
@@ -281,10 +313,15 @@ impl TenantEgress<'_> {
     ) -> Result<OutboundResponse, EgressError> {
         let call = CallFacts::new(name, &request);
         let result = match self.send_to(name, request).await {
-            Ok((endpoint, response, attempts)) => {
+            Ok(Sent {
+                endpoint,
+                response,
+                attempts,
+                deadline,
+            }) => {
                 let status = response.status().as_u16();
                 let headers = header_pairs(response.headers());
-                read_capped(response, &endpoint.config.name)
+                read_capped(response.into_body(), deadline, &endpoint.config.name)
                     .await
                     .map(|body| OutboundResponse {
                         status,
@@ -313,7 +350,12 @@ impl TenantEgress<'_> {
     ) -> Result<StreamingResponse, EgressError> {
         let call = CallFacts::new(name, &request);
         let result = match self.send_to(name, request).await {
-            Ok((endpoint, response, attempts)) => {
+            Ok(Sent {
+                endpoint,
+                response,
+                attempts,
+                deadline,
+            }) => {
                 let status = response.status().as_u16();
                 let headers = header_pairs(response.headers());
                 if (200..300).contains(&status) {
@@ -322,10 +364,13 @@ impl TenantEgress<'_> {
                         headers,
                         attempts,
                         endpoint: endpoint.config.name.clone(),
-                        body: StreamBody::Live(response),
+                        body: StreamBody::Live {
+                            body: response.into_body(),
+                            deadline,
+                        },
                     })
                 } else {
-                    read_capped(response, &endpoint.config.name)
+                    read_capped(response.into_body(), deadline, &endpoint.config.name)
                         .await
                         .map(|body| StreamingResponse {
                             status,
@@ -417,8 +462,8 @@ impl TenantEgress<'_> {
     async fn send_to(
         &self,
         name: &str,
-        request: OutboundRequest,
-    ) -> Result<(&Endpoint, reqwest::Response, u32), EgressError> {
+        mut request: OutboundRequest,
+    ) -> Result<Sent<'_>, EgressError> {
         let endpoint = self
             .egress
             .inner
@@ -432,7 +477,7 @@ impl TenantEgress<'_> {
                 region: config.region.clone(),
             });
         }
-        let url = join(&endpoint.base, &request.path)?;
+        let uri = endpoint.uri(&request.path)?;
         let connector = match &request.credential {
             Some(chosen) if matches!(config.kind, EndpointKind::Tool | EndpointKind::Mcp) => {
                 Some(chosen)
@@ -467,6 +512,10 @@ impl TenantEgress<'_> {
             }
         };
         let secret = credential.as_ref().map(|c| c.secret.expose_secret());
+        let (uri, headers) = self.prepare(endpoint, uri, &request, credential.as_ref())?;
+        // Bytes, so that each attempt shares the one copy of the body.
+        let body = Bytes::from(request.body.take().unwrap_or_default());
+        let timeout = Duration::from_millis(endpoint.config.timeout_ms);
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -478,10 +527,20 @@ impl TenantEgress<'_> {
             if !allowed {
                 return Err(EgressError::CircuitOpen(config.name.clone()));
             }
-            let client = self.egress.inner.clients.current();
-            let built = self.build(&client, endpoint, &url, &request, credential.as_ref())?;
+            let mut outbound = http::Request::new(Full::new(body.clone()));
+            *outbound.method_mut() = request.method.clone();
+            *outbound.uri_mut() = uri.clone();
+            *outbound.headers_mut() = headers.clone();
+            // Each attempt has the whole timeout, its answer's body included.
+            let deadline = tokio::time::Instant::now() + timeout;
             let retries_left = attempts <= config.max_retries;
-            match client.execute(built).await {
+            let sent =
+                tokio::time::timeout_at(deadline, self.egress.inner.clients.request(outbound));
+            match sent
+                .await
+                .map_err(|_| CallError::Timeout)
+                .and_then(|r| r.map_err(CallError::Client))
+            {
                 Ok(response) => {
                     let status = response.status().as_u16();
                     let failure = status >= 500;
@@ -491,21 +550,24 @@ impl TenantEgress<'_> {
                         tokio::time::sleep(backoff(attempts, response.headers())).await;
                         continue;
                     }
-                    return Ok((endpoint, response, attempts));
+                    return Ok(Sent {
+                        endpoint,
+                        response,
+                        attempts,
+                        deadline,
+                    });
                 }
                 Err(error) => {
                     self.record(endpoint, false);
                     if request.idempotent() && retries_left {
-                        tokio::time::sleep(backoff(attempts, &reqwest::header::HeaderMap::new()))
-                            .await;
+                        tokio::time::sleep(backoff(attempts, &HeaderMap::new())).await;
                         continue;
                     }
-                    if error.is_timeout() {
+                    let CallError::Client(error) = error else {
                         return Err(EgressError::Timeout(config.name.clone()));
-                    }
-                    // reqwest's message can include the URL, which may carry a query-string
-                    // credential; drop the URL and scrub the secret to be sure.
-                    let mut message = error.without_url().to_string();
+                    };
+                    // The client's errors name no URL, but scrub the secret to be sure.
+                    let mut message = error_chain(&error);
                     if let Some(secret) = secret.filter(|s| !s.is_empty()) {
                         message = message.replace(secret, "[redacted]");
                     }
@@ -528,31 +590,29 @@ impl TenantEgress<'_> {
         }
     }
 
-    fn build(
+    /// The request's URI and headers, the credential injected: the same for every attempt.
+    fn prepare(
         &self,
-        client: &reqwest::Client,
         endpoint: &Endpoint,
-        url: &Url,
+        mut uri: http::Uri,
         request: &OutboundRequest,
         credential: Option<&Credential>,
-    ) -> Result<reqwest::Request, EgressError> {
-        let mut url = url.clone();
-        let mut builder_headers = reqwest::header::HeaderMap::new();
+    ) -> Result<(http::Uri, HeaderMap), EgressError> {
+        let mut headers = HeaderMap::new();
         for (name, value) in &request.headers {
-            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| EgressError::InvalidPath)?;
-            if name == reqwest::header::AUTHORIZATION {
+            let name =
+                HeaderName::from_bytes(name.as_bytes()).map_err(|_| EgressError::InvalidPath)?;
+            if name == header::AUTHORIZATION {
                 // The caller never supplies credentials; egress does.
                 continue;
             }
-            let value = reqwest::header::HeaderValue::from_str(value)
-                .map_err(|_| EgressError::InvalidPath)?;
-            builder_headers.append(name, value);
+            let value = HeaderValue::from_str(value).map_err(|_| EgressError::InvalidPath)?;
+            headers.append(name, value);
         }
         if let Some(credential) = credential {
             let secret = credential.secret.expose_secret();
             let sensitive = |value: String| {
-                reqwest::header::HeaderValue::from_str(&value)
+                HeaderValue::from_str(&value)
                     .map(|mut v| {
                         v.set_sensitive(true);
                         v
@@ -561,15 +621,15 @@ impl TenantEgress<'_> {
             };
             match &endpoint.config.auth {
                 AuthScheme::Bearer {} => {
-                    builder_headers.insert(
-                        reqwest::header::AUTHORIZATION,
+                    headers.insert(
+                        header::AUTHORIZATION,
                         sensitive(format!("Bearer {secret}"))?,
                     );
                 }
                 AuthScheme::Header { name } => {
-                    let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                    let name = HeaderName::from_bytes(name.as_bytes())
                         .map_err(|_| EgressError::Config(format!("bad header name {name}")))?;
-                    builder_headers.insert(name, sensitive(secret.to_owned())?);
+                    headers.insert(name, sensitive(secret.to_owned())?);
                 }
                 AuthScheme::Basic {} => {
                     let username = credential
@@ -579,28 +639,49 @@ impl TenantEgress<'_> {
                         .ok_or(EgressError::MissingCredentialField("username"))?;
                     let encoded = base64::engine::general_purpose::STANDARD
                         .encode(format!("{username}:{secret}"));
-                    builder_headers.insert(
-                        reqwest::header::AUTHORIZATION,
+                    headers.insert(
+                        header::AUTHORIZATION,
                         sensitive(format!("Basic {encoded}"))?,
                     );
                 }
                 AuthScheme::Query { param } => {
+                    let mut url = join(&endpoint.base, &request.path)?;
                     url.query_pairs_mut().append_pair(param, secret);
+                    uri = to_uri(url)?;
                 }
                 AuthScheme::None {} => {}
             }
         }
-        let mut builder = client
-            .request(request.method.clone(), url)
-            .headers(builder_headers)
-            .timeout(Duration::from_millis(endpoint.config.timeout_ms));
-        if let Some(body) = &request.body {
-            builder = builder.body(body.clone());
-        }
-        builder
-            .build()
-            .map_err(|e| EgressError::Config(e.without_url().to_string()))
+        Ok((uri, headers))
     }
+}
+
+/// A response whose headers have arrived, and what reading its body needs.
+struct Sent<'a> {
+    endpoint: &'a Endpoint,
+    response: http::Response<Incoming>,
+    attempts: u32,
+    /// When the attempt's timeout runs out; the body must be read by then.
+    deadline: tokio::time::Instant,
+}
+
+/// Why an attempt got no response.
+enum CallError {
+    Timeout,
+    Client(hyper_util::client::legacy::Error),
+}
+
+/// The error and its causes, outermost first: hyper-util's own message alone ("client error
+/// (Connect)") does not say what went wrong.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
 }
 
 /// What the audit event of a call records about its request.
@@ -640,7 +721,10 @@ pub struct StreamingResponse {
 }
 
 enum StreamBody {
-    Live(reqwest::Response),
+    Live {
+        body: Incoming,
+        deadline: tokio::time::Instant,
+    },
     /// A non-2xx answer, read whole; handed out as one chunk.
     Read(Option<Vec<u8>>),
 }
@@ -659,28 +743,43 @@ impl StreamingResponse {
     pub async fn chunk(&mut self) -> Result<Option<Vec<u8>>, EgressError> {
         match &mut self.body {
             StreamBody::Read(body) => Ok(body.take()),
-            StreamBody::Live(response) => match response.chunk().await {
-                Ok(chunk) => Ok(chunk.map(|c| c.to_vec())),
-                Err(error) => Err(read_error(error, &self.endpoint)),
-            },
+            StreamBody::Live { body, deadline } => Ok(next_data(body, *deadline, &self.endpoint)
+                .await?
+                .map(|c| c.to_vec())),
         }
     }
 }
 
-fn header_pairs(headers: &reqwest::header::HeaderMap) -> Vec<(String, String)> {
+fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
         .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_owned())))
         .collect()
 }
 
-fn read_error(error: reqwest::Error, endpoint: &str) -> EgressError {
-    if error.is_timeout() {
-        EgressError::Timeout(endpoint.to_owned())
-    } else {
-        EgressError::Transport {
-            endpoint: endpoint.to_owned(),
-            message: error.without_url().to_string(),
+/// The body's next piece of data, `None` at its end; trailers are skipped.
+async fn next_data(
+    body: &mut Incoming,
+    deadline: tokio::time::Instant,
+    endpoint: &str,
+) -> Result<Option<Bytes>, EgressError> {
+    loop {
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .map_err(|_| EgressError::Timeout(endpoint.to_owned()))?;
+        match frame {
+            None => return Ok(None),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    return Ok(Some(data));
+                }
+            }
+            Some(Err(error)) => {
+                return Err(EgressError::Transport {
+                    endpoint: endpoint.to_owned(),
+                    message: error_chain(&error),
+                });
+            }
         }
     }
 }
@@ -706,12 +805,18 @@ fn join(base: &Url, path: &str) -> Result<Url, EgressError> {
     Ok(url)
 }
 
+/// A URL that [`join`] accepted is a valid URI; the error is for the impossible case and does
+/// not echo the URL, which may carry a query-string credential.
+fn to_uri(url: Url) -> Result<http::Uri, EgressError> {
+    http::Uri::try_from(String::from(url)).map_err(|_| EgressError::InvalidPath)
+}
+
 /// `Retry-After` (seconds) when the upstream gives it, capped; otherwise exponential backoff
 /// from 100 ms with jitter.
-fn backoff(attempt: u32, headers: &reqwest::header::HeaderMap) -> Duration {
+fn backoff(attempt: u32, headers: &HeaderMap) -> Duration {
     use rand::Rng;
     if let Some(seconds) = headers
-        .get(reqwest::header::RETRY_AFTER)
+        .get(header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
     {
@@ -721,21 +826,19 @@ fn backoff(attempt: u32, headers: &reqwest::header::HeaderMap) -> Duration {
     Duration::from_millis(base + rand::thread_rng().gen_range(0..=base / 2))
 }
 
-async fn read_capped(response: reqwest::Response, endpoint: &str) -> Result<Vec<u8>, EgressError> {
-    let mut response = response;
+async fn read_capped(
+    mut incoming: Incoming,
+    deadline: tokio::time::Instant,
+    endpoint: &str,
+) -> Result<Vec<u8>, EgressError> {
     let mut body = Vec::new();
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                    return Err(EgressError::ResponseTooLarge(endpoint.to_owned()));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(None) => return Ok(body),
-            Err(error) => return Err(read_error(error, endpoint)),
+    while let Some(chunk) = next_data(&mut incoming, deadline, endpoint).await? {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(EgressError::ResponseTooLarge(endpoint.to_owned()));
         }
+        body.extend_from_slice(&chunk);
     }
+    Ok(body)
 }
 
 #[cfg(test)]
@@ -780,20 +883,62 @@ mod tests {
         );
     }
 
+    fn endpoint_of(kind: EndpointKind) -> Endpoint {
+        let base = "http://127.0.0.1:9000/api/v1";
+        Endpoint {
+            config: EndpointConfig {
+                name: "e".into(),
+                base_url: base.into(),
+                region: RegionName::try_from("local").unwrap(),
+                kind,
+                connector: None,
+                auth: AuthScheme::None {},
+                timeout_ms: 1_000,
+                max_retries: 0,
+            },
+            base: Url::parse(base).unwrap(),
+            breaker: Mutex::new(Breaker::new(BREAKER_THRESHOLD, BREAKER_COOLDOWN)),
+            uris: Mutex::new(HashMap::new()),
+        }
+    }
+
+    #[test]
+    fn only_model_endpoints_keep_checked_uris_and_bad_paths_stay_refused() {
+        let model = endpoint_of(EndpointKind::Model);
+        for _ in 0..2 {
+            assert_eq!(
+                model.uri("/chat/completions").unwrap(),
+                "http://127.0.0.1:9000/api/v1/chat/completions"
+            );
+            assert!(model.uri("/../../admin").is_err());
+        }
+        assert_eq!(model.uris.lock().unwrap().len(), 1, "refusals are not kept");
+        for i in 0..2 * MAX_CACHED_URIS {
+            model.uri(&format!("/x/{i}")).unwrap();
+        }
+        assert_eq!(model.uris.lock().unwrap().len(), MAX_CACHED_URIS);
+        assert_eq!(
+            model.uri("/x/100").unwrap(),
+            "http://127.0.0.1:9000/api/v1/x/100",
+            "a path past the cap is still checked and answered"
+        );
+
+        let tool = endpoint_of(EndpointKind::Tool);
+        tool.uri("/issues/1?q=tenant-data").unwrap();
+        assert!(
+            tool.uris.lock().unwrap().is_empty(),
+            "a tenant's paths are not kept"
+        );
+    }
+
     #[test]
     fn retry_after_is_honoured_and_capped() {
-        let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert(
-            reqwest::header::RETRY_AFTER,
-            reqwest::header::HeaderValue::from_static("2"),
-        );
+        let mut headers = HeaderMap::new();
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
         assert_eq!(backoff(1, &headers), Duration::from_secs(2));
-        headers.insert(
-            reqwest::header::RETRY_AFTER,
-            reqwest::header::HeaderValue::from_static("3600"),
-        );
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("3600"));
         assert_eq!(backoff(1, &headers), MAX_RETRY_AFTER);
-        let none = reqwest::header::HeaderMap::new();
+        let none = HeaderMap::new();
         let first = backoff(1, &none);
         assert!(
             first >= Duration::from_millis(200) && first <= Duration::from_millis(300),

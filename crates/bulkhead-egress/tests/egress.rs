@@ -719,3 +719,111 @@ async fn secrets_stay_out_of_errors_logs_and_audit() {
     assert!(audit.contains("upstream_error"));
     world.db.finish(world.store).await;
 }
+
+/// A self-signed certificate for 127.0.0.1 (P-256, valid until 2126), made with
+/// `openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 36500
+/// -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1,DNS:localhost`. No public root
+/// signed it, so egress must refuse it.
+const SELF_SIGNED_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBmzCCAUGgAwIBAgIUYGoD1BLqu3mE+haNDyt0N9/MuzkwCgYIKoZIzj0EAwIw
+FDESMBAGA1UEAwwJbG9jYWxob3N0MCAXDTI2MTIwNjA4NTQ1N1oYDzIxMjYxMTEy
+MDg1NDU3WjAUMRIwEAYDVQQDDAlsb2NhbGhvc3QwWTATBgcqhkjOPQIBBggqhkjO
+PQMBBwNCAARVExPv2zSvxEgSJJ3UO7lHD3/TGqOQj5Bm2rkv3hIJND6Km28k8xHo
+ILoXeDN4t8FMmcFVFxfZguIBy+/VhtEto28wbTAdBgNVHQ4EFgQUoASmMe6z3I+0
+FZWuBjZBoyh4SG8wHwYDVR0jBBgwFoAUoASmMe6z3I+0FZWuBjZBoyh4SG8wDwYD
+VR0TAQH/BAUwAwEB/zAaBgNVHREEEzARhwR/AAABgglsb2NhbGhvc3QwCgYIKoZI
+zj0EAwIDSAAwRQIhAJmO4ncO8u8YrFFrmMQmQMIQJ8TO9DoM1dH6eZ5ntnKrAiBj
+yBiwFf2KPVUBue3+BTnED7bNHvofTni7AGIA50hgcg==
+-----END CERTIFICATE-----
+";
+const SELF_SIGNED_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg5RmWah33lwCatLa6
+n5S53Xc7YVVNblY2weezadU/xYyhRANCAARVExPv2zSvxEgSJJ3UO7lHD3/TGqOQ
+j5Bm2rkv3hIJND6Km28k8xHoILoXeDN4t8FMmcFVFxfZguIBy+/VhtEt
+-----END PRIVATE KEY-----
+";
+
+/// What a local TLS server saw: connections, and bytes read after a completed handshake.
+#[derive(Default)]
+struct TlsSeen {
+    connections: AtomicUsize,
+    received: Mutex<Vec<u8>>,
+}
+
+async fn self_signed_tls_server() -> (String, Arc<TlsSeen>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::io::AsyncReadExt;
+
+    let cert = CertificateDer::from_pem_slice(SELF_SIGNED_CERT.as_bytes()).unwrap();
+    let key = PrivateKeyDer::from_pem_slice(SELF_SIGNED_KEY.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("https://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(TlsSeen::default());
+    let server_seen = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            server_seen.connections.fetch_add(1, Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            let seen = server_seen.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(stream).await {
+                    let mut buffer = vec![0; 4096];
+                    if let Ok(read) = tls.read(&mut buffer).await {
+                        seen.received.lock().unwrap().extend(&buffer[..read]);
+                    }
+                }
+            });
+        }
+    });
+    (base, seen)
+}
+
+#[tokio::test]
+async fn an_https_endpoint_whose_certificate_no_root_signed_gets_no_request() {
+    let world = World::new().await;
+    let (base, seen) = self_signed_tls_server().await;
+    let mut untrusted = endpoint(
+        "untrusted",
+        &base,
+        "eu-west",
+        Some("tool"),
+        AuthScheme::Bearer {},
+    );
+    untrusted.max_retries = 0;
+    let egress = world.egress(&[untrusted]);
+    let acme = world.ctx("acme").await;
+    let error = egress
+        .for_tenant(&acme)
+        .send("untrusted", OutboundRequest::get("/x"))
+        .await
+        .unwrap_err();
+    let EgressError::Transport { message, .. } = &error else {
+        panic!("expected a transport error, got {error:?}");
+    };
+    assert!(message.contains("certificate"), "{message}");
+    assert_eq!(error.code(), "upstream_error");
+    assert_eq!(
+        seen.connections.load(Ordering::SeqCst),
+        1,
+        "egress spoke TLS to the server"
+    );
+    assert!(
+        seen.received.lock().unwrap().is_empty(),
+        "no request, so no credential, went over the untrusted connection"
+    );
+    let failed = world.events("acme", "egress.call").await;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].details["error"], "upstream_error");
+    world.db.finish(world.store).await;
+}

@@ -170,6 +170,44 @@ fn only_the_egress_crate_has_a_network_client() {
     graph.assert_confined(HTTP_CLIENTS, "bulkhead-egress");
 }
 
+/// hyper and hyper-util are also the server's HTTP stack, so they cannot be confined like the
+/// client crates above: any crate reaching axum reaches them, their client features unified
+/// in. What a crate's code can name is what it declares, so the check is on declarations: only
+/// egress may declare them with a client feature.
+#[test]
+fn only_the_egress_crate_declares_hyper_s_client() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--locked", "--no-deps"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let metadata: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let mut egress_declares_it = false;
+    for package in metadata["packages"].as_array().unwrap() {
+        let name = package["name"].as_str().unwrap();
+        for dependency in package["dependencies"].as_array().unwrap() {
+            let crate_name = dependency["name"].as_str().unwrap();
+            let client = dependency["features"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| matches!(f.as_str(), Some("client" | "client-legacy")));
+            let normal = dependency["kind"].is_null();
+            if !(normal && client && matches!(crate_name, "hyper" | "hyper-util")) {
+                continue;
+            }
+            if name == "bulkhead-egress" {
+                egress_declares_it = true;
+            } else {
+                panic!("{name} declares {crate_name}'s client; only bulkhead-egress may");
+            }
+        }
+    }
+    assert!(egress_declares_it, "the check would pass vacuously");
+}
+
 #[test]
 fn the_core_crate_does_no_io() {
     let graph = graph();
