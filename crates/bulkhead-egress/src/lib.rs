@@ -313,22 +313,15 @@ impl TenantEgress<'_> {
     ) -> Result<OutboundResponse, EgressError> {
         let call = CallFacts::new(name, &request);
         let result = match self.send_to(name, request).await {
-            Ok(Sent {
-                endpoint,
-                response,
-                attempts,
-                deadline,
-            }) => {
-                let status = response.status().as_u16();
-                let headers = header_pairs(response.headers());
-                read_capped(response.into_body(), deadline, &endpoint.config.name)
-                    .await
-                    .map(|body| OutboundResponse {
-                        status,
-                        headers,
-                        body,
-                        attempts,
-                    })
+            Ok(sent) => {
+                let (status, headers) = sent.status_and_headers();
+                let attempts = sent.attempts;
+                sent.read_whole().await.map(|body| OutboundResponse {
+                    status,
+                    headers,
+                    body,
+                    attempts,
+                })
             }
             Err(error) => Err(error),
         };
@@ -350,36 +343,26 @@ impl TenantEgress<'_> {
     ) -> Result<StreamingResponse, EgressError> {
         let call = CallFacts::new(name, &request);
         let result = match self.send_to(name, request).await {
-            Ok(Sent {
-                endpoint,
-                response,
-                attempts,
-                deadline,
-            }) => {
-                let status = response.status().as_u16();
-                let headers = header_pairs(response.headers());
-                if (200..300).contains(&status) {
-                    Ok(StreamingResponse {
-                        status,
-                        headers,
-                        attempts,
-                        endpoint: endpoint.config.name.clone(),
-                        body: StreamBody::Live {
-                            body: response.into_body(),
-                            deadline,
-                        },
+            Ok(sent) => {
+                let (status, headers) = sent.status_and_headers();
+                let (attempts, endpoint) = (sent.attempts, sent.endpoint.config.name.clone());
+                let body = if (200..300).contains(&status) {
+                    Ok(StreamBody::Live {
+                        body: sent.response.into_body(),
+                        deadline: sent.deadline,
                     })
                 } else {
-                    read_capped(response.into_body(), deadline, &endpoint.config.name)
+                    sent.read_whole()
                         .await
-                        .map(|body| StreamingResponse {
-                            status,
-                            headers,
-                            attempts,
-                            endpoint: endpoint.config.name.clone(),
-                            body: StreamBody::Read(Some(body)),
-                        })
-                }
+                        .map(|body| StreamBody::Read(Some(body)))
+                };
+                body.map(|body| StreamingResponse {
+                    status,
+                    headers,
+                    attempts,
+                    endpoint,
+                    body,
+                })
             }
             Err(error) => Err(error),
         };
@@ -663,6 +646,25 @@ struct Sent<'a> {
     attempts: u32,
     /// When the attempt's timeout runs out; the body must be read by then.
     deadline: tokio::time::Instant,
+}
+
+impl Sent<'_> {
+    fn status_and_headers(&self) -> (u16, Vec<(String, String)>) {
+        (
+            self.response.status().as_u16(),
+            header_pairs(self.response.headers()),
+        )
+    }
+
+    /// The whole body, capped, by the attempt's deadline.
+    async fn read_whole(self) -> Result<Vec<u8>, EgressError> {
+        read_capped(
+            self.response.into_body(),
+            self.deadline,
+            &self.endpoint.config.name,
+        )
+        .await
+    }
 }
 
 /// Why an attempt got no response.
