@@ -460,7 +460,12 @@ impl TenantEgress<'_> {
                 region: config.region.clone(),
             });
         }
-        let uri = endpoint.uri(&request.path)?;
+        // The path is checked before anything is revealed. A query-string credential goes
+        // into the URL itself, so that scheme keeps the parsed URL; the others take the URI.
+        let checked = match config.auth {
+            AuthScheme::Query { .. } => Checked::Url(join(&endpoint.base, &request.path)?),
+            _ => Checked::Uri(endpoint.uri(&request.path)?),
+        };
         let connector = match &request.credential {
             Some(chosen) if matches!(config.kind, EndpointKind::Tool | EndpointKind::Mcp) => {
                 Some(chosen)
@@ -495,7 +500,7 @@ impl TenantEgress<'_> {
             }
         };
         let secret = credential.as_ref().map(|c| c.secret.expose_secret());
-        let (uri, headers) = self.prepare(endpoint, uri, &request, credential.as_ref())?;
+        let (uri, headers) = self.prepare(endpoint, checked, &request, credential.as_ref())?;
         // Bytes, so that each attempt shares the one copy of the body.
         let body = Bytes::from(request.body.take().unwrap_or_default());
         let timeout = Duration::from_millis(endpoint.config.timeout_ms);
@@ -577,11 +582,12 @@ impl TenantEgress<'_> {
     fn prepare(
         &self,
         endpoint: &Endpoint,
-        mut uri: http::Uri,
+        checked: Checked,
         request: &OutboundRequest,
         credential: Option<&Credential>,
     ) -> Result<(http::Uri, HeaderMap), EgressError> {
         let mut headers = HeaderMap::new();
+        let mut query_credential = None;
         for (name, value) in &request.headers {
             let name =
                 HeaderName::from_bytes(name.as_bytes()).map_err(|_| EgressError::InvalidPath)?;
@@ -627,16 +633,28 @@ impl TenantEgress<'_> {
                         sensitive(format!("Basic {encoded}"))?,
                     );
                 }
-                AuthScheme::Query { param } => {
-                    let mut url = join(&endpoint.base, &request.path)?;
-                    url.query_pairs_mut().append_pair(param, secret);
-                    uri = to_uri(url)?;
-                }
+                AuthScheme::Query { param } => query_credential = Some((param, secret)),
                 AuthScheme::None {} => {}
             }
         }
+        let uri = match checked {
+            Checked::Uri(uri) => uri,
+            Checked::Url(mut url) => {
+                if let Some((param, secret)) = query_credential {
+                    url.query_pairs_mut().append_pair(param, secret);
+                }
+                to_uri(url)?
+            }
+        };
         Ok((uri, headers))
     }
+}
+
+/// A call's target, its path checked by [`join`].
+enum Checked {
+    Uri(http::Uri),
+    /// For a query-string credential, which is appended to the URL.
+    Url(Url),
 }
 
 /// A response whose headers have arrived, and what reading its body needs.

@@ -375,17 +375,13 @@ async fn import_until_done(
     if offset >= end {
         return 0;
     }
-    if let Some(events) = handed {
-        match commit(backend, name, offset, end - offset, events).await {
-            Ok(bytes) => return bytes,
-            Err(error) => {
-                tracing::warn!(%error, "importing audit events failed; they stay in the outbox and are retried");
-                tokio::time::sleep(RETRY).await;
-            }
-        }
-    }
+    let mut handed = handed;
     loop {
-        match import(backend, file, name, offset, end).await {
+        let attempt = match handed.take() {
+            Some(events) => commit(backend, name, offset, end - offset, events).await,
+            None => import(backend, file, name, offset, end).await,
+        };
+        match attempt {
             Ok(bytes) => return bytes,
             Err(error) => {
                 tracing::warn!(%error, "importing audit events failed; they stay in the outbox and are retried");
