@@ -112,9 +112,7 @@ impl Backend {
         let size: i64 = match self {
             Backend::Sqlite { writer, .. } => {
                 // Checkpoint first so the WAL's pages count where they will live.
-                sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-                    .execute(writer)
-                    .await?;
+                checkpoint_truncate(writer).await?;
                 sqlx::query_scalar(
                     "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
                 )
@@ -133,15 +131,17 @@ impl Backend {
 
     /// After destroying key material, pushes it out of SQLite's write-ahead log. Freed pages
     /// are already zeroed (`secure_delete`); the WAL may still hold older page images until a
-    /// checkpoint. Best effort: a checkpoint blocked by readers leaves the frames to the next
-    /// one. PostgreSQL keeps dead rows until vacuum; see ARCHITECTURE.md.
+    /// checkpoint. Best effort: a checkpoint still blocked after its retries leaves the frames
+    /// to the next one. PostgreSQL keeps dead rows until vacuum; see ARCHITECTURE.md.
     pub(crate) async fn scrub_freed_pages(&self) {
-        if let Backend::Sqlite { writer, .. } = self
-            && let Err(error) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-                .execute(writer)
-                .await
-        {
-            tracing::warn!(%error, "checkpoint after key destruction failed");
+        if let Backend::Sqlite { writer, .. } = self {
+            match checkpoint_truncate(writer).await {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(
+                    "the checkpoint after key destruction stayed blocked; the WAL keeps the old pages until the next one"
+                ),
+                Err(error) => tracing::warn!(%error, "checkpoint after key destruction failed"),
+            }
         }
     }
 
@@ -155,6 +155,31 @@ impl Backend {
             Backend::Detached => {}
         }
     }
+}
+
+/// How often a blocked `TRUNCATE` checkpoint is tried again, and how long apart.
+const TRUNCATE_ATTEMPTS: u32 = 50;
+const TRUNCATE_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Moves every WAL frame into the database file and empties the WAL; `false` if it stayed
+/// blocked. SQLite answers such a checkpoint "busy" (a row, not an error) without waiting
+/// while another connection is mid-checkpoint, and the store's own checkpointer
+/// (`checkpoint.rs`) runs one every 250 ms: ignoring that answer left a deleted tenant's
+/// pages in the WAL now and then.
+async fn checkpoint_truncate(writer: &SqlitePool) -> Result<bool, StoreError> {
+    for attempt in 0..TRUNCATE_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(TRUNCATE_RETRY).await;
+        }
+        let (busy, _wal_frames, _checkpointed): (i64, i64, i64) =
+            sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(writer)
+                .await?;
+        if busy == 0 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 impl Tx {

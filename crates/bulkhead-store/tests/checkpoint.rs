@@ -3,9 +3,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bulkhead_store::{Store, StoreOptions};
+use bulkhead_core::audit::Origin;
+use bulkhead_core::{Role, TenantContext, TenantId};
+use bulkhead_store::testing::TestDb;
+use bulkhead_store::{DocumentWrite, NewChunk, Store, StoreOptions};
+use sqlx::Connection;
 
 #[tokio::test]
 async fn committed_pages_reach_the_database_file_without_closing_the_store() {
@@ -37,5 +43,88 @@ async fn committed_pages_reach_the_database_file_without_closing_the_store() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    store.close().await;
+}
+
+/// Deleting a tenant checkpoints its freed pages out of the WAL. SQLite answers that
+/// checkpoint "busy" at once while another connection is mid-checkpoint, which the store's
+/// own checkpointer is every 250 ms; here a second connection checkpoints without pause, so
+/// a deletion that took "busy" for done would leave the canary behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_tenant_leaves_the_wal_while_another_connection_checkpoints() {
+    let (store, db) = TestDb::sqlite().await;
+    let TestDb::Sqlite { path, .. } = &db else {
+        unreachable!("TestDb::sqlite opens SQLite")
+    };
+    let url = format!("sqlite://{}", path.display());
+    let stop = Arc::new(AtomicBool::new(false));
+    let contender = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut connection = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            let mut checkpoints = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                    .execute(&mut connection)
+                    .await
+                    .unwrap();
+                checkpoints += 1;
+            }
+            checkpoints
+        }
+    });
+    let metadata = serde_json::json!({});
+    for round in 0..30 {
+        let tenant_id = format!("t{round}");
+        let tenant = bulkhead_store::testing::create_tenant(&store, &tenant_id, "local").await;
+        let context = TenantContext::for_tests(&tenant, &[Role::Owner]);
+        let scoped = store.tenant(&context);
+        scoped
+            .ensure_knowledge_base("kb", "local", 2)
+            .await
+            .unwrap();
+        let canary = format!("canary-of-deleted-tenant-{round}");
+        scoped
+            .put_document(
+                "kb",
+                &DocumentWrite {
+                    doc_id: "d",
+                    title: "Title",
+                    content_type: "text/plain",
+                    metadata: &metadata,
+                    content_hash: "h",
+                    bytes: 10,
+                    chunks: vec![NewChunk {
+                        position: 0,
+                        heading_path: Vec::new(),
+                        text: canary.clone(),
+                        embedding: vec![0.0, 1.0],
+                    }],
+                },
+            )
+            .await
+            .unwrap();
+        store
+            .admin()
+            .delete_tenant(
+                &TenantId::try_from(tenant_id.as_str()).unwrap(),
+                &Origin::cli(),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        let dump = db.dump().await;
+        assert!(
+            !dump
+                .windows(canary.len())
+                .any(|window| window == canary.as_bytes()),
+            "round {round}: the deleted tenant's chunk text is still on disk"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(
+        contender.await.unwrap() > 0,
+        "the contender never checkpointed"
+    );
     store.close().await;
 }
