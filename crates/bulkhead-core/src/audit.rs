@@ -144,7 +144,7 @@ pub fn chain_hash(prev_hash: &str, canonical: &[u8]) -> String {
     let mut hasher = Sha256::new();
     hasher.update(prev_hash.as_bytes());
     hasher.update(canonical);
-    hex::encode(hasher.finalize())
+    crate::ids::lower_hex(&hasher.finalize())
 }
 
 /// A field of [`AuditEvent::canonical_bytes`], written without building a `Value` for it:

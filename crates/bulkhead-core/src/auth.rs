@@ -137,7 +137,7 @@ pub fn generate_api_key() -> GeneratedApiKey {
 /// SHA-256, hex. Enough for random 200-bit keys and tokens: there is nothing to brute-force,
 /// so a slow password hash would only cost latency on every request.
 pub fn hash_secret(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
+    crate::ids::lower_hex(&Sha256::digest(secret.as_bytes()))
 }
 
 /// Compares a presented secret with a stored hash in constant time.
