@@ -8,6 +8,11 @@
 //! was dozens of database reads in the same instant, once a second, for every key
 //! (ARCHITECTURE.md, "Where the gateway's time goes", has the figures). No entry is ever
 //! answered past its time-to-live, so what the cache may hide stays bounded by it.
+//!
+//! A lookup takes a [`Ticket`] before it reads, and `put` keeps its value only if nothing was
+//! forgotten since: a read that began before a change (a key revoked through this process)
+//! and finished after the change's `forget` would otherwise put the old value back for a
+//! whole time-to-live.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -19,8 +24,27 @@ const MAX_ENTRIES: usize = 100_000;
 
 pub struct TtlCache<K, V> {
     ttl: Duration,
-    entries: Mutex<HashMap<K, Entry<V>>>,
+    state: Mutex<State<K, V>>,
 }
+
+struct State<K, V> {
+    entries: HashMap<K, Entry<V>>,
+    /// How many times entries were forgotten: what a [`Ticket`] is checked against.
+    forgets: u64,
+}
+
+impl<K, V> Default for State<K, V> {
+    fn default() -> Self {
+        Self {
+            entries: HashMap::new(),
+            forgets: 0,
+        }
+    }
+}
+
+/// Taken before a lookup reads, handed to [`TtlCache::put`] with what it read.
+#[derive(Clone, Copy, Debug)]
+pub struct Ticket(u64);
 
 struct Entry<V> {
     put_at: Instant,
@@ -33,8 +57,13 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
     pub fn new(ttl: Duration) -> Self {
         Self {
             ttl,
-            entries: Mutex::default(),
+            state: Mutex::default(),
         }
+    }
+
+    /// To be taken before reading what will be put.
+    pub fn ticket(&self) -> Ticket {
+        Ticket(self.state.lock().map_or(u64::MAX, |state| state.forgets))
     }
 
     /// What was put for `key` less than the time-to-live ago; `None` to one caller once the
@@ -43,8 +72,8 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
         if self.ttl.is_zero() {
             return None;
         }
-        let mut entries = self.entries.lock().ok()?;
-        let entry = entries.get_mut(key)?;
+        let mut state = self.state.lock().ok()?;
+        let entry = state.entries.get_mut(key)?;
         let age = entry.put_at.elapsed();
         if age >= self.ttl {
             return None;
@@ -56,15 +85,19 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
         Some(entry.value.clone())
     }
 
-    pub fn put(&self, key: K, value: V) {
+    /// Keeps `value` for `key`, unless entries were forgotten since `ticket` was taken.
+    pub fn put(&self, ticket: Ticket, key: K, value: V) {
         if self.ttl.is_zero() {
             return;
         }
-        if let Ok(mut entries) = self.entries.lock() {
-            if entries.len() >= MAX_ENTRIES {
-                entries.clear();
+        if let Ok(mut state) = self.state.lock() {
+            if state.forgets != ticket.0 {
+                return;
             }
-            entries.insert(
+            if state.entries.len() >= MAX_ENTRIES {
+                state.entries.clear();
+            }
+            state.entries.insert(
                 key,
                 Entry {
                     put_at: Instant::now(),
@@ -77,8 +110,9 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
 
     /// Forgets the entries whose key `forget` says yes to.
     pub fn forget(&self, mut forget: impl FnMut(&K) -> bool) {
-        if let Ok(mut entries) = self.entries.lock() {
-            entries.retain(|key, _| !forget(key));
+        if let Ok(mut state) = self.state.lock() {
+            state.entries.retain(|key, _| !forget(key));
+            state.forgets += 1;
         }
     }
 
@@ -102,26 +136,26 @@ mod tests {
     fn entries_expire_are_forgotten_and_a_zero_ttl_keeps_nothing() {
         let cache = TtlCache::new(Duration::from_secs(60));
         assert!(cache.get(&"a").is_none());
-        cache.put("a", 1);
-        cache.put("b", 2);
+        cache.put(cache.ticket(), "a", 1);
+        cache.put(cache.ticket(), "b", 2);
         assert_eq!(cache.get(&"a"), Some(1));
         cache.forget(|key| *key == "a");
         assert_eq!((cache.get(&"a"), cache.get(&"b")), (None, Some(2)));
         cache.clear();
         assert!(cache.get(&"b").is_none());
         let cache = TtlCache::new(Duration::from_millis(50));
-        cache.put("a", 1);
+        cache.put(cache.ticket(), "a", 1);
         std::thread::sleep(Duration::from_millis(60));
         assert!(cache.get(&"a").is_none(), "an expired entry was answered");
         let off = TtlCache::default();
-        off.put("a", 1);
+        off.put(off.ticket(), "a", 1);
         assert!(off.get(&"a").is_none());
     }
 
     #[test]
     fn past_half_its_life_one_caller_renews_an_entry_and_the_others_keep_it() {
         let cache = TtlCache::new(Duration::from_secs(1));
-        cache.put("a", 1);
+        cache.put(cache.ticket(), "a", 1);
         assert_eq!(cache.get(&"a"), Some(1));
         assert_eq!(cache.get(&"a"), Some(1));
         std::thread::sleep(Duration::from_millis(550));
@@ -132,7 +166,7 @@ mod tests {
         );
         assert_eq!(cache.get(&"a"), Some(1), "the others still get the entry");
         assert_eq!(cache.get(&"a"), Some(1));
-        cache.put("a", 2);
+        cache.put(cache.ticket(), "a", 2);
         assert_eq!(
             cache.get(&"a"),
             Some(2),
@@ -144,5 +178,18 @@ mod tests {
         std::thread::sleep(Duration::from_millis(500));
         assert_eq!(cache.get(&"a"), None);
         assert_eq!(cache.get(&"a"), None);
+    }
+
+    #[test]
+    fn a_value_read_before_a_forget_is_not_kept() {
+        let cache = TtlCache::new(Duration::from_secs(60));
+        let before_the_change = cache.ticket();
+        // The change commits and forgets while the lookup is still reading.
+        cache.forget(|key| *key == "a");
+        cache.put(before_the_change, "a", "revoked key, as read before");
+        assert_eq!(cache.get(&"a"), None, "a stale read outlived the forget");
+        let after = cache.ticket();
+        cache.put(after, "a", "as read after");
+        assert_eq!(cache.get(&"a"), Some("as read after"));
     }
 }

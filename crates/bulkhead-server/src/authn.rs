@@ -231,11 +231,14 @@ pub(crate) async fn authenticate(
     let admin = state.store().admin();
     match auth::parse_authorization(header)? {
         Credential::ApiKey(presented) => {
+            let ticket = state.key_cache().ticket();
             let found = match state.key_cache().get(presented.id()) {
                 Some(found) => found,
                 None => {
                     let found = admin.api_key_for_auth(presented.id()).await?;
-                    state.key_cache().put(presented.id().clone(), found.clone());
+                    state
+                        .key_cache()
+                        .put(ticket, presented.id().clone(), found.clone());
                     found
                 }
             };

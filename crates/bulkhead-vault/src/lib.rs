@@ -388,12 +388,13 @@ impl Vault {
         let (record, plain) = loop {
             attempts += 1;
             let cache_key = (tenant.clone(), connector.clone());
+            let ticket = self.sealed.ticket();
             // A retry reads afresh: what was kept may be what a rotation just replaced.
             let found = match self.sealed.get(&cache_key).filter(|_| attempts == 1) {
                 Some(found) => found,
                 None => {
                     let found = store.credential_with_key(connector).await?;
-                    self.sealed.put(cache_key, found.clone());
+                    self.sealed.put(ticket, cache_key, found.clone());
                     found
                 }
             };
