@@ -467,5 +467,5 @@ fn content_hash(document: &NewDocument) -> String {
         hasher.update((part.len() as u64).to_le_bytes());
         hasher.update(part.as_bytes());
     }
-    hex::encode(hasher.finalize())
+    bulkhead_core::ids::lower_hex(&hasher.finalize())
 }

@@ -150,7 +150,7 @@ fn kek_id(kek: &[u8; 32]) -> String {
         .chain_update(b"bulkhead kek id\0")
         .chain_update(kek)
         .finalize();
-    format!("local-{}", &hex::encode(digest)[..16])
+    format!("local-{}", bulkhead_core::ids::lower_hex(&digest[..8]))
 }
 
 fn random_kek() -> Zeroizing<[u8; 32]> {
@@ -345,5 +345,14 @@ impl KeyProvider for LocalKeyProvider {
                 DataKey::from_slice(&plain)
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Stored wrapped keys name their KEK by this id, so its form may never change.
+    #[test]
+    fn a_kek_id_is_pinned() {
+        assert_eq!(super::kek_id(&[0; 32]), "local-98f948b8a327ad5d");
     }
 }
