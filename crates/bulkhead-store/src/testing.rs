@@ -94,6 +94,11 @@ impl TestDb {
         }
     }
 
+    /// Whether the database holds `needle` anywhere on disk (see [`TestDb::dump`]).
+    pub async fn holds(&self, needle: &[u8]) -> bool {
+        contains(&self.dump().await, needle)
+    }
+
     /// Every byte the database holds on disk, as a backup would: the SQLite file and its WAL,
     /// or a `pg_dump` of the PostgreSQL database.
     pub async fn dump(&self) -> Vec<u8> {
@@ -190,4 +195,12 @@ macro_rules! on_both_backends {
             )*
         }
     };
+}
+
+/// Whether `needle` occurs in `haystack`: what the tests that look for a secret or a deleted
+/// tenant's data in a database file, a dump or a process's environment ask.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
 }

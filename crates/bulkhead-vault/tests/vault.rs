@@ -6,9 +6,10 @@
 use std::sync::Arc;
 
 use bulkhead_core::audit::Origin;
+use bulkhead_core::ids::lower_hex;
 use bulkhead_core::{ConnectorName, Role, Tenant, TenantContext};
 use bulkhead_store::Store;
-use bulkhead_store::testing::TestDb;
+use bulkhead_store::testing::{TestDb, contains};
 use bulkhead_vault::{
     HandedKey, HandedKeyProvider, HandedKeyWire, LocalKeyProvider, Vault, VaultError,
 };
@@ -280,21 +281,18 @@ async fn a_canary_secret_is_nowhere_in_plain_text(store: &Store, db: &TestDb) {
     let bytes = db.dump().await;
     assert!(bytes.len() > 1000, "the dump holds the data");
     assert!(
-        bytes.windows(b"openai".len()).any(|w| w == b"openai"),
+        contains(&bytes, b"openai"),
         "the dump is readable (the connector name is in it)"
     );
     // pg_dump prints bytea as hex, so look for the hex form as well as the raw bytes.
-    let hex_canary = CANARY
-        .bytes()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>();
+    let hex_canary = lower_hex(CANARY.as_bytes());
     for needle in [
         CANARY.as_bytes(),
         &CANARY.as_bytes()[..16],
         hex_canary.as_bytes(),
     ] {
         assert!(
-            !bytes.windows(needle.len()).any(|w| w == needle),
+            !contains(&bytes, needle),
             "the canary is stored in plain text"
         );
     }
@@ -620,15 +618,14 @@ async fn deleting_a_tenant_shreds_its_keys(store: &Store, db: &TestDb) {
         (1, 3)
     );
     let dump = db.dump().await;
-    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
     for needle in [
         wrapped.clone(),
         sealed.clone(),
-        hex(&wrapped).into_bytes(),
-        hex(&sealed).into_bytes(),
+        lower_hex(&wrapped).into_bytes(),
+        lower_hex(&sealed).into_bytes(),
     ] {
         assert!(
-            !dump.windows(needle.len()).any(|w| w == needle.as_slice()),
+            !contains(&dump, &needle),
             "key material survived the deletion"
         );
     }
