@@ -97,6 +97,19 @@ impl AuditEvent {
     /// order and object keys sorted at every depth, so the hash does not depend on how a map
     /// happened to be built or on serde_json's feature flags.
     pub fn canonical_bytes(&self) -> Vec<u8> {
+        self.canonical_bytes_with(Canonical::Json(&self.details))
+    }
+
+    /// The chain hash of this event given its details already rendered by
+    /// [`canonical_json`]: the store renders them once, for the stored row and for the hash.
+    pub fn hash_with_canonical_details(&self, details: &str) -> String {
+        chain_hash(
+            &self.prev_hash,
+            &self.canonical_bytes_with(Canonical::Raw(details)),
+        )
+    }
+
+    fn canonical_bytes_with(&self, details: Canonical<'_>) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);
         out.push(b'{');
         let mut field = |name: &str, value: Canonical<'_>| {
@@ -111,6 +124,7 @@ impl AuditEvent {
                 Canonical::Int(number) => write_json(&number, &mut out),
                 Canonical::Null => out.extend_from_slice(b"null"),
                 Canonical::Json(value) => write_canonical(value, &mut out),
+                Canonical::Raw(text) => out.extend_from_slice(text.as_bytes()),
             }
         };
         field("tenant_id", Canonical::Str(self.tenant_id.as_str()));
@@ -126,7 +140,7 @@ impl AuditEvent {
                 .as_deref()
                 .map_or(Canonical::Null, Canonical::Str),
         );
-        field("details", Canonical::Json(&self.details));
+        field("details", details);
         // Appended only when present, so events from before trace ids keep their hashes.
         if let Some(trace_id) = &self.trace_id {
             field("trace_id", Canonical::Str(trace_id));
@@ -154,6 +168,18 @@ enum Canonical<'a> {
     Int(i64),
     Null,
     Json(&'a Value),
+    /// JSON already written by [`canonical_json`].
+    Raw(&'a str),
+}
+
+/// `value` as JSON with object keys sorted at every depth: the form its bytes take inside
+/// [`AuditEvent::canonical_bytes`], and valid JSON for storing the same value.
+pub fn canonical_json(value: &Value) -> String {
+    let mut out = Vec::with_capacity(64);
+    write_canonical(value, &mut out);
+    // serde_json writes UTF-8 and the separators are ASCII, so this never falls back.
+    String::from_utf8(out)
+        .unwrap_or_else(|bytes| String::from_utf8_lossy(bytes.as_bytes()).into_owned())
 }
 
 /// serde_json's own rendering of a string or scalar, the same bytes as the `Value` holding it
@@ -378,6 +404,17 @@ mod tests {
         assert_eq!(
             event.compute_hash(),
             "f90cc09c221e8e4493651b340ac6f6251f8b79a3f4194a7890627c616dc4a828"
+        );
+        // The store renders the details once, for the row and for the hash: same hash, and
+        // the stored text reads back as the same value.
+        let details = canonical_json(&event.details);
+        assert_eq!(
+            event.hash_with_canonical_details(&details),
+            event.compute_hash()
+        );
+        assert_eq!(
+            serde_json::from_str::<Value>(&details).unwrap(),
+            event.details
         );
     }
 

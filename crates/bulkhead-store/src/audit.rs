@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use bulkhead_core::TenantId;
-use bulkhead_core::audit::{AuditDraft, AuditEvent, GENESIS_HASH, Origin, Outcome};
+use bulkhead_core::audit::{AuditDraft, AuditEvent, GENESIS_HASH, Origin, Outcome, canonical_json};
 use bulkhead_core::timestamp::now_millis;
 
 use crate::StoreError;
@@ -109,6 +109,8 @@ async fn append_to_chain(
     let mut seq = head.seq;
     let mut prev_hash = head.hash;
     let mut chained = Vec::with_capacity(pending.len());
+    // The details as stored: rendered once, for the row and inside the hashed bytes.
+    let mut stored_details = Vec::with_capacity(pending.len());
     for pending in pending {
         seq += 1;
         let mut event = AuditEvent {
@@ -125,12 +127,17 @@ async fn append_to_chain(
             prev_hash,
             hash: String::new(),
         };
-        event.hash = event.compute_hash();
+        let details = canonical_json(&event.details);
+        event.hash = event.hash_with_canonical_details(&details);
         prev_hash = event.hash.clone();
         chained.push(event);
+        stored_details.push(details);
     }
-    for rows in chained.chunks(ROWS_PER_INSERT) {
-        insert_events(tx, rows).await?;
+    for (rows, details) in chained
+        .chunks(ROWS_PER_INSERT)
+        .zip(stored_details.chunks(ROWS_PER_INSERT))
+    {
+        insert_events(tx, rows, details).await?;
     }
     if !chained.is_empty() {
         execute!(
@@ -144,8 +151,13 @@ async fn append_to_chain(
     Ok(chained)
 }
 
-/// Inserts chained events with one statement.
-async fn insert_events(tx: &mut Tx, events: &[AuditEvent]) -> Result<(), StoreError> {
+/// Inserts chained events with one statement; `details[i]` is `events[i]`'s details as
+/// [`canonical_json`] wrote them.
+async fn insert_events(
+    tx: &mut Tx,
+    events: &[AuditEvent],
+    details: &[String],
+) -> Result<(), StoreError> {
     const COLUMNS: usize = 12;
     // SQLite gets anonymous `?` parameters: sqlx looks up every numbered parameter's name,
     // and SQLite finds a name by walking the statement's list of them, which made binding
@@ -173,7 +185,7 @@ async fn insert_events(tx: &mut Tx, events: &[AuditEvent]) -> Result<(), StoreEr
     macro_rules! bind_rows {
         ($query:expr) => {{
             let mut query = $query;
-            for event in events {
+            for (event, details) in events.iter().zip(details) {
                 query = query
                     .bind(event.tenant_id.as_str())
                     .bind(event.seq)
@@ -183,7 +195,7 @@ async fn insert_events(tx: &mut Tx, events: &[AuditEvent]) -> Result<(), StoreEr
                     .bind(event.resource.as_str())
                     .bind(event.outcome.as_str())
                     .bind(event.request_id.as_deref())
-                    .bind(event.details.to_string())
+                    .bind(details.as_str())
                     .bind(event.prev_hash.as_str())
                     .bind(event.hash.as_str())
                     .bind(event.trace_id.as_deref());
