@@ -1,12 +1,13 @@
 //! What hashing one event into its tenant's chain costs: `AuditEvent::compute_hash` runs for
 //! every event the audit importer appends (each outbound call through the gateway makes one),
 //! on the thread that shares the cores with serving. The event is shaped like the gateway's
-//! `egress.request`. Run with `cargo bench -p bulkhead-core --bench audit_hash`.
+//! `egress.request`. Also the details' rendering and the hash together, as the importer pays
+//! them. Run with `cargo bench -p bulkhead-core --bench audit_hash`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bulkhead_core::TenantId;
-use bulkhead_core::audit::{AuditEvent, GENESIS_HASH, Outcome};
+use bulkhead_core::audit::{AuditEvent, GENESIS_HASH, Outcome, canonical_json};
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
 
@@ -36,6 +37,27 @@ fn hashing(c: &mut Criterion) {
     c.bench_function("audit compute_hash (egress.request)", |b| {
         b.iter(|| std::hint::black_box(&event).compute_hash())
     });
+    // What the importer pays per event for the stored details and the hash together, against
+    // the baseline of rendering the details twice (the row's text, then the hashed form).
+    let mut append = c.benchmark_group("audit details and hash (egress.request)");
+    append.bench_function("rendered twice: to_string + compute_hash", |b| {
+        b.iter(|| {
+            let event = std::hint::black_box(&event);
+            (event.details.to_string(), event.compute_hash())
+        })
+    });
+    append.bench_function(
+        "rendered once: canonical_json + hash_with_canonical_details",
+        |b| {
+            b.iter(|| {
+                let event = std::hint::black_box(&event);
+                let details = canonical_json(&event.details);
+                let hash = event.hash_with_canonical_details(&details);
+                (details, hash)
+            })
+        },
+    );
+    append.finish();
 }
 
 criterion_group!(benches, hashing);
