@@ -57,6 +57,9 @@ const GATHER: Duration = Duration::from_millis(20);
 /// failing for long) they are read back from the file instead.
 const MAX_HANDED: usize = 16_384;
 
+/// An appended event, as handed over in memory to this process's importer.
+type Handed = (TenantId, PendingEvent);
+
 /// One line of an outbox file: the tenant beside the event's own fields.
 #[derive(serde::Serialize)]
 struct Line<'a> {
@@ -123,19 +126,58 @@ struct Current {
     /// Bytes written so far, over every file this process wrote.
     written_total: u64,
     generation: u64,
-    /// The events appended to `file` from offset `handed_from` on, in file order; `None` once
-    /// they no longer all are (more than [`MAX_HANDED`]).
-    handed: Option<Vec<(TenantId, PendingEvent)>>,
+    /// The events appended to `file` from offset `handed_from` on, in file order, while
+    /// `handed_whole`; past [`MAX_HANDED`] the later ones are not kept.
+    handed: Vec<Handed>,
+    handed_whole: bool,
     handed_from: u64,
 }
 
+/// What the importer takes from memory under the lock: the events of exactly the range it
+/// imports next, or events it cannot use.
+enum Taken {
+    Exact(Vec<Handed>),
+    /// Dropped by the importer once the lock is released: freeing thousands of events under it
+    /// would hold up every append for milliseconds.
+    Unusable(Vec<Handed>),
+}
+
+impl Taken {
+    /// The events for the importer to append, if any; called once the lock is released.
+    fn exact(self) -> Option<Vec<Handed>> {
+        match self {
+            Self::Exact(events) => Some(events),
+            Self::Unusable(events) => {
+                drop(events);
+                None
+            }
+        }
+    }
+}
+
 impl Current {
+    /// Keeps an appended event for the importer while memory still holds every one since
+    /// `handed_from`. Past the cap it keeps nothing more, and frees nothing either: this runs
+    /// on a serving thread, so the events already held wait for the importer to drop them.
+    fn hand_over(&mut self, tenant: &TenantId, event: PendingEvent) {
+        if self.handed_whole && self.handed.len() < MAX_HANDED {
+            self.handed.push((tenant.clone(), event));
+        } else {
+            self.handed_whole = false;
+        }
+    }
+
     /// The events of `file` from `offset` to `written`, if memory holds exactly those; the
     /// hand-over starts again from `written` either way.
-    fn take_handed(&mut self, offset: u64) -> Option<Vec<(TenantId, PendingEvent)>> {
-        let taken = self.handed.replace(Vec::new());
+    fn take_handed(&mut self, offset: u64) -> Taken {
+        let taken = std::mem::take(&mut self.handed);
+        let whole = std::mem::replace(&mut self.handed_whole, true);
         let from = std::mem::replace(&mut self.handed_from, self.written);
-        taken.filter(|_| from == offset)
+        if whole && from == offset {
+            Taken::Exact(taken)
+        } else {
+            Taken::Unusable(taken)
+        }
     }
 }
 
@@ -158,7 +200,8 @@ impl Outbox {
                 written: 0,
                 written_total: 0,
                 generation: 0,
-                handed: Some(Vec::new()),
+                handed: Vec::new(),
+                handed_whole: true,
                 handed_from: 0,
             }),
             wake: Notify::new(),
@@ -195,10 +238,7 @@ impl Outbox {
             })?;
             current.written += line.len() as u64;
             current.written_total += line.len() as u64;
-            match &mut current.handed {
-                Some(handed) if handed.len() < MAX_HANDED => handed.push((tenant.clone(), event)),
-                _ => current.handed = None,
-            }
+            current.hand_over(tenant, event);
         }
         self.shared.wake.notify_one();
         Ok(())
@@ -337,7 +377,8 @@ async fn import_loop(shared: Arc<Shared>, backend: Backend, mut stopped: watch::
                 handed,
             )
         };
-        let bytes = import_until_done(&backend, &file, &name, offset, written, handed).await;
+        let bytes =
+            import_until_done(&backend, &file, &name, offset, written, handed.exact()).await;
         offset += bytes;
         imported(bytes);
         if offset >= shared.rotate_bytes
@@ -370,7 +411,7 @@ async fn import_until_done(
     name: &str,
     offset: u64,
     end: u64,
-    handed: Option<Vec<(TenantId, PendingEvent)>>,
+    handed: Option<Vec<Handed>>,
 ) -> u64 {
     if offset >= end {
         return 0;
@@ -410,8 +451,12 @@ fn switch_file(shared: &Shared) -> Option<(String, Arc<File>, u64)> {
             current.generation += 1;
             // What was handed over since the importer last took it belongs to the sealed
             // file, whose tail the importer reads from the file.
-            current.handed = Some(Vec::new());
+            let unusable = std::mem::take(&mut current.handed);
+            current.handed_whole = true;
             current.handed_from = 0;
+            // Appends go on before the events handed over since the last import are freed.
+            drop(current);
+            drop(unusable);
             Some((old_name, old_file, old_end))
         }
         Err(error) => {
@@ -523,19 +568,30 @@ mod tests {
         (TenantId::try_from("acme").unwrap(), event)
     }
 
+    fn current() -> Current {
+        Current {
+            name: String::from("f"),
+            file: Arc::new(tempfile::tempfile().unwrap()),
+            written: 0,
+            written_total: 0,
+            generation: 0,
+            handed: Vec::new(),
+            handed_whole: true,
+            handed_from: 0,
+        }
+    }
+
+    fn hand_over(current: &mut Current, n: i64) {
+        let (tenant, event) = event(n);
+        current.hand_over(&tenant, event);
+        current.written += 100;
+    }
+
     #[test]
     fn the_importer_takes_from_memory_only_what_matches_the_file() {
-        let (name, file) = (String::from("f"), Arc::new(tempfile::tempfile().unwrap()));
-        let mut current = Current {
-            name,
-            file,
-            written: 300,
-            written_total: 300,
-            generation: 0,
-            handed: Some(vec![event(1), event(2), event(3)]),
-            handed_from: 0,
-        };
-        let taken = current.take_handed(0).unwrap();
+        let mut current = current();
+        (1..=3).for_each(|n| hand_over(&mut current, n));
+        let taken = current.take_handed(0).exact().unwrap();
         assert_eq!(taken.len(), 3);
         assert_eq!(taken[2].1.occurred_at, 3);
         assert_eq!(
@@ -545,17 +601,39 @@ mod tests {
 
         // Events handed from 300 on, but the importer stands elsewhere (its last import was of
         // the file, and shorter): nothing from memory, and the hand-over starts again.
-        current.handed.as_mut().unwrap().push(event(4));
-        current.written = 400;
-        assert!(current.take_handed(250).is_none());
+        hand_over(&mut current, 4);
+        assert!(matches!(current.take_handed(250), Taken::Unusable(events) if events.len() == 1));
         assert_eq!(current.handed_from, 400);
+        assert!(
+            current
+                .take_handed(400)
+                .exact()
+                .is_some_and(|e| e.is_empty())
+        );
+    }
 
-        // Past the cap, memory no longer holds them all: the file is read instead.
-        current.handed = None;
-        current.written = 500;
-        assert!(current.take_handed(400).is_none());
-        assert_eq!(current.handed.as_ref().map(Vec::len), Some(0));
-        assert!(current.take_handed(500).is_some_and(|e| e.is_empty()));
+    #[test]
+    fn past_the_cap_an_append_frees_nothing_and_the_importer_reads_the_file() {
+        let mut current = current();
+        (0..MAX_HANDED as i64).for_each(|n| hand_over(&mut current, n));
+        let held = current.handed.as_ptr();
+        hand_over(&mut current, -1);
+        hand_over(&mut current, -2);
+        // The events already held stay where they were: freeing them is the importer's work,
+        // not that of the serving thread whose append found the cap.
+        assert!(!current.handed_whole);
+        assert_eq!(current.handed.len(), MAX_HANDED);
+        assert_eq!(current.handed.as_ptr(), held);
+
+        match current.take_handed(0) {
+            Taken::Unusable(events) => assert_eq!(events.len(), MAX_HANDED),
+            Taken::Exact(_) => panic!("memory no longer holds every event; the file must be read"),
+        }
+        // The hand-over starts again, whole, from where the file ends.
+        assert!(current.handed_whole);
+        hand_over(&mut current, 1);
+        let resumed = current.take_handed((MAX_HANDED as u64 + 2) * 100);
+        assert!(resumed.exact().is_some_and(|e| e.len() == 1));
     }
 
     #[test]
