@@ -15,7 +15,8 @@ use bulkhead_core::auth::{
     self, AuthError, Credential, IssuerBinding, JwkSet, authenticate_api_key, authenticate_jwt,
     parse_algorithms, peek_issuer, secret_matches, verify_jwt,
 };
-use bulkhead_core::{RequestId, Role, TenantContext, TenantId};
+use bulkhead_core::ttl_cache::{Lookup, Ticket};
+use bulkhead_core::{ApiKeyId, RequestId, Role, TenantContext, TenantId};
 use bulkhead_store::IssuerRecord;
 use secrecy::SecretString;
 use tracing::Instrument;
@@ -222,6 +223,22 @@ impl From<bulkhead_store::StoreError> for Refusal {
     }
 }
 
+/// Reads a cached API-key lookup again in a task of its own, so that the request that found
+/// the entry past half its life is answered with it rather than wait for the database: on a
+/// serving thread that read was a hand-off to the connection's thread and back, a tail
+/// request at concurrency 1 (ARCHITECTURE.md, 2026-12-06 eighth). A read that fails leaves the
+/// entry to expire; the next request then reads it itself and meets the error.
+fn renew_key_lookup(state: AppState, id: ApiKeyId, ticket: Ticket) {
+    tokio::spawn(async move {
+        match state.store().admin().api_key_for_auth(&id).await {
+            Ok(found) => state.key_cache().put(ticket, id, found),
+            Err(error) => {
+                tracing::warn!(%error, "renewing a cached API-key lookup failed; it will expire")
+            }
+        }
+    });
+}
+
 /// Verifies a tenant credential; with a JWT, also answers when it expires (Unix seconds).
 pub(crate) async fn authenticate(
     state: &AppState,
@@ -231,10 +248,13 @@ pub(crate) async fn authenticate(
     let admin = state.store().admin();
     match auth::parse_authorization(header)? {
         Credential::ApiKey(presented) => {
-            let ticket = state.key_cache().ticket();
-            let found = match state.key_cache().get(presented.id()) {
-                Some(found) => found,
-                None => {
+            let found = match state.key_cache().lookup(presented.id()) {
+                Lookup::Hit(found) => found,
+                Lookup::Renew(found, ticket) => {
+                    renew_key_lookup(state.clone(), presented.id().clone(), ticket);
+                    found
+                }
+                Lookup::Miss(ticket) => {
                     let found = admin.api_key_for_auth(presented.id()).await?;
                     state
                         .key_cache()

@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bulkhead_core::audit::Origin;
+use bulkhead_core::{ApiKeyId, TenantId};
 use common::{AUDIENCE, Backend, PLATFORM_ISS, TestServer, fixture_text};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Method, StatusCode};
@@ -567,6 +569,69 @@ async fn issuer_bindings_are_validated() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list.as_array().unwrap().len(), 2);
+    server.finish().await;
+}
+
+/// A key revoked by another process (a second replica, the offline CLI) is honoured within
+/// `key_cache_ms`, and renewing the remembered lookup keeps no request waiting: the request
+/// that finds it past half its life is answered from it, and the renewal, read in a task of
+/// its own, refuses the requests after it well before the lookup would have expired.
+#[tokio::test]
+async fn a_key_revoked_elsewhere_is_refused_once_its_lookup_is_renewed_in_the_background() {
+    let ttl = std::time::Duration::from_secs(10);
+    let server = TestServer::start_configured(
+        Backend::Sqlite,
+        common::ServerConfig {
+            key_cache: ttl,
+            ..common::ServerConfig::bare()
+        },
+    )
+    .await;
+    server.create_tenant("acme").await;
+    let (key, key_id) = server.create_key("acme", "viewer").await;
+    let remembered_at = std::time::Instant::now();
+    assert_eq!(whoami(&server, &key).await.0, StatusCode::OK);
+
+    // Revoked in the database by someone else: this process's cache is not told.
+    let revoked = server
+        .store
+        .admin()
+        .revoke_api_key(
+            &TenantId::try_from("acme").unwrap(),
+            &ApiKeyId::try_from(key_id.as_str()).unwrap(),
+            &Origin::cli(),
+        )
+        .await
+        .unwrap();
+    assert!(revoked.is_some());
+    assert_eq!(
+        whoami(&server, &key).await.0,
+        StatusCode::OK,
+        "within its time-to-live the remembered lookup answers, as documented"
+    );
+
+    tokio::time::sleep(ttl / 2 + std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        whoami(&server, &key).await.0,
+        StatusCode::OK,
+        "the request that renews the lookup is answered from it, not after a read"
+    );
+    assert!(
+        remembered_at.elapsed() < ttl,
+        "the test ran too slowly to tell a renewal from an expiry"
+    );
+    let mut refused = false;
+    while remembered_at.elapsed() < ttl {
+        if whoami(&server, &key).await.0 == StatusCode::UNAUTHORIZED {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        refused,
+        "the background renewal did not replace the remembered lookup before it expired"
+    );
     server.finish().await;
 }
 

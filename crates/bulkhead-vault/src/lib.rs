@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bulkhead_core::audit::Origin;
-use bulkhead_core::ttl_cache::TtlCache;
+use bulkhead_core::ttl_cache::{Lookup, TtlCache};
 use bulkhead_core::{ConnectorName, TenantId};
 use bulkhead_store::{
     AdminStore, CredentialRecord, CredentialWrite, DataKeyRecord, StoreError, TenantStore,
@@ -388,11 +388,17 @@ impl Vault {
         let (record, plain) = loop {
             attempts += 1;
             let cache_key = (tenant.clone(), connector.clone());
-            let ticket = self.sealed.ticket();
-            // A retry reads afresh: what was kept may be what a rotation just replaced.
-            let found = match self.sealed.get(&cache_key).filter(|_| attempts == 1) {
-                Some(found) => found,
-                None => {
+            // A retry reads afresh: what was kept may be what a rotation just replaced. The
+            // renewal of an entry past half its life is read here, in the call (the store is
+            // borrowed for it).
+            let lookup = match self.sealed.lookup(&cache_key) {
+                Lookup::Hit(found) if attempts == 1 => Ok(found),
+                Lookup::Hit(_) => Err(self.sealed.ticket()),
+                Lookup::Renew(_, ticket) | Lookup::Miss(ticket) => Err(ticket),
+            };
+            let found = match lookup {
+                Ok(found) => found,
+                Err(ticket) => {
                     let found = store.credential_with_key(connector).await?;
                     self.sealed.put(ticket, cache_key, found.clone());
                     found

@@ -72,6 +72,8 @@ pub struct ServerConfig {
     /// Build the state a dedicated worker process runs with (served over HTTP only so a
     /// test can show what it refuses).
     pub dedicated_worker: bool,
+    /// How long an API-key lookup is remembered (`[auth] key_cache_ms`).
+    pub key_cache: std::time::Duration,
 }
 
 impl ServerConfig {
@@ -90,6 +92,7 @@ impl ServerConfig {
             limits: bulkhead_core::config::LimitsConfig::default(),
             alerts: bulkhead_core::config::AlertsConfig::default(),
             dedicated_worker: false,
+            key_cache: std::time::Duration::from_secs(1),
         }
     }
 }
@@ -247,6 +250,7 @@ impl TestServer {
             limits,
             alerts,
             dedicated_worker,
+            key_cache,
         } = config.clone();
         let endpoints = endpoints.as_slice();
         let vault = vault();
@@ -256,7 +260,7 @@ impl TestServer {
             admin_token_hash: hash_secret(ADMIN_TOKEN),
             platform_issuer: Some(platform_issuer()),
             leeway_seconds: 30,
-            key_cache: std::time::Duration::from_secs(1),
+            key_cache,
             regions: vec![
                 RegionName::try_from("eu-west").unwrap(),
                 RegionName::try_from("us-east").unwrap(),
