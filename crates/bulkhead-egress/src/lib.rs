@@ -304,6 +304,21 @@ pub struct TenantEgress<'a> {
 }
 
 impl TenantEgress<'_> {
+    /// Reads a remembered credential again in a task of its own, so that the call that found
+    /// it past half its life goes out with it rather than wait for the database (a tail
+    /// request at concurrency 1: ARCHITECTURE.md, 2026-12-06 eighth). A read that fails leaves
+    /// the entry to expire; the next call then reads it itself and meets the error.
+    fn renew_in_the_background(&self, renewal: bulkhead_vault::Renewal) {
+        let store = self.egress.inner.store.clone();
+        let vault = self.egress.inner.vault.clone();
+        let ctx = self.ctx.clone();
+        tokio::spawn(async move {
+            if let Err(error) = vault.renew(&store.tenant(&ctx), renewal).await {
+                tracing::warn!(%error, "renewing a remembered credential failed; it will expire");
+            }
+        });
+    }
+
     /// Sends `request` to endpoint `name` with this tenant's credential and reads the whole
     /// answer (capped).
     pub async fn send(
@@ -488,12 +503,16 @@ impl TenantEgress<'_> {
             None => None,
             Some(connector) => {
                 let store = self.egress.inner.store.tenant(self.ctx);
-                let credential = self
+                let (credential, renewal) = self
                     .egress
                     .inner
                     .vault
-                    .reveal(&store, connector)
-                    .await?
+                    .reveal_deferring_renewal(&store, connector)
+                    .await?;
+                if let Some(renewal) = renewal {
+                    self.renew_in_the_background(renewal);
+                }
+                let credential = credential
                     .ok_or_else(|| EgressError::MissingCredential(connector.to_string()))?;
                 check_credential_owner(self.ctx, &credential)?;
                 Some(credential)

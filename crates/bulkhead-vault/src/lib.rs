@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bulkhead_core::audit::Origin;
-use bulkhead_core::ttl_cache::{Lookup, TtlCache};
+use bulkhead_core::ttl_cache::{Lookup, Ticket, TtlCache};
 use bulkhead_core::{ConnectorName, TenantId};
 use bulkhead_store::{
     AdminStore, CredentialRecord, CredentialWrite, DataKeyRecord, StoreError, TenantStore,
@@ -77,6 +77,14 @@ pub struct Credential {
     pub version: i64,
     pub secret: SecretString,
     pub fields: Value,
+}
+
+/// A remembered credential read past half its life, which one caller of
+/// [`Vault::reveal_deferring_renewal`] is to read again with [`Vault::renew`].
+#[must_use = "nobody else renews this entry before it expires"]
+pub struct Renewal {
+    connector: ConnectorName,
+    ticket: Ticket,
 }
 
 /// Seals and opens tenant secrets. Cheap to clone; shares one cache of unwrapped data keys.
@@ -375,13 +383,34 @@ impl Vault {
         Err(VaultError::Contended)
     }
 
-    /// Opens the tenant's credential for `connector`; `None` if it has none.
+    /// Opens the tenant's credential for `connector`; `None` if it has none. A remembered
+    /// read past half its life is renewed before this returns; a caller that can renew it in
+    /// a task of its own, and so answer sooner, uses [`reveal_deferring_renewal`].
+    ///
+    /// [`reveal_deferring_renewal`]: Self::reveal_deferring_renewal
     pub async fn reveal(
         &self,
         store: &TenantStore<'_>,
         connector: &ConnectorName,
     ) -> Result<Option<Credential>, VaultError> {
+        let (credential, renewal) = self.reveal_deferring_renewal(store, connector).await?;
+        if let Some(renewal) = renewal {
+            self.renew(store, renewal).await?;
+        }
+        Ok(credential)
+    }
+
+    /// [`reveal`](Self::reveal), opening a remembered read past half its life as it is (it is
+    /// within its time-to-live) and answering the [`Renewal`] that this caller alone is to
+    /// hand to [`renew`](Self::renew). What the cache may hide stays bounded by
+    /// `[vault] credential_cache_ms` whether or not the renewal is ever made.
+    pub async fn reveal_deferring_renewal(
+        &self,
+        store: &TenantStore<'_>,
+        connector: &ConnectorName,
+    ) -> Result<(Option<Credential>, Option<Renewal>), VaultError> {
         let tenant = store.context().tenant_id();
+        let mut renewal = None;
         // A rotation may re-seal the credential and destroy its old key between reading the
         // row and reading the key; reading again finds it under the new key.
         let mut attempts = 0;
@@ -392,9 +421,16 @@ impl Vault {
             // renewal of an entry past half its life is read here, in the call (the store is
             // borrowed for it).
             let lookup = match self.sealed.lookup(&cache_key) {
-                Lookup::Hit(found) if attempts == 1 => Ok(found),
-                Lookup::Hit(_) => Err(self.sealed.ticket()),
-                Lookup::Renew(_, ticket) | Lookup::Miss(ticket) => Err(ticket),
+                _ if attempts > 1 => Err(self.sealed.ticket()),
+                Lookup::Hit(found) => Ok(found),
+                Lookup::Renew(found, ticket) => {
+                    renewal = Some(Renewal {
+                        connector: connector.clone(),
+                        ticket,
+                    });
+                    Ok(found)
+                }
+                Lookup::Miss(ticket) => Err(ticket),
             };
             let found = match lookup {
                 Ok(found) => found,
@@ -405,7 +441,7 @@ impl Vault {
                 }
             };
             let Some((record, key)) = found else {
-                return Ok(None);
+                return Ok((None, renewal));
             };
             let opened = match key {
                 Some(key) => {
@@ -422,12 +458,23 @@ impl Vault {
             }
         };
         let secret = String::from_utf8(plain.to_vec()).map_err(|_| VaultError::Decrypt)?;
-        Ok(Some(Credential {
+        let credential = Credential {
             tenant_id: tenant.clone(),
             connector: connector.clone(),
             version: record.version,
             secret: SecretString::from(secret),
             fields: record.fields,
-        }))
+        };
+        Ok((Some(credential), renewal))
+    }
+
+    /// Reads the credential of a [`Renewal`] again and remembers it, for the tenant of
+    /// `store`: whatever store a renewal is handed, it can only renew that tenant's own entry.
+    pub async fn renew(&self, store: &TenantStore<'_>, renewal: Renewal) -> Result<(), VaultError> {
+        let Renewal { connector, ticket } = renewal;
+        let found = store.credential_with_key(&connector).await?;
+        let cache_key = (store.context().tenant_id().clone(), connector);
+        self.sealed.put(ticket, cache_key, found);
+        Ok(())
     }
 }

@@ -29,6 +29,7 @@ bulkhead_store::on_both_backends!(
     deleting_a_tenant_shreds_its_keys,
     a_worker_vault_opens_its_own_tenants_secrets_only,
     kept_sealed_credentials_are_per_tenant_and_forgotten_on_change,
+    a_deferred_renewal_answers_the_kept_credential_and_renews_its_own_tenants_only,
 );
 
 const CANARY: &str = "canary-7f3a9c1e-5b2d-4e8f-a6c0-d9b8e7f6a5b4";
@@ -764,6 +765,101 @@ async fn kept_sealed_credentials_are_per_tenant_and_forgotten_on_change(
     assert_eq!(
         revealed(&vault, store, &globex, &slack).await.as_deref(),
         Some("xoxb-globex")
+    );
+}
+
+/// Past half its life a kept credential is still answered, to one caller with a renewal to
+/// make (the egress makes it in a task of its own); the renewal reads the change made
+/// elsewhere, and handed another tenant's store it renews that tenant's entry, never puts one
+/// tenant's credential under another's.
+async fn a_deferred_renewal_answers_the_kept_credential_and_renews_its_own_tenants_only(
+    store: &Store,
+    _db: &TestDb,
+) {
+    let ttl = std::time::Duration::from_secs(8);
+    let elsewhere = vault(); // another process, on the same database and key
+    let vault = vault().with_credential_cache(ttl);
+    let acme = TenantContext::for_tests(&tenant(store, "acme").await, &[Role::Owner]);
+    let globex = TenantContext::for_tests(&tenant(store, "globex").await, &[Role::Owner]);
+    let secret = |s: &str| SecretString::from(s.to_owned());
+    let (slack, github) = (connector("slack"), connector("github"));
+    for (ctx, connector, value) in [
+        (&acme, &slack, "acme-slack-1"),
+        (&acme, &github, "acme-github-1"),
+        (&globex, &github, "globex-github-1"),
+    ] {
+        vault
+            .put(&store.tenant(ctx), connector, &secret(value), json!({}))
+            .await
+            .unwrap();
+    }
+    let kept_at = std::time::Instant::now();
+    for (ctx, connector) in [(&acme, &slack), (&acme, &github), (&globex, &github)] {
+        assert!(revealed(&vault, store, ctx, connector).await.is_some());
+    }
+    for (ctx, connector, value) in [
+        (&acme, &slack, "acme-slack-2"),
+        (&acme, &github, "acme-github-2"),
+        (&globex, &github, "globex-github-2"),
+    ] {
+        elsewhere
+            .put(&store.tenant(ctx), connector, &secret(value), json!({}))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(ttl / 2 + std::time::Duration::from_millis(200)).await;
+
+    let deferred = |ctx, connector| {
+        let vault = vault.clone();
+        async move {
+            let (credential, renewal) = vault
+                .reveal_deferring_renewal(&store.tenant(ctx), connector)
+                .await
+                .unwrap();
+            let secret = credential.map(|c| c.secret.expose_secret().to_owned());
+            (secret, renewal)
+        }
+    };
+    let (kept, renewal) = deferred(&acme, &slack).await;
+    assert_eq!(
+        kept.as_deref(),
+        Some("acme-slack-1"),
+        "the kept credential answers"
+    );
+    let renewal = renewal.expect("the first caller past half its life renews");
+    let (kept, again) = deferred(&acme, &slack).await;
+    assert_eq!(kept.as_deref(), Some("acme-slack-1"));
+    assert!(
+        again.is_none(),
+        "one caller renews, the others keep using the entry"
+    );
+    vault.renew(&store.tenant(&acme), renewal).await.unwrap();
+    assert_eq!(
+        revealed(&vault, store, &acme, &slack).await.as_deref(),
+        Some("acme-slack-2"),
+        "the renewal read the change made elsewhere"
+    );
+
+    // acme's renewal handed globex's store: globex's own entry is renewed, acme's is not
+    // overwritten with globex's credential.
+    let (_, misdirected) = deferred(&acme, &github).await;
+    let misdirected = misdirected.expect("acme's github entry is due for renewal");
+    vault
+        .renew(&store.tenant(&globex), misdirected)
+        .await
+        .unwrap();
+    assert!(
+        kept_at.elapsed() < ttl,
+        "the test ran too slowly to tell a renewal from an expiry"
+    );
+    assert_eq!(
+        revealed(&vault, store, &acme, &github).await.as_deref(),
+        Some("acme-github-1"),
+        "acme's entry stays its own until it is renewed or expires"
+    );
+    assert_eq!(
+        revealed(&vault, store, &globex, &github).await.as_deref(),
+        Some("globex-github-2")
     );
 }
 
