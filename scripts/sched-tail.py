@@ -13,13 +13,21 @@ wrk with the answer:
 
 Then it sorts the slowest 1% by what held them up, first match wins:
 
-  database read     the serving thread handed a statement to one of SQLite's connection
-                    threads (sqlx's) and waited for it
+  database read     before calling the upstream, the serving thread handed a statement to one
+                    of SQLite's connection threads (sqlx's): a read the request waited for
+                    (a task spawned to read in the background first runs once the request
+                    awaits the upstream, so it is not counted)
   serving waited    a serving-thread slice waited more than 0.15 ms for a CPU
   upstream waited   an upstream-thread slice waited more than 0.15 ms for a CPU
   background ran    the gateway's other threads (the audit importer, SQLite's) ran more than
                     0.15 ms during the request
   other             none of these (the work itself, interrupts, the hypervisor)
+
+What it cannot tell: perf charges a wake-up to the task that was running, and a wake-up from
+an interrupt (a disk write of SQLite's completing) lands on whatever the interrupt stopped.
+So "database read" also counts the importer's I/O completions handled on the serving thread's
+core; `perf record -e sched:sched_wakeup --call-graph dwarf` on the gateway tells them apart
+(block-I/O frames rather than the gateway's own).
 
 Usage: sched-tail.py TIMEHIST_FILE GATEWAY_PID UPSTREAM_PID
 """
@@ -104,10 +112,16 @@ def requests(events):
     return found
 
 
+def waited_for_the_database(window):
+    for _, kind, task, woke in window:
+        if kind == "wake" and task == "serving" and woke in ("upstream", "database"):
+            return woke == "database"
+    return False
+
+
 def cause(window):
     runs = [(task, f) for _, kind, task, f in window if kind == "run"]
-    if any(kind == "wake" and task == "serving" and woke == "database"
-           for _, kind, task, woke in window):
+    if waited_for_the_database(window):
         return "database read"
     if any(task == "serving" and delay > THRESHOLD_MS for task, (delay, _) in runs):
         return "serving waited"
