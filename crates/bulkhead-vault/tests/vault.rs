@@ -781,32 +781,25 @@ async fn a_deferred_renewal_answers_the_kept_credential_and_renews_its_own_tenan
     let vault = vault().with_credential_cache(ttl);
     let acme = TenantContext::for_tests(&tenant(store, "acme").await, &[Role::Owner]);
     let globex = TenantContext::for_tests(&tenant(store, "globex").await, &[Role::Owner]);
-    let secret = |s: &str| SecretString::from(s.to_owned());
     let (slack, github) = (connector("slack"), connector("github"));
-    for (ctx, connector, value) in [
-        (&acme, &slack, "acme-slack-1"),
-        (&acme, &github, "acme-github-1"),
-        (&globex, &github, "globex-github-1"),
-    ] {
-        vault
-            .put(&store.tenant(ctx), connector, &secret(value), json!({}))
-            .await
-            .unwrap();
-    }
+    let entries = [(&acme, &slack), (&acme, &github), (&globex, &github)];
+    // Each entry's secret names its tenant, connector and version: `acme-slack-1`.
+    let put_all = |vault: Vault, version: u32| async move {
+        for (ctx, connector) in entries {
+            let value = format!("{}-{connector}-{version}", ctx.tenant_id());
+            let value = SecretString::from(value);
+            vault
+                .put(&store.tenant(ctx), connector, &value, json!({}))
+                .await
+                .unwrap();
+        }
+    };
+    put_all(vault.clone(), 1).await;
     let kept_at = std::time::Instant::now();
-    for (ctx, connector) in [(&acme, &slack), (&acme, &github), (&globex, &github)] {
+    for (ctx, connector) in entries {
         assert!(revealed(&vault, store, ctx, connector).await.is_some());
     }
-    for (ctx, connector, value) in [
-        (&acme, &slack, "acme-slack-2"),
-        (&acme, &github, "acme-github-2"),
-        (&globex, &github, "globex-github-2"),
-    ] {
-        elsewhere
-            .put(&store.tenant(ctx), connector, &secret(value), json!({}))
-            .await
-            .unwrap();
-    }
+    put_all(elsewhere, 2).await;
     tokio::time::sleep(ttl / 2 + std::time::Duration::from_millis(200)).await;
 
     let deferred = |ctx, connector| {
