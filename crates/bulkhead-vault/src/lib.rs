@@ -417,20 +417,23 @@ impl Vault {
         let (record, plain) = loop {
             attempts += 1;
             let cache_key = (tenant.clone(), connector.clone());
-            // A retry reads afresh: what was kept may be what a rotation just replaced. The
-            // renewal of an entry past half its life is read here, in the call (the store is
-            // borrowed for it).
-            let lookup = match self.sealed.lookup(&cache_key) {
-                _ if attempts > 1 => Err(self.sealed.ticket()),
-                Lookup::Hit(found) => Ok(found),
-                Lookup::Renew(found, ticket) => {
-                    renewal = Some(Renewal {
-                        connector: connector.clone(),
-                        ticket,
-                    });
-                    Ok(found)
+            // A retry reads afresh: what was kept may be what a rotation just replaced. It does
+            // not look the entry up, which could make it the renewer and then drop the renewal.
+            // An entry past half its life is opened as it is, its renewal left to the caller.
+            let lookup = if attempts > 1 {
+                Err(self.sealed.ticket())
+            } else {
+                match self.sealed.lookup(&cache_key) {
+                    Lookup::Hit(found) => Ok(found),
+                    Lookup::Renew(found, ticket) => {
+                        renewal = Some(Renewal {
+                            connector: connector.clone(),
+                            ticket,
+                        });
+                        Ok(found)
+                    }
+                    Lookup::Miss(ticket) => Err(ticket),
                 }
-                Lookup::Miss(ticket) => Err(ticket),
             };
             let found = match lookup {
                 Ok(found) => found,
