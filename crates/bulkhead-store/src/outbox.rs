@@ -170,14 +170,22 @@ impl Current {
     /// The events of `file` from `offset` to `written`, if memory holds exactly those; the
     /// hand-over starts again from `written` either way.
     fn take_handed(&mut self, offset: u64) -> Taken {
-        let taken = std::mem::take(&mut self.handed);
-        let whole = std::mem::replace(&mut self.handed_whole, true);
-        let from = std::mem::replace(&mut self.handed_from, self.written);
+        let (taken, whole, from) = self.restart_hand_over();
         if whole && from == offset {
             Taken::Exact(taken)
         } else {
             Taken::Unusable(taken)
         }
+    }
+
+    /// Starts the hand-over again, empty and whole, from `written`; answers the events it held,
+    /// whether they were all of them, and the offset they started at.
+    fn restart_hand_over(&mut self) -> (Vec<Handed>, bool, u64) {
+        (
+            std::mem::take(&mut self.handed),
+            std::mem::replace(&mut self.handed_whole, true),
+            std::mem::replace(&mut self.handed_from, self.written),
+        )
     }
 }
 
@@ -450,10 +458,8 @@ fn switch_file(shared: &Shared) -> Option<(String, Arc<File>, u64)> {
             let old_end = std::mem::replace(&mut current.written, 0);
             current.generation += 1;
             // What was handed over since the importer last took it belongs to the sealed
-            // file, whose tail the importer reads from the file.
-            let unusable = std::mem::take(&mut current.handed);
-            current.handed_whole = true;
-            current.handed_from = 0;
+            // file, whose tail the importer reads from the file; the new file's starts at 0.
+            let (unusable, _, _) = current.restart_hand_over();
             // Appends go on before the events handed over since the last import are freed.
             drop(current);
             drop(unusable);
