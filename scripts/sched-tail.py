@@ -80,9 +80,9 @@ def parse(path, gateway_pid, upstream_pid):
 
 def requests(events):
     """Each request: its events, and its parts in milliseconds."""
-    client_runs = [(t - f[1] / 1e3, f[0]) for t, kind, task, f in events
-                   if kind == "run" and task == "client"]
-    client_starts = [start for start, _ in client_runs]
+    # A run's fields are (scheduling delay, run time); it started run time before its end.
+    client_starts = [t - f[1] / 1e3 for t, kind, task, f in events
+                     if kind == "run" and task == "client"]
     found, start, upstream = [], None, []
     for index, (time, kind, task, woke) in enumerate(events):
         if kind != "wake":
