@@ -19,6 +19,7 @@ mod backend;
 mod checkpoint;
 mod credentials;
 mod events;
+mod idle;
 mod knowledge;
 mod models;
 mod outbox;

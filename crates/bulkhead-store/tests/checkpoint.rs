@@ -125,3 +125,63 @@ async fn a_deleted_tenant_leaves_the_wal_while_another_connection_checkpoints() 
     );
     store.close().await;
 }
+
+/// The checkpointer's thread, and SQLite's thread for its connection, are in the idle
+/// scheduling class, so a request woken onto their core does not wait out a checkpoint; the
+/// store's own connections, which requests wait on, are not.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn checkpoints_run_in_the_idle_class_and_the_stores_connections_do_not() {
+    const SCHED_IDLE: &str = "5";
+    const SCHED_OTHER: &str = "0";
+    /// (name, scheduling policy) of every thread of this process.
+    fn threads() -> Vec<(String, String)> {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("stat")).ok())
+            .filter_map(|stat| {
+                let (head, rest) = stat.rsplit_once(')')?;
+                let name = head.split_once('(')?.1.to_owned();
+                // Field 41 of stat(5); `rest` starts at field 3.
+                let policy = rest.split_whitespace().nth(41 - 3)?.to_owned();
+                Some((name, policy))
+            })
+            .collect()
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_sqlite(&dir.path().join("bulkhead.db"), &StoreOptions::default())
+        .await
+        .unwrap();
+    bulkhead_store::testing::create_tenant(&store, "acme", "local").await;
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let threads = threads();
+        let sqlite_in = |policy: &str| {
+            threads
+                .iter()
+                .any(|(name, p)| name.starts_with("sqlx-sqlite") && p == policy)
+        };
+        let checkpointers: Vec<_> = threads
+            .iter()
+            .filter(|(name, _)| name.starts_with("bulkhead-checkp"))
+            .collect();
+        if !checkpointers.is_empty() && sqlite_in(SCHED_IDLE) {
+            assert!(
+                checkpointers.iter().all(|(_, policy)| policy == SCHED_IDLE),
+                "a checkpointer outside the idle class: {checkpointers:?}"
+            );
+            assert!(
+                sqlite_in(SCHED_OTHER),
+                "the store's own connections left the normal class: {threads:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no idle checkpointer and connection thread: {threads:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    store.close().await;
+}
