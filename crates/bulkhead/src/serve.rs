@@ -73,6 +73,8 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
+    // Before the address is printed: a supervisor may signal as soon as it reads it.
+    let shutdown = shutdown_signal();
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "bulkhead listening on http://{address}")?;
@@ -86,14 +88,14 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
             let listener =
                 axum::serve::ListenerExt::tap_io(listener, |tcp| crate::serving::no_delay(tcp));
             axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown_signal())
+                .with_graceful_shutdown(shutdown)
                 .await
         }
         threads => {
             let threads = threads.unwrap_or_else(|| placement.default_http_threads());
             tracing::info!(threads, http_cpus = ?config.http_cpus, background_cpus = ?config.background_cpus,
                 "serving HTTP from one runtime per thread");
-            crate::serving::serve(listener, app, threads, placement, shutdown_signal()).await
+            crate::serving::serve(listener, app, threads, placement, shutdown).await
         }
     }
     .context("server failed")?;
@@ -342,30 +344,45 @@ async fn load_local_models(
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM; the server then stops accepting and finishes
-/// in-flight requests.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
+/// in-flight requests. The signals are caught from the call on, not from the first poll:
+/// until then they keep their default action, which ends the process without draining.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    let caught = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let (interrupt, terminate) = caught;
+            let received = |signal: std::io::Result<tokio::signal::unix::Signal>,
+                            name: &'static str| async move {
+                match signal {
+                    Ok(mut signal) => {
+                        signal.recv().await;
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, signal = name, "cannot listen for the signal");
+                        std::future::pending::<()>().await;
+                    }
+                }
+            };
+            tokio::select! {
+                () = received(interrupt, "SIGINT") => tracing::info!("received SIGINT, draining"),
+                () = received(terminate, "SIGTERM") => tracing::info!("received SIGTERM, draining"),
             }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
+        }
+        #[cfg(not(unix))]
+        {
+            if let Err(error) = tokio::signal::ctrl_c().await {
+                tracing::error!(%error, "cannot listen for ctrl-c");
                 std::future::pending::<()>().await;
             }
+            tracing::info!("received ctrl-c, draining");
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("received SIGINT, draining"),
-        () = terminate => tracing::info!("received SIGTERM, draining"),
     }
 }
