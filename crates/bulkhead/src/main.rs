@@ -90,6 +90,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    keep_memory_off_huge_pages();
     // candle runs Q4_1 weights on a scalar code path; dequantised to f32 at load they go
     // through its SIMD matrix code, 2.5x faster for the local model at ~5x its memory
     // (about 550 MB instead of 100 MB for SmolLM2-135M). The switch is this variable, read
@@ -135,4 +136,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// mimalloc asks for transparent huge pages for its memory (`MADV_HUGEPAGE`), and the first
+/// touch of a fresh one makes the kernel zero 2 MiB on whichever thread touched it: a
+/// millisecond on a serving thread, in the middle of a request (ARCHITECTURE.md, 2026-12-06
+/// ninth). So the process keeps to small pages unless the operator chose otherwise with
+/// mimalloc's own `MIMALLOC_ALLOW_THP`. The local model, the one large heap, measured within
+/// a few percent either way; idle memory is about 16 MiB less. Dedicated workers run this
+/// binary too, and the setting is inherited across fork and exec besides.
+fn keep_memory_off_huge_pages() {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+        return;
+    }
+    // A kernel without the prctl (before 3.15) keeps huge pages; nothing else differs.
+    #[cfg(target_os = "linux")]
+    let _ = nix::sys::prctl::set_thp_disable(true);
 }

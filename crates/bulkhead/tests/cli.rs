@@ -20,6 +20,7 @@ fn bare(dir: &Path) -> Command {
         .env_remove("BULKHEAD_DATABASE")
         .env_remove("BULKHEAD_DATA_DIR")
         .env_remove("BULKHEAD_CONFIG")
+        .env_remove("MIMALLOC_ALLOW_THP")
         .env("RUST_LOG", "warn");
     command
 }
@@ -270,6 +271,43 @@ fn serve_generates_the_admin_token_once_and_stops_on_sigterm() {
         200
     );
     assert!(terminate(again).success());
+}
+
+/// A supervisor may stop the server as soon as it reads the address. The signal handlers are
+/// in place by then, so that is a drain and a clean exit, not the signal's default action.
+#[test]
+fn a_sigterm_as_soon_as_the_address_is_printed_is_a_clean_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..3 {
+        let server = serve(&mut bulkhead(dir.path()));
+        assert!(terminate(server).success(), "SIGTERM right after start");
+    }
+}
+
+/// The server keeps its memory off transparent huge pages, whose zeroing on first touch
+/// stalled serving threads for a millisecond, unless the operator chose with mimalloc's own
+/// `MIMALLOC_ALLOW_THP`.
+#[cfg(target_os = "linux")]
+#[test]
+fn memory_stays_off_huge_pages_unless_the_operator_chooses() {
+    fn huge_pages_allowed(server: &Server) -> String {
+        std::fs::read_to_string(format!("/proc/{}/status", server.child.id()))
+            .unwrap()
+            .lines()
+            .find_map(|line| line.strip_prefix("THP_enabled:"))
+            .map(|value| value.trim().to_owned())
+            .expect("no THP_enabled in /proc/PID/status")
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&mut bulkhead(dir.path()));
+    assert_eq!(get(&server.address, "/readyz", None).0, 200);
+    assert_eq!(huge_pages_allowed(&server), "0");
+    assert!(terminate(server).success());
+
+    let chosen = serve(bulkhead(dir.path()).env("MIMALLOC_ALLOW_THP", "1"));
+    assert_eq!(get(&chosen.address, "/readyz", None).0, 200);
+    assert_eq!(huge_pages_allowed(&chosen), "1");
+    assert!(terminate(chosen).success());
 }
 
 /// The server's threads named as serving threads (`serving.rs`).
