@@ -230,13 +230,22 @@ impl From<bulkhead_store::StoreError> for Refusal {
 /// entry to expire; the next request then reads it itself and meets the error.
 fn renew_key_lookup(state: AppState, id: ApiKeyId, ticket: Ticket) {
     tokio::spawn(async move {
-        match state.store().admin().api_key_for_auth(&id).await {
-            Ok(found) => state.key_cache().put(ticket, id, found),
-            Err(error) => {
-                tracing::warn!(%error, "renewing a cached API-key lookup failed; it will expire")
-            }
+        if let Err(error) = read_key_lookup(&state, &id, ticket).await {
+            tracing::warn!(%error, "renewing a cached API-key lookup failed; it will expire");
         }
     });
+}
+
+/// Reads API key `id` for authentication and remembers the answer, unless a change forgot
+/// keys since `ticket` was taken.
+async fn read_key_lookup(
+    state: &AppState,
+    id: &ApiKeyId,
+    ticket: Ticket,
+) -> Result<crate::key_cache::KeyLookup, bulkhead_store::StoreError> {
+    let found = state.store().admin().api_key_for_auth(id).await?;
+    state.key_cache().put(ticket, id.clone(), found.clone());
+    Ok(found)
 }
 
 /// Verifies a tenant credential; with a JWT, also answers when it expires (Unix seconds).
@@ -254,13 +263,7 @@ pub(crate) async fn authenticate(
                     renew_key_lookup(state.clone(), presented.id().clone(), ticket);
                     found
                 }
-                Lookup::Miss(ticket) => {
-                    let found = admin.api_key_for_auth(presented.id()).await?;
-                    state
-                        .key_cache()
-                        .put(ticket, presented.id().clone(), found.clone());
-                    found
-                }
+                Lookup::Miss(ticket) => read_key_lookup(state, presented.id(), ticket).await?,
             };
             let (stored, tenant) = found.unzip();
             let ctx =

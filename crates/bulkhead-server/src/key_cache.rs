@@ -16,4 +16,7 @@ use bulkhead_core::auth::StoredApiKey;
 use bulkhead_core::ttl_cache::TtlCache;
 
 /// What a lookup of a key id found: the key and its tenant, or that there is none.
-pub(crate) type KeyCache = TtlCache<ApiKeyId, Option<(StoredApiKey, Tenant)>>;
+pub(crate) type KeyLookup = Option<(StoredApiKey, Tenant)>;
+
+/// Key lookups by key id.
+pub(crate) type KeyCache = TtlCache<ApiKeyId, KeyLookup>;

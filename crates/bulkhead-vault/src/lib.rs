@@ -416,14 +416,13 @@ impl Vault {
         let mut attempts = 0;
         let (record, plain) = loop {
             attempts += 1;
-            let cache_key = (tenant.clone(), connector.clone());
             // A retry reads afresh: what was kept may be what a rotation just replaced. It does
             // not look the entry up, which could make it the renewer and then drop the renewal.
             // An entry past half its life is opened as it is, its renewal left to the caller.
             let lookup = if attempts > 1 {
                 Err(self.sealed.ticket())
             } else {
-                match self.sealed.lookup(&cache_key) {
+                match self.sealed.lookup(&(tenant.clone(), connector.clone())) {
                     Lookup::Hit(found) => Ok(found),
                     Lookup::Renew(found, ticket) => {
                         renewal = Some(Renewal {
@@ -437,11 +436,7 @@ impl Vault {
             };
             let found = match lookup {
                 Ok(found) => found,
-                Err(ticket) => {
-                    let found = store.credential_with_key(connector).await?;
-                    self.sealed.put(ticket, cache_key, found.clone());
-                    found
-                }
+                Err(ticket) => self.read_sealed(store, connector, ticket).await?,
             };
             let Some((record, key)) = found else {
                 return Ok((None, renewal));
@@ -475,9 +470,22 @@ impl Vault {
     /// `store`: whatever store a renewal is handed, it can only renew that tenant's own entry.
     pub async fn renew(&self, store: &TenantStore<'_>, renewal: Renewal) -> Result<(), VaultError> {
         let Renewal { connector, ticket } = renewal;
-        let found = store.credential_with_key(&connector).await?;
-        let cache_key = (store.context().tenant_id().clone(), connector);
-        self.sealed.put(ticket, cache_key, found);
+        self.read_sealed(store, &connector, ticket).await?;
         Ok(())
+    }
+
+    /// Reads the sealed credential for `connector` and remembers it under the tenant of
+    /// `store`, the one place the cache's key is made, unless a change forgot entries since
+    /// `ticket` was taken.
+    async fn read_sealed(
+        &self,
+        store: &TenantStore<'_>,
+        connector: &ConnectorName,
+        ticket: Ticket,
+    ) -> Result<Option<(CredentialRecord, Option<DataKeyRecord>)>, VaultError> {
+        let found = store.credential_with_key(connector).await?;
+        let cache_key = (store.context().tenant_id().clone(), connector.clone());
+        self.sealed.put(ticket, cache_key, found.clone());
+        Ok(found)
     }
 }
