@@ -130,11 +130,16 @@ impl OutboundRequest {
     }
 
     pub fn post_json(path: impl Into<String>, body: &serde_json::Value) -> Self {
+        Self::post_json_text(path, body.to_string().into_bytes())
+    }
+
+    /// A POST of JSON the caller has already written.
+    pub fn post_json_text(path: impl Into<String>, body: Vec<u8>) -> Self {
         Self {
             method: Method::POST,
             path: path.into(),
             headers: vec![("content-type".into(), "application/json".into())],
-            body: Some(body.to_string().into_bytes()),
+            body: Some(body),
             retry_safe: false,
             credential: None,
         }

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::agents::SCRIPTED_MODEL;
+use crate::chat_body::ChatBody;
 use crate::providers::openai::ChunkKind;
 use crate::providers::sse::{expect_stream, read_events};
 use crate::providers::{
@@ -100,18 +101,20 @@ impl Runner {
     pub async fn complete(
         &self,
         store: &TenantStore<'_>,
-        mut body: Value,
+        mut body: ChatBody,
     ) -> Result<Completion, GatewayError> {
-        let alias = body["model"].as_str().unwrap_or_default().to_owned();
+        let alias = body.model().to_owned();
         let model = self.model_for(store, &alias).await?;
         let egress = self.egress.for_tenant(store.context());
         match model.provider {
             ProviderKind::Openai => {
-                body["model"] = json!(upstream_name(model));
+                body.set("model", &json!(upstream_name(model)))
+                    .map_err(invalid)?;
+                let request = body.to_json().map_err(invalid)?;
                 let response = egress
                     .send(
                         &model.endpoint,
-                        OutboundRequest::post_json("/chat/completions", &body).retry_safe(),
+                        OutboundRequest::post_json_text("/chat/completions", request).retry_safe(),
                     )
                     .await?;
                 if !(200..300).contains(&response.status) {
@@ -148,22 +151,28 @@ impl Runner {
     pub async fn complete_stream(
         &self,
         store: &TenantStore<'_>,
-        mut body: Value,
+        mut body: ChatBody,
         sink: ChunkSink<'_>,
     ) -> Result<Usage, GatewayError> {
-        let alias = body["model"].as_str().unwrap_or_default().to_owned();
+        let alias = body.model().to_owned();
         let model = self.model_for(store, &alias).await?;
         let egress = self.egress.for_tenant(store.context());
-        let client_wants_usage = body["stream_options"]["include_usage"] == true;
+        let client_wants_usage = body
+            .raw("stream_options")
+            .and_then(|text| serde_json::from_str::<Value>(text).ok())
+            .is_some_and(|options| options["include_usage"] == true);
         match model.provider {
             ProviderKind::Openai => {
-                body["model"] = json!(upstream_name(model));
-                body["stream"] = json!(true);
-                body["stream_options"] = json!({"include_usage": true});
+                body.set("model", &json!(upstream_name(model)))
+                    .map_err(invalid)?;
+                body.set("stream", &json!(true)).map_err(invalid)?;
+                body.set("stream_options", &json!({"include_usage": true}))
+                    .map_err(invalid)?;
+                let request = body.to_json().map_err(invalid)?;
                 let response = egress
                     .send_streaming(
                         &model.endpoint,
-                        OutboundRequest::post_json("/chat/completions", &body).retry_safe(),
+                        OutboundRequest::post_json_text("/chat/completions", request).retry_safe(),
                     )
                     .await?;
                 let mut response = expect_stream(response).await?;
@@ -203,10 +212,16 @@ impl Runner {
     }
 }
 
+/// A body that cannot be written back out; not expected from one that was read.
+fn invalid(error: serde_json::Error) -> GatewayError {
+    GatewayError::InvalidRequest(error.to_string())
+}
+
 /// The client's request in the provider-neutral shape, for a provider that does not speak
 /// Chat Completions, addressed to the model's upstream name.
-fn translated_request(body: &Value, model: &ModelConfig) -> Result<ChatRequest, GatewayError> {
-    let mut request = openai::request_from_json(body).map_err(GatewayError::InvalidRequest)?;
+fn translated_request(body: &ChatBody, model: &ModelConfig) -> Result<ChatRequest, GatewayError> {
+    let body = body.to_value().map_err(invalid)?;
+    let mut request = openai::request_from_json(&body).map_err(GatewayError::InvalidRequest)?;
     request.model = upstream_name(model).to_owned();
     Ok(request)
 }

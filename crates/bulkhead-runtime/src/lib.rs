@@ -3,6 +3,7 @@
 
 pub mod agents;
 pub mod approvals;
+pub mod chat_body;
 pub mod cpu;
 pub mod gateway;
 pub mod prompts;

@@ -110,3 +110,86 @@ async fn the_openai_python_client_uses_the_gateway_in_both_modes() {
     }
     server.finish().await;
 }
+
+/// The plain gateway forwards the client's body as the client wrote it, but for `model` (and a
+/// stream's `stream` and `stream_options`), and refuses what is not a request in OpenAI's shape
+/// with a stable code, before anything goes upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_gets_the_clients_fields_as_written_and_a_bad_body_goes_nowhere() {
+    let fake = FakeLlm::start().await.unwrap();
+    let endpoints = [model_endpoint(
+        "openai",
+        format!("{}/v1", fake.base),
+        AuthScheme::Bearer {},
+        5_000,
+    )];
+    let mut fast = model("fast", ProviderKind::Openai, "openai");
+    fast.upstream_model = Some("gpt-4o-mini".into());
+    let server =
+        TestServer::start_full(Backend::Sqlite, 64 * 1024, &endpoints, vec![fast], None).await;
+    server.create_tenant("acme").await;
+    let (key, _) = server.create_key("acme", "owner").await;
+    put_credential(&server, &key, "openai", "sk-acme").await;
+    let post = |body: &'static str| {
+        server
+            .request(reqwest::Method::POST, "/v1/chat/completions", Some(&key))
+            .header("content-type", "application/json")
+            .body(body)
+    };
+
+    let sent = r#"{"model":"fast","temperature":1.50,"messages":[{"role":"user","content":"say {{ hi }} \"now\""}],"n":1e0,"metadata":{"a":[1, 2]},"model":"fast"}"#;
+    let (status, answer) = server.send(post(sent)).await;
+    assert_eq!(status, 200, "{answer}");
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(
+        seen[0].body,
+        r#"{"model":"gpt-4o-mini","temperature":1.50,"messages":[{"role":"user","content":"say {{ hi }} \"now\""}],"n":1e0,"metadata":{"a":[1, 2]}}"#
+    );
+
+    let streamed = server
+        .request(reqwest::Method::POST, "/v1/chat/completions", Some(&key))
+        .header("content-type", "application/json")
+        .body(r#"{"model":"fast","stream":true,"messages":[{"role":"user","content":"hi"}],"user":"u1"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streamed.status(), 200);
+    let events = streamed.text().await.unwrap();
+    assert!(events.trim_end().ends_with("data: [DONE]"), "{events}");
+    assert_eq!(
+        fake.seen()[1].body,
+        r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}],"user":"u1","stream_options":{"include_usage":true}}"#
+    );
+
+    for (body, code, message) in [
+        ("{\"model\": \"fast\", ", "malformed_body", None),
+        ("[1, 2]", "invalid_request", Some("model must be a string")),
+        (
+            r#"{"model":7,"messages":[]}"#,
+            "invalid_request",
+            Some("model must be a string"),
+        ),
+        (
+            r#"{"model":"fast"}"#,
+            "invalid_request",
+            Some("messages must be an array"),
+        ),
+        (
+            r#"{"model":"fast","messages":{"role":"user"}}"#,
+            "invalid_request",
+            Some("messages must be an array"),
+        ),
+    ] {
+        let response = post(body).send().await.unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+        let error: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], code, "{body}: {error}");
+        assert_eq!(error["error"]["type"], "invalid_request_error", "{error}");
+        if let Some(message) = message {
+            assert_eq!(error["error"]["message"], message, "{error}");
+        }
+    }
+    assert_eq!(fake.seen().len(), 2, "a refused body went upstream");
+    server.finish().await;
+}

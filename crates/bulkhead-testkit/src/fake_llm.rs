@@ -40,6 +40,8 @@ pub struct Seen {
     pub input: String,
     pub stream: bool,
     pub model: String,
+    /// The request body as it arrived.
+    pub body: String,
 }
 
 pub type Log = Arc<Mutex<Vec<Seen>>>;
@@ -179,8 +181,8 @@ pub fn fake_embedding(text: &str, dimensions: usize) -> Vec<f32> {
     vector
 }
 
-async fn embeddings(State(log): State<Option<Log>>, headers: HeaderMap, body: Bytes) -> Response {
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+async fn embeddings(State(log): State<Option<Log>>, headers: HeaderMap, raw: Bytes) -> Response {
+    let Ok(body) = serde_json::from_slice::<Value>(&raw) else {
         return openai_error(
             StatusCode::BAD_REQUEST,
             "We could not parse the JSON body of your request.",
@@ -205,6 +207,7 @@ async fn embeddings(State(log): State<Option<Log>>, headers: HeaderMap, body: By
             input: inputs.join("\n"),
             stream: false,
             model: model.clone(),
+            body: String::from_utf8_lossy(&raw).into_owned(),
         },
     );
     let joined = inputs.join(" ");
@@ -231,8 +234,8 @@ async fn embeddings(State(log): State<Option<Log>>, headers: HeaderMap, body: By
     .into_response()
 }
 
-async fn openai(State(log): State<Option<Log>>, headers: HeaderMap, body: Bytes) -> Response {
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+async fn openai(State(log): State<Option<Log>>, headers: HeaderMap, raw: Bytes) -> Response {
+    let Ok(body) = serde_json::from_slice::<Value>(&raw) else {
         return openai_error(
             StatusCode::BAD_REQUEST,
             "We could not parse the JSON body of your request.",
@@ -259,6 +262,7 @@ async fn openai(State(log): State<Option<Log>>, headers: HeaderMap, body: Bytes)
             input: input.clone(),
             stream,
             model: model.clone(),
+            body: String::from_utf8_lossy(&raw).into_owned(),
         },
     );
     stall_if_asked(&input).await;
@@ -345,8 +349,8 @@ fn openai_error(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
-async fn anthropic(State(log): State<Option<Log>>, headers: HeaderMap, body: Bytes) -> Response {
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+async fn anthropic(State(log): State<Option<Log>>, headers: HeaderMap, raw: Bytes) -> Response {
+    let Ok(body) = serde_json::from_slice::<Value>(&raw) else {
         return anthropic_error(StatusCode::BAD_REQUEST, "invalid JSON body");
     };
     if header_value(&headers, "anthropic-version").is_empty() {
@@ -382,6 +386,7 @@ async fn anthropic(State(log): State<Option<Log>>, headers: HeaderMap, body: Byt
             input: input.clone(),
             stream,
             model: model.clone(),
+            body: String::from_utf8_lossy(&raw).into_owned(),
         },
     );
     stall_if_asked(&input).await;

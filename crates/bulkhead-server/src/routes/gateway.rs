@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use bulkhead_core::{AgentName, TenantContext};
+use bulkhead_runtime::chat_body::{ChatBody, ChatBodyError};
 use bulkhead_runtime::gateway::GatewayError;
 use bulkhead_runtime::providers::{Usage, openai};
 use bulkhead_runtime::runs::{RunEvent, RunInput};
@@ -115,24 +116,20 @@ pub async fn chat_completions(
 ) -> Result<Response, OpenAiError> {
     let Authenticated(ctx) = auth?;
     require_role(&ctx, RUNNERS)?;
-    let body: Value = serde_json::from_slice(&body)
-        .map_err(|e| OpenAiError::new(StatusCode::BAD_REQUEST, "malformed_body", e.to_string()))?;
-    let Some(model) = body.get("model").and_then(Value::as_str).map(str::to_owned) else {
-        return Err(OpenAiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "model must be a string",
-        ));
-    };
-    if !body.get("messages").is_some_and(Value::is_array) {
-        return Err(OpenAiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "messages must be an array",
-        ));
-    }
-    let stream = body.get("stream") == Some(&Value::Bool(true)) || wants_event_stream(&headers);
+    let body = ChatBody::parse(&body).map_err(|error| match error {
+        ChatBodyError::Malformed(e) => {
+            OpenAiError::new(StatusCode::BAD_REQUEST, "malformed_body", e.to_string())
+        }
+        ChatBodyError::Invalid(reason) => {
+            OpenAiError::new(StatusCode::BAD_REQUEST, "invalid_request", reason)
+        }
+    })?;
+    let model = body.model().to_owned();
+    let stream = body.wants_stream() || wants_event_stream(&headers);
     if let Some(agent) = model.strip_prefix("agent/") {
+        let body = body.to_value().map_err(|e| {
+            OpenAiError::new(StatusCode::BAD_REQUEST, "malformed_body", e.to_string())
+        })?;
         return agent_completion(state, ctx, agent, body, stream).await;
     }
     state
