@@ -32,7 +32,7 @@ pub enum ChatBodyError {
 /// first place and its last value, as `serde_json::Map` does.
 #[derive(Debug, Clone)]
 pub struct ChatBody {
-    fields: Vec<(String, Box<RawValue>)>,
+    fields: Fields,
     model: String,
 }
 
@@ -41,7 +41,7 @@ impl ChatBody {
     /// array.
     pub fn parse(body: &[u8]) -> Result<Self, ChatBodyError> {
         let fields = match serde_json::from_slice::<Fields>(body) {
-            Ok(Fields(fields)) => fields,
+            Ok(fields) => fields,
             // Valid JSON of another shape is a request without a model, as it always answered;
             // otherwise the syntax error is the one to report.
             Err(_) => {
@@ -51,9 +51,12 @@ impl ChatBody {
                 });
             }
         };
-        let model = as_string(field(&fields, "model"))
+        let model = as_string(fields.get("model"))
             .ok_or(ChatBodyError::Invalid("model must be a string"))?;
-        if !field(&fields, "messages").is_some_and(|text| text.starts_with('[')) {
+        if !fields
+            .get("messages")
+            .is_some_and(|text| text.starts_with('['))
+        {
             return Err(ChatBodyError::Invalid("messages must be an array"));
         }
         Ok(Self { fields, model })
@@ -66,7 +69,7 @@ impl ChatBody {
 
     /// The JSON text of field `key`, if the client sent it.
     pub fn raw(&self, key: &str) -> Option<&str> {
-        field(&self.fields, key)
+        self.fields.get(key)
     }
 
     /// Whether the client asked for a stream (`"stream": true`).
@@ -76,11 +79,8 @@ impl ChatBody {
 
     /// Sets field `key` to `value`, in its place if the client sent it, else at the end.
     pub fn set(&mut self, key: &str, value: &Value) -> Result<(), serde_json::Error> {
-        let value = serde_json::value::to_raw_value(value)?;
-        match self.fields.iter_mut().find(|(name, _)| name == key) {
-            Some((_, old)) => *old = value,
-            None => self.fields.push((key.to_owned(), value)),
-        }
+        self.fields
+            .put(key, serde_json::value::to_raw_value(value)?);
         if key == "model"
             && let Some(model) = as_string(self.raw("model"))
         {
@@ -97,19 +97,12 @@ impl ChatBody {
 
     /// The whole request as a tree, for a provider whose request is translated from it.
     pub fn to_value(&self) -> Result<Value, serde_json::Error> {
-        let mut map = serde_json::Map::with_capacity(self.fields.len());
-        for (key, value) in &self.fields {
+        let mut map = serde_json::Map::with_capacity(self.fields.0.len());
+        for (key, value) in &self.fields.0 {
             map.insert(key.clone(), serde_json::from_str(value.get())?);
         }
         Ok(Value::Object(map))
     }
-}
-
-fn field<'a>(fields: &'a [(String, Box<RawValue>)], key: &str) -> Option<&'a str> {
-    fields
-        .iter()
-        .find(|(name, _)| name == key)
-        .map(|(_, value)| value.get())
 }
 
 /// The string a field's JSON text spells, if it is one.
@@ -119,8 +112,8 @@ fn as_string(text: Option<&str>) -> Option<String> {
 
 impl Serialize for ChatBody {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.fields.len()))?;
-        for (key, value) in &self.fields {
+        let mut map = serializer.serialize_map(Some(self.fields.0.len()))?;
+        for (key, value) in &self.fields.0 {
             map.serialize_entry(key, value)?;
         }
         map.end()
@@ -128,7 +121,26 @@ impl Serialize for ChatBody {
 }
 
 /// The fields of a JSON object, each value kept as its text.
+#[derive(Debug, Clone)]
 struct Fields(Vec<(String, Box<RawValue>)>);
+
+impl Fields {
+    /// The JSON text of field `key`.
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(name, _)| name == key)
+            .map(|(_, value)| value.get())
+    }
+
+    /// Gives field `key` the value `value`: in its place if present, else at the end.
+    fn put<K: AsRef<str> + Into<String>>(&mut self, key: K, value: Box<RawValue>) {
+        match self.0.iter_mut().find(|(name, _)| name == key.as_ref()) {
+            Some((_, old)) => *old = value,
+            None => self.0.push((key.into(), value)),
+        }
+    }
+}
 
 impl<'de> Deserialize<'de> for Fields {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -142,16 +154,12 @@ impl<'de> Deserialize<'de> for Fields {
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
-                let mut fields: Vec<(String, Box<RawValue>)> =
-                    Vec::with_capacity(map.size_hint().unwrap_or(8));
+                let mut fields = Fields(Vec::with_capacity(map.size_hint().unwrap_or(8)));
                 while let Some(key) = map.next_key::<String>()? {
                     let value = map.next_value::<Box<RawValue>>()?;
-                    match fields.iter_mut().find(|(name, _)| *name == key) {
-                        Some((_, old)) => *old = value,
-                        None => fields.push((key, value)),
-                    }
+                    fields.put(key, value);
                 }
-                Ok(Fields(fields))
+                Ok(fields)
             }
         }
 
