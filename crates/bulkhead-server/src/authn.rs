@@ -5,8 +5,9 @@
 //! segment or body field selects it; `X-Tenant-ID` and the like are ignored.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
-use axum::extract::{FromRequestParts, Request};
+use axum::extract::{FromRequestParts, MatchedPath, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
@@ -30,7 +31,9 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 
 /// Gives every request an id (the caller's `x-request-id` if sane) and a span that the
-/// authentication extractors fill with `tenant.id`, and echoes the id in the response.
+/// authentication extractors fill with `tenant.id`, echoes the id in the response, and counts
+/// the request in the metrics (one layer for both: each `from_fn` layer costs every request a
+/// boxed future and a clone of the service inside it).
 pub async fn request_context(
     axum::extract::State(state): axum::extract::State<AppState>,
     mut req: Request,
@@ -45,6 +48,9 @@ pub async fn request_context(
     };
     req.extensions_mut()
         .insert(BodyLimit(state.max_body_bytes()));
+    let started = Instant::now();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let method = req.method().clone();
     let span = tracing::info_span!(
         "request",
         method = %req.method(),
@@ -62,13 +68,19 @@ pub async fn request_context(
     req.extensions_mut().insert(tenant.clone());
     let mut response = next.run(req).instrument(span.clone()).await;
     span.record("status", response.status().as_u16());
+    crate::metrics::record_request(
+        crate::metrics::RequestLabels {
+            route: route.as_ref().map_or("unmatched", MatchedPath::as_str),
+            method: &method,
+            status: response.status(),
+        },
+        started.elapsed(),
+    );
     if let Some(tenant) = tenant.0.get() {
         state
             .error_rates()
             .record(tenant, response.status().is_server_error());
-        let status = crate::metrics::status_class(response.status());
-        metrics::counter!("bulkhead_tenant_requests_total", "tenant" => state.metric_tenant(tenant), "status" => status)
-            .increment(1);
+        crate::metrics::record_tenant_request(state.metric_tenant(tenant), response.status());
     }
     span.in_scope(|| tracing::info!("request finished"));
     if let Ok(value) = HeaderValue::from_str(request_id.as_str()) {
@@ -108,7 +120,7 @@ fn rate_limited(
     stage: &'static str,
 ) -> ApiError {
     tracing::debug!(tenant.id = %tenant, stage, "rate limited");
-    metrics::counter!("bulkhead_rate_limited_total", "tenant" => state.metric_tenant(tenant))
+    metrics::counter!("bulkhead_rate_limited_total", "tenant" => state.metric_tenant(tenant).to_owned())
         .increment(1);
     ApiError::RateLimited { retry_after }
 }

@@ -235,7 +235,7 @@ impl AppState {
     }
 
     /// The `tenant` label for metrics about `tenant` (allowlisted, or `other`).
-    pub(crate) fn metric_tenant(&self, tenant: &bulkhead_core::TenantId) -> String {
+    pub(crate) fn metric_tenant(&self, tenant: &bulkhead_core::TenantId) -> &str {
         metrics::tenant_label(&self.inner.metric_tenants, tenant)
     }
 
@@ -279,7 +279,6 @@ pub fn app(state: AppState) -> Router {
             routes::forwarded::agent_work,
         ))
         .layer(DefaultBodyLimit::max(state.max_body_bytes()))
-        .layer(middleware::from_fn(metrics::track))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             authn::request_context,

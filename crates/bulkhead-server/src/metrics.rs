@@ -2,13 +2,14 @@
 //! and status class, rate-limit rejections and upstream errors (counted in egress). A `tenant` label appears only for the tenants
 //! `[metrics] tenant_labels` names; the rest are `other`, so cardinality stays bounded.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::http::{Method, StatusCode};
 use bulkhead_core::TenantId;
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// The process's recorder, installed on first use (a process has one global recorder).
@@ -33,34 +34,122 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
-/// Counts every request by route (its template, never the raw path), method and status class,
-/// with its latency.
-pub async fn track(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().to_string();
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let status = status_class(response.status());
-    metrics::counter!("bulkhead_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
-        .increment(1);
-    metrics::histogram!("bulkhead_http_request_duration_seconds", "route" => route)
-        .record(started.elapsed().as_secs_f64());
-    response
+/// The labels of one request's metrics: the route's template (never the raw path), the method
+/// and the status class.
+pub(crate) struct RequestLabels<'a> {
+    pub route: &'a str,
+    pub method: &'a Method,
+    pub status: StatusCode,
 }
 
-/// `2xx`, `4xx`, ...: the `status` label, a handful of values whatever the status.
-pub(crate) fn status_class(status: axum::http::StatusCode) -> String {
-    format!("{}xx", status.as_u16() / 100)
+/// Counts a request by route, method and status class, with its latency.
+///
+/// The handles are looked up once per thread and label set: `counter!` with labels builds its
+/// key (allocating every label) and hashes it into the registry on every call, which was a
+/// few thousand instructions of every gateway request. The recorder is installed before the
+/// first request ([`handle`]) and never drops a metric (no idle timeout), so a kept handle
+/// stays the registry's.
+pub(crate) fn record_request(labels: RequestLabels<'_>, elapsed: Duration) {
+    let method = method_label(labels.method);
+    let class = labels.status.as_u16() / 100;
+    REQUEST_HANDLES.with_borrow_mut(|routes| {
+        if !routes.contains_key(labels.route) {
+            let histogram = metrics::histogram!(
+                "bulkhead_http_request_duration_seconds",
+                "route" => labels.route.to_owned()
+            );
+            routes.insert(
+                labels.route.to_owned(),
+                RouteHandles {
+                    duration: histogram,
+                    counts: Vec::new(),
+                },
+            );
+        }
+        let Some(handles) = routes.get_mut(labels.route) else {
+            return;
+        };
+        handles.duration.record(elapsed.as_secs_f64());
+        match handles
+            .counts
+            .iter()
+            .find(|(m, c, _)| *m == method && *c == class)
+        {
+            Some((_, _, counter)) => counter.increment(1),
+            None => {
+                let counter = metrics::counter!(
+                    "bulkhead_http_requests_total",
+                    "route" => labels.route.to_owned(),
+                    "method" => method,
+                    "status" => format!("{class}xx")
+                );
+                counter.increment(1);
+                handles.counts.push((method, class, counter));
+            }
+        }
+    });
+}
+
+/// Counts an authenticated request toward its tenant's label (see [`tenant_label`]) and
+/// status class, with its handle kept as [`record_request`] keeps its.
+pub(crate) fn record_tenant_request(tenant_label: &str, status: StatusCode) {
+    let class = status.as_u16() / 100;
+    TENANT_HANDLES.with_borrow_mut(|tenants| {
+        if !tenants.contains_key(tenant_label) {
+            tenants.insert(tenant_label.to_owned(), Vec::new());
+        }
+        let Some(counts) = tenants.get_mut(tenant_label) else {
+            return;
+        };
+        match counts.iter().find(|(c, _)| *c == class) {
+            Some((_, counter)) => counter.increment(1),
+            None => {
+                let counter = metrics::counter!(
+                    "bulkhead_tenant_requests_total",
+                    "tenant" => tenant_label.to_owned(),
+                    "status" => format!("{class}xx")
+                );
+                counter.increment(1);
+                counts.push((class, counter));
+            }
+        }
+    });
+}
+
+/// One route's kept handles: its latency histogram, and a counter per method and status class
+/// seen on this thread (a handful).
+struct RouteHandles {
+    duration: Histogram,
+    counts: Vec<(&'static str, u16, Counter)>,
+}
+
+thread_local! {
+    /// Bounded by the router's templates (and `unmatched`), seven methods and `other`, and
+    /// five status classes.
+    static REQUEST_HANDLES: RefCell<HashMap<String, RouteHandles>> = RefCell::new(HashMap::new());
+    /// Bounded by the `[metrics] tenant_labels` allowlist and `other`.
+    static TENANT_HANDLES: RefCell<HashMap<String, Vec<(u16, Counter)>>> = RefCell::new(HashMap::new());
+}
+
+/// The `method` label: a standard method by name, any other as `other`, since a client may
+/// send any token as a method and each would be a new series.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// The `tenant` label value for `tenant`: its id if allowlisted, else `other`.
-pub fn tenant_label(allowlist: &[String], tenant: &TenantId) -> String {
-    if allowlist.iter().any(|t| t == tenant.as_str()) {
-        tenant.to_string()
-    } else {
-        "other".to_owned()
-    }
+pub fn tenant_label<'a>(allowlist: &'a [String], tenant: &TenantId) -> &'a str {
+    allowlist
+        .iter()
+        .find(|t| *t == tenant.as_str())
+        .map_or("other", String::as_str)
 }
