@@ -1,5 +1,6 @@
 use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::Arc;
 
 use crate::{ApiKeyId, Isolation, RegionName, RequestId, Role, Tenant, TenantId};
 
@@ -35,8 +36,15 @@ impl fmt::Display for Principal {
 /// serde: the only way to get one is [`crate::auth`], from a credential it has verified
 /// against a tenant that exists and is active. Everything below the HTTP layer takes
 /// `&TenantContext` and reads the tenant from it, never from a path, a body or a header.
+///
+/// Cloning one is cheap (its parts are shared): a request's context is handed to the store,
+/// egress and spawned tasks, and copying its strings for each was a few dozen allocations a
+/// request.
 #[derive(Debug, Clone)]
-pub struct TenantContext {
+pub struct TenantContext(Arc<Parts>);
+
+#[derive(Debug)]
+struct Parts {
     tenant_id: TenantId,
     tenant_name: String,
     region: RegionName,
@@ -54,7 +62,7 @@ impl TenantContext {
         roles: BTreeSet<Role>,
         request_id: RequestId,
     ) -> Self {
-        Self {
+        Self(Arc::new(Parts {
             tenant_id: tenant.id.clone(),
             tenant_name: tenant.name.clone(),
             region: tenant.region.clone(),
@@ -63,7 +71,7 @@ impl TenantContext {
             principal,
             roles,
             request_id,
-        }
+        }))
     }
 
     /// Builds a context without a credential, for tests only.
@@ -81,44 +89,44 @@ impl TenantContext {
     }
 
     pub fn tenant_id(&self) -> &TenantId {
-        &self.tenant_id
+        &self.0.tenant_id
     }
 
     pub fn tenant_name(&self) -> &str {
-        &self.tenant_name
+        &self.0.tenant_name
     }
 
     pub fn region(&self) -> &RegionName {
-        &self.region
+        &self.0.region
     }
 
     /// Regions besides the home region where this tenant's data may go.
     pub fn allowed_regions(&self) -> &[RegionName] {
-        &self.allowed_regions
+        &self.0.allowed_regions
     }
 
     /// Whether this tenant's data may go to `region` (residency).
     pub fn may_use_region(&self, region: &RegionName) -> bool {
-        &self.region == region || self.allowed_regions.contains(region)
+        &self.0.region == region || self.0.allowed_regions.contains(region)
     }
 
     pub fn isolation(&self) -> Isolation {
-        self.isolation
+        self.0.isolation
     }
 
     pub fn principal(&self) -> &Principal {
-        &self.principal
+        &self.0.principal
     }
 
     pub fn roles(&self) -> &BTreeSet<Role> {
-        &self.roles
+        &self.0.roles
     }
 
     pub fn has_any_role(&self, wanted: &[Role]) -> bool {
-        wanted.iter().any(|role| self.roles.contains(role))
+        wanted.iter().any(|role| self.0.roles.contains(role))
     }
 
     pub fn request_id(&self) -> &RequestId {
-        &self.request_id
+        &self.0.request_id
     }
 }

@@ -255,7 +255,12 @@ async fn read_key_lookup(
     id: &ApiKeyId,
     ticket: Ticket,
 ) -> Result<crate::key_cache::KeyLookup, bulkhead_store::StoreError> {
-    let found = state.store().admin().api_key_for_auth(id).await?;
+    let found = state
+        .store()
+        .admin()
+        .api_key_for_auth(id)
+        .await?
+        .map(Arc::new);
     state.key_cache().put(ticket, id.clone(), found.clone());
     Ok(found)
 }
@@ -277,9 +282,8 @@ pub(crate) async fn authenticate(
                 }
                 Lookup::Miss(ticket) => read_key_lookup(state, presented.id(), ticket).await?,
             };
-            let (stored, tenant) = found.unzip();
-            let ctx =
-                authenticate_api_key(&presented, stored.as_ref(), tenant.as_ref(), request_id)?;
+            let (stored, tenant) = found.as_deref().map(|(s, t)| (s, t)).unzip();
+            let ctx = authenticate_api_key(&presented, stored, tenant, request_id)?;
             Ok((ctx, None))
         }
         Credential::Jwt(token) => {

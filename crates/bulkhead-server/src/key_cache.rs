@@ -10,13 +10,16 @@
 //! tenant suspended by a second `serve` replica or by the offline CLI) takes effect here up
 //! to that long later. Changes made through this process's own API clear the cache at once.
 
+use std::sync::Arc;
+
 use bulkhead_core::ApiKeyId;
 use bulkhead_core::Tenant;
 use bulkhead_core::auth::StoredApiKey;
 use bulkhead_core::ttl_cache::TtlCache;
 
-/// What a lookup of a key id found: the key and its tenant, or that there is none.
-pub(crate) type KeyLookup = Option<(StoredApiKey, Tenant)>;
+/// What a lookup of a key id found: the key and its tenant, or that there is none. Shared, so
+/// that a hit costs no copy of their strings.
+pub(crate) type KeyLookup = Option<Arc<(StoredApiKey, Tenant)>>;
 
 /// Key lookups by key id.
 pub(crate) type KeyCache = TtlCache<ApiKeyId, KeyLookup>;

@@ -97,9 +97,11 @@ pub struct Vault {
 
 /// Sealed credentials as last read from the store (`with_credential_cache`): a read per
 /// outbound call was one of the two database hops on the gateway's path. They stay sealed
-/// here and are opened on every use.
-type SealedCache =
-    TtlCache<(TenantId, ConnectorName), Option<(CredentialRecord, Option<DataKeyRecord>)>>;
+/// here and are opened on every use. Shared, so that a hit costs no copy of the record.
+type SealedCache = TtlCache<(TenantId, ConnectorName), Option<Arc<SealedCredential>>>;
+
+/// A sealed credential and the wrapped data key that opens it (none if that key is gone).
+type SealedCredential = (CredentialRecord, Option<DataKeyRecord>);
 
 /// Forgets what `cache` keeps for `tenant`, or for every tenant with `None`.
 fn forget_sealed(cache: &SealedCache, tenant: Option<&TenantId>) {
@@ -438,19 +440,20 @@ impl Vault {
                 Ok(found) => found,
                 Err(ticket) => self.read_sealed(store, connector, ticket).await?,
             };
-            let Some((record, key)) = found else {
+            let Some(found) = found else {
                 return Ok((None, renewal));
             };
+            let (record, key) = &*found;
             let opened = match key {
                 Some(key) => {
-                    let key = self.unwrap_cached(tenant, &key).await?;
+                    let key = self.unwrap_cached(tenant, key).await?;
                     let aad = secret_aad(tenant, connector, record.version, record.dek_version);
                     envelope::open(key.bytes(), &aad, &record.sealed)
                 }
                 None => Err(VaultError::Decrypt),
             };
             match opened {
-                Ok(plain) => break (record, plain),
+                Ok(plain) => break (found, plain),
                 Err(error) if attempts >= 3 => return Err(error),
                 Err(_) => continue,
             }
@@ -459,9 +462,9 @@ impl Vault {
         let credential = Credential {
             tenant_id: tenant.clone(),
             connector: connector.clone(),
-            version: record.version,
+            version: record.0.version,
             secret: SecretString::from(secret),
-            fields: record.fields,
+            fields: record.0.fields.clone(),
         };
         Ok((Some(credential), renewal))
     }
@@ -482,8 +485,8 @@ impl Vault {
         store: &TenantStore<'_>,
         connector: &ConnectorName,
         ticket: Ticket,
-    ) -> Result<Option<(CredentialRecord, Option<DataKeyRecord>)>, VaultError> {
-        let found = store.credential_with_key(connector).await?;
+    ) -> Result<Option<Arc<SealedCredential>>, VaultError> {
+        let found = store.credential_with_key(connector).await?.map(Arc::new);
         let cache_key = (store.context().tenant_id().clone(), connector.clone());
         self.sealed.put(ticket, cache_key, found.clone());
         Ok(found)
