@@ -53,40 +53,25 @@ pub(crate) fn record_request(labels: RequestLabels<'_>, elapsed: Duration) {
     let method = method_label(labels.method);
     let class = labels.status.as_u16() / 100;
     REQUEST_HANDLES.with_borrow_mut(|routes| {
-        if !routes.contains_key(labels.route) {
-            let histogram = metrics::histogram!(
+        let Some(handles) = kept(routes, labels.route, || RouteHandles {
+            duration: metrics::histogram!(
                 "bulkhead_http_request_duration_seconds",
                 "route" => labels.route.to_owned()
-            );
-            routes.insert(
-                labels.route.to_owned(),
-                RouteHandles {
-                    duration: histogram,
-                    counts: Vec::new(),
-                },
-            );
-        }
-        let Some(handles) = routes.get_mut(labels.route) else {
+            ),
+            counts: Vec::new(),
+        }) else {
             return;
         };
         handles.duration.record(elapsed.as_secs_f64());
-        match handles
-            .counts
-            .iter()
-            .find(|(m, c, _)| *m == method && *c == class)
-        {
-            Some((_, _, counter)) => counter.increment(1),
-            None => {
-                let counter = metrics::counter!(
-                    "bulkhead_http_requests_total",
-                    "route" => labels.route.to_owned(),
-                    "method" => method,
-                    "status" => format!("{class}xx")
-                );
-                counter.increment(1);
-                handles.counts.push((method, class, counter));
-            }
-        }
+        kept_counter(&mut handles.counts, (method, class), || {
+            metrics::counter!(
+                "bulkhead_http_requests_total",
+                "route" => labels.route.to_owned(),
+                "method" => method,
+                "status" => status_label(class)
+            )
+        })
+        .increment(1);
     });
 }
 
@@ -95,32 +80,60 @@ pub(crate) fn record_request(labels: RequestLabels<'_>, elapsed: Duration) {
 pub(crate) fn record_tenant_request(tenant_label: &str, status: StatusCode) {
     let class = status.as_u16() / 100;
     TENANT_HANDLES.with_borrow_mut(|tenants| {
-        if !tenants.contains_key(tenant_label) {
-            tenants.insert(tenant_label.to_owned(), Vec::new());
-        }
-        let Some(counts) = tenants.get_mut(tenant_label) else {
+        let Some(counts) = kept(tenants, tenant_label, Vec::new) else {
             return;
         };
-        match counts.iter().find(|(c, _)| *c == class) {
-            Some((_, counter)) => counter.increment(1),
-            None => {
-                let counter = metrics::counter!(
-                    "bulkhead_tenant_requests_total",
-                    "tenant" => tenant_label.to_owned(),
-                    "status" => format!("{class}xx")
-                );
-                counter.increment(1);
-                counts.push((class, counter));
-            }
-        }
+        kept_counter(counts, class, || {
+            metrics::counter!(
+                "bulkhead_tenant_requests_total",
+                "tenant" => tenant_label.to_owned(),
+                "status" => status_label(class)
+            )
+        })
+        .increment(1);
     });
+}
+
+/// What `handles` keeps under `label`, made by `make` the first time (always `Some`). Looked
+/// up by `&str`, so a hit allocates nothing.
+fn kept<'a, V>(
+    handles: &'a mut HashMap<String, V>,
+    label: &str,
+    make: impl FnOnce() -> V,
+) -> Option<&'a mut V> {
+    if !handles.contains_key(label) {
+        handles.insert(label.to_owned(), make());
+    }
+    handles.get_mut(label)
+}
+
+/// The counter kept in `counts` for `key` (a handful of label values), registered by
+/// `register` the first time.
+fn kept_counter<K: PartialEq>(
+    counts: &mut Vec<(K, Counter)>,
+    key: K,
+    register: impl FnOnce() -> Counter,
+) -> &Counter {
+    let index = match counts.iter().position(|(k, _)| *k == key) {
+        Some(index) => index,
+        None => {
+            counts.push((key, register()));
+            counts.len() - 1
+        }
+    };
+    &counts[index].1
+}
+
+/// `2xx`, `4xx`, ...: the `status` label of a status class.
+fn status_label(class: u16) -> String {
+    format!("{class}xx")
 }
 
 /// One route's kept handles: its latency histogram, and a counter per method and status class
 /// seen on this thread (a handful).
 struct RouteHandles {
     duration: Histogram,
-    counts: Vec<(&'static str, u16, Counter)>,
+    counts: Vec<((&'static str, u16), Counter)>,
 }
 
 thread_local! {

@@ -416,7 +416,7 @@ impl Vault {
         // A rotation may re-seal the credential and destroy its old key between reading the
         // row and reading the key; reading again finds it under the new key.
         let mut attempts = 0;
-        let (record, plain) = loop {
+        let (found, plain) = loop {
             attempts += 1;
             // A retry reads afresh: what was kept may be what a rotation just replaced. It does
             // not look the entry up, which could make it the renewer and then drop the renewal.
@@ -459,12 +459,13 @@ impl Vault {
             }
         };
         let secret = String::from_utf8(plain.to_vec()).map_err(|_| VaultError::Decrypt)?;
+        let (record, _) = &*found;
         let credential = Credential {
             tenant_id: tenant.clone(),
             connector: connector.clone(),
-            version: record.0.version,
+            version: record.version,
             secret: SecretString::from(secret),
-            fields: record.0.fields.clone(),
+            fields: record.fields.clone(),
         };
         Ok((Some(credential), renewal))
     }
