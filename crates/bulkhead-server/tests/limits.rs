@@ -97,14 +97,7 @@ async fn a_tenant_flooding_twenty_times_its_limit_does_not_stop_another_tenants_
         .send(server.request(reqwest::Method::GET, "/metrics", Some(&quiet)))
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let text = server
-        .request(reqwest::Method::GET, "/metrics", Some(common::ADMIN_TOKEN))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.metrics().await;
     let refusals = text
         .lines()
         .find(|l| l.starts_with("bulkhead_rate_limited_total{tenant=\"noisy\"}"))

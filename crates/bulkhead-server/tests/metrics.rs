@@ -8,8 +8,8 @@
 
 mod common;
 
-use common::{ADMIN_TOKEN, Backend, TestServer};
-use reqwest::{Method, StatusCode};
+use common::{Backend, TestServer};
+use reqwest::Method;
 
 /// The value of the first sample of `metric` whose labels include every one of `labels`.
 fn sample(text: &str, metric: &str, labels: &[&str]) -> f64 {
@@ -19,16 +19,6 @@ fn sample(text: &str, metric: &str, labels: &[&str]) -> f64 {
         .and_then(|line| line.rsplit(' ').next())
         .and_then(|value| value.parse().ok())
         .unwrap_or(0.0)
-}
-
-async fn scrape(server: &TestServer) -> String {
-    let response = server
-        .request(Method::GET, "/metrics", Some(ADMIN_TOKEN))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    response.text().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,7 +59,7 @@ async fn every_request_is_counted_in_its_series_and_an_odd_method_is_other() {
             request.await.unwrap().unwrap();
         }
 
-        let text = scrape(&server).await;
+        let text = server.metrics().await;
         let n = f64::from(round);
         let requests = "bulkhead_http_requests_total";
         assert_eq!(sample(&text, requests, &whoami), 4.0 * n, "{text}");

@@ -365,6 +365,17 @@ impl TestServer {
         self.send(request).await
     }
 
+    /// The Prometheus text of `/metrics`, read with the admin token.
+    pub async fn metrics(&self) -> String {
+        let response = self
+            .request(Method::GET, "/metrics", Some(ADMIN_TOKEN))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.text().await.unwrap()
+    }
+
     pub async fn tenant_get(&self, path: &str, bearer: &str) -> (StatusCode, Value) {
         self.send(self.request(Method::GET, path, Some(bearer)))
             .await
